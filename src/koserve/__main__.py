@@ -1,0 +1,5 @@
+import sys
+
+from koserve.cli import main
+
+sys.exit(main())
