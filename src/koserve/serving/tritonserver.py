@@ -1,0 +1,430 @@
+"""Start, watch and stop a real ``tritonserver``.
+
+CPU: the Triton 2.51 bundled in the ``nvidia-pytriton`` wheel, with the python backend staged in a backend folder
+of ours (the wheel ships the stub per Python version apart from the backend). GPU: ``mpirun -n TP×PP`` over the
+container's ``/opt/tritonserver/bin/tritonserver`` following TensorRT-LLM's launch pattern (rank 0 serves
+HTTP/gRPC/metrics; ranks > 0 load only ``tensorrt_llm``; one shm-region prefix per rank).
+
+Every server gets its own python-backend shm-region prefix, so the ``/dev/shm`` files it leaks (a stub that dies or
+never starts leaves its region behind) are found and removed exactly, without touching other servers' regions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from koserve.errors import ConfigError, KoserveError
+
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "triton_python_backend_shm_region_"
+GPU_TRITONSERVER = "/opt/tritonserver/bin/tritonserver"
+_counter = itertools.count()
+
+
+class TritonStartError(KoserveError):
+    """tritonserver exited or did not become ready in time (the message carries the end of its log)."""
+
+
+@dataclass(frozen=True)
+class TritonDistribution:
+    """Where the pieces of a tritonserver installation are."""
+
+    binary: Path
+    lib_dirs: tuple[Path, ...]
+    python_backend: Path  # folder with libtriton_python.so
+    stub: Path | None  # triton_python_backend_stub for this interpreter (None: already inside python_backend)
+    cache_dir: Path | None
+
+
+def find_pytriton() -> TritonDistribution:
+    """Locate the tritonserver bundled in the ``nvidia-pytriton`` wheel."""
+    try:
+        import pytriton  # noqa: PLC0415
+    except ImportError as exc:
+        raise ConfigError("nvidia-pytriton is not installed: pip install 'koserve[server]'") from exc
+    root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+    binary = root / "bin" / "tritonserver"
+    libs = root.parent.parent / "nvidia_pytriton.libs"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    for needed in (binary, libs, root / "backends" / "python" / "libtriton_python.so", stub):
+        if not needed.exists():
+            raise ConfigError(f"incomplete nvidia-pytriton installation: {needed} is missing")
+    cache = root / "caches"
+    return TritonDistribution(binary, (libs,), root / "backends" / "python", stub, cache if cache.is_dir() else None)
+
+
+def stage_backend_dir(dist: TritonDistribution, dest: Path | None = None) -> Path:
+    """A backend directory whose ``python/`` holds the python backend plus this interpreter's stub."""
+    if dest is None:
+        from koserve.fixtures import cache_dir  # noqa: PLC0415
+
+        digest = hashlib.sha1(str(dist.python_backend).encode()).hexdigest()[:10]
+        tag = f"py{sys.version_info.major}{sys.version_info.minor}-{digest}"
+        dest = cache_dir() / "triton-backends" / tag
+    marker = dest / "python" / "triton_python_backend_stub"
+    if marker.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=dest.parent))
+    try:
+        shutil.copytree(dist.python_backend, tmp / "python", ignore=shutil.ignore_patterns("__pycache__"))
+        if dist.stub is not None:
+            shutil.copy2(dist.stub, tmp / "python" / "triton_python_backend_stub")
+        try:
+            tmp.rename(dest)
+        except OSError:  # another process staged it first
+            if not marker.is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def server_env(dist: TritonDistribution, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for tritonserver and its python stubs.
+
+    The stub must load the running interpreter's libpython (pyenv's shared build) and find the venv's
+    site-packages through ``python3`` on PATH.
+    """
+    env = dict(os.environ if base is None else base)
+    libdirs = [str(p) for p in dist.lib_dirs]
+    pylib = sysconfig.get_config_var("LIBDIR")
+    if pylib:
+        libdirs.append(pylib)
+    if env.get("LD_LIBRARY_PATH"):
+        libdirs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(libdirs)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "")])
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now (bind to port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct free ports (all sockets held open until all are chosen)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def leaked_shm_regions(prefix: str) -> list[Path]:
+    """Python-backend shm files under ``/dev/shm`` that start with ``prefix``."""
+    if not SHM_DIR.is_dir():
+        return []
+    return sorted(p for p in SHM_DIR.iterdir() if p.name.startswith(prefix))
+
+
+def remove_shm_regions(prefix: str) -> int:
+    """Remove leaked shm regions with ``prefix``; returns how many were removed."""
+    removed = 0
+    for path in leaked_shm_regions(prefix):
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def unique_shm_prefix(tag: str = "") -> str:
+    """An shm-region prefix unique to this process and call."""
+    return f"{SHM_PREFIX}ks{os.getpid()}x{next(_counter)}{tag}_"
+
+
+@dataclass
+class ServerOptions:
+    """What a single (CPU) tritonserver is started with."""
+
+    model_repository: Path
+    host: str = "127.0.0.1"
+    http_port: int = 0  # 0: pick a free port
+    grpc_port: int = 0
+    metrics_port: int = 0
+    model_control_mode: str | None = None  # "explicit" with load_models
+    load_models: tuple[str, ...] = ()
+    log_verbose: int = 0
+    extra_args: tuple[str, ...] = ()
+    shm_prefix: str = field(default_factory=unique_shm_prefix)
+
+    def resolve_ports(self) -> None:
+        missing = [n for n in ("http_port", "grpc_port", "metrics_port") if not getattr(self, n)]
+        for name, port in zip(missing, free_ports(len(missing), "127.0.0.1")):
+            setattr(self, name, port)
+
+
+def cpu_command(dist: TritonDistribution, backend_dir: Path, opts: ServerOptions) -> list[str]:
+    """tritonserver argv for the pytriton-wheel server (flags measured in facts.md)."""
+    cmd = [
+        str(dist.binary),
+        f"--model-repository={opts.model_repository}",
+        f"--backend-directory={backend_dir}",
+        f"--http-address={opts.host}",
+        f"--grpc-address={opts.host}",
+        f"--metrics-address={opts.host}",
+        f"--http-port={opts.http_port}",
+        f"--grpc-port={opts.grpc_port}",
+        f"--metrics-port={opts.metrics_port}",
+        "--allow-gpu-metrics=false",
+        "--pinned-memory-pool-byte-size=0",
+        "--exit-on-error=true",
+        "--disable-auto-complete-config",
+        f"--backend-config=python,shm-region-prefix-name={opts.shm_prefix}",
+        f"--log-verbose={opts.log_verbose}",
+    ]
+    if dist.cache_dir is not None:
+        cmd.append(f"--cache-directory={dist.cache_dir}")
+    if opts.model_control_mode:
+        cmd.append(f"--model-control-mode={opts.model_control_mode}")
+    cmd += [f"--load-model={m}" for m in opts.load_models]
+    cmd += list(opts.extra_args)
+    return cmd
+
+
+def gpu_command(
+    model_repository: Path,
+    world_size: int,
+    *,
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    metrics_port: int = 8002,
+    host: str = "127.0.0.1",
+    tritonserver: str = GPU_TRITONSERVER,
+    mpirun: str = "mpirun",
+    shm_prefix: str = "prefix",
+    extra_args: tuple[str, ...] = (),
+    log_file_dir: Path | None = None,
+) -> list[str]:
+    """``mpirun`` argv running one tritonserver per TensorRT-LLM rank (TP×PP).
+
+    Rank 0 serves every model and the HTTP/gRPC/metrics endpoints; ranks > 0 run only the ``tensorrt_llm`` model
+    (the engine's workers) with no endpoints. Each rank gets its own python-backend shm-region prefix.
+    """
+    if world_size < 1:
+        raise ConfigError(f"world size must be >= 1, got {world_size}")
+    cmd = [mpirun, "--allow-run-as-root"]
+    for rank in range(world_size):
+        part = [
+            "-n", "1", tritonserver,
+            f"--model-repository={model_repository}",
+            "--disable-auto-complete-config",
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix}{rank}_",
+        ]
+        if rank == 0:
+            part += [
+                f"--http-address={host}", f"--grpc-address={host}", f"--metrics-address={host}",
+                f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}",
+            ]
+            part += list(extra_args)
+        else:
+            part += [
+                "--model-control-mode=explicit", "--load-model=tensorrt_llm",
+                "--allow-http=false", "--allow-grpc=false", "--allow-metrics=false",
+            ]
+        if log_file_dir is not None:
+            part.append(f"--log-file={log_file_dir / f'triton_rank{rank}.log'}")
+        cmd += part
+        if rank != world_size - 1:
+            cmd.append(":")
+    return cmd
+
+
+def _http_ready(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class TritonServer:
+    """One running tritonserver (a process we started). Use as a context manager or call ``stop()``.
+
+    ``start(timeout)`` returns once ``/v2/health/ready`` answers 200; on timeout or early exit the process is killed
+    and :class:`TritonStartError` carries the end of its log.
+    """
+
+    def __init__(
+        self,
+        cmd: list[str],
+        env: dict[str, str],
+        *,
+        http_url: str,
+        grpc_url: str,
+        metrics_url: str,
+        shm_prefixes: tuple[str, ...],
+        log_path: Path | None = None,
+        echo: bool = False,
+    ):
+        self.cmd = cmd
+        self.env = env
+        self.http_url = http_url
+        self.grpc_url = grpc_url
+        self.metrics_url = metrics_url
+        self.shm_prefixes = shm_prefixes
+        self.echo = echo
+        self._own_log = log_path is None
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix="koserve-triton-", suffix=".log")
+            os.close(fd)
+            log_path = Path(name)
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+        self._log_file = None
+        self._tail_thread: threading.Thread | None = None
+
+    @classmethod
+    def cpu(cls, opts: ServerOptions, *, log_path: Path | None = None, echo: bool = False) -> "TritonServer":
+        """A server for a CPU repository, using the pytriton wheel's tritonserver."""
+        repo = Path(opts.model_repository)
+        if not repo.is_dir():
+            raise ConfigError(f"model repository {repo} does not exist")
+        dist = find_pytriton()
+        backend_dir = stage_backend_dir(dist)
+        opts.resolve_ports()
+        host = "127.0.0.1" if opts.host in ("0.0.0.0", "") else opts.host
+        return cls(
+            cpu_command(dist, backend_dir, opts),
+            server_env(dist),
+            http_url=f"http://{host}:{opts.http_port}",
+            grpc_url=f"{host}:{opts.grpc_port}",
+            metrics_url=f"http://{host}:{opts.metrics_port}/metrics",
+            shm_prefixes=(opts.shm_prefix,),
+            log_path=log_path,
+            echo=echo,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def start(self, timeout: float = 120.0) -> "TritonServer":
+        if self.process is not None:
+            raise KoserveError("server already started")
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            self.cmd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() signals the group (mpirun ranks, stubs)
+        )
+        if self.echo:
+            self._tail_thread = threading.Thread(target=self._tail, daemon=True)
+            self._tail_thread.start()
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise TritonStartError(
+                    f"tritonserver exited with code {self.process.returncode} before becoming ready; log "
+                    f"{self.log_path}:\n{self.log_tail()}"
+                )
+            if _http_ready(self.http_url):
+                return
+            time.sleep(0.2)
+        raise TritonStartError(
+            f"tritonserver not ready after {timeout:.0f} s (killed); log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def is_alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def is_ready(self) -> bool:
+        return self.is_alive() and _http_ready(self.http_url)
+
+    def wait(self) -> int:
+        """Block until the server exits (``koserve serve``); returns its exit code."""
+        assert self.process is not None
+        return self.process.wait()
+
+    def stop(self, grace: float = 15.0) -> int | None:
+        """SIGTERM the process group, SIGKILL after ``grace`` seconds; remove the shm regions it leaked."""
+        proc = self.process
+        code = None
+        if proc is not None:
+            if proc.poll() is None:
+                self._signal_group(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    self._signal_group(signal.SIGKILL)
+                    proc.wait(timeout=10)
+            # stubs left behind in the group (the server was killed): finish them too
+            self._signal_group(signal.SIGKILL)
+            code = proc.returncode
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        for prefix in self.shm_prefixes:
+            remove_shm_regions(prefix)
+        return code
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _tail(self) -> None:
+        with open(self.log_path, "rb") as fh:
+            while self.is_alive():
+                line = fh.readline()
+                if line:
+                    sys.stderr.write(line.decode(errors="replace"))
+                else:
+                    time.sleep(0.1)
+
+    def __enter__(self) -> "TritonServer":
+        if self.process is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def cleanup_log(self) -> None:
+        if self._own_log:
+            self.log_path.unlink(missing_ok=True)
