@@ -1,0 +1,377 @@
+{{/* Chart name, truncated to 63 characters. */}}
+{{- define "koserve.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Release-qualified name; model resources append "-<model key>". */}}
+{{- define "koserve.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "koserve.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "koserve.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "koserve.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "koserve.labels" -}}
+helm.sh/chart: {{ include "koserve.chart" . }}
+{{ include "koserve.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Per-model context: (dict "root" $ "name" <model key> "m" <model values>).
+*/}}
+{{- define "koserve.model.fullname" -}}
+{{- printf "%s-%s" (include "koserve.fullname" .root) .name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "koserve.model.selectorLabels" -}}
+{{ include "koserve.selectorLabels" .root }}
+app.kubernetes.io/component: triton
+koserve.io/model: {{ .name }}
+{{- end -}}
+
+{{- define "koserve.model.labels" -}}
+{{ include "koserve.labels" .root }}
+app.kubernetes.io/component: triton
+koserve.io/model: {{ .name }}
+koserve.io/profile: {{ .m.profile }}
+{{- end -}}
+
+{{/* GPUs one server needs: TP × PP, the engine's world size. */}}
+{{- define "koserve.model.worldSize" -}}
+{{- mul (int .m.engine.tensorParallel) (int .m.engine.pipelineParallel) -}}
+{{- end -}}
+
+{{/* GPUs per pod: the whole world size, or its share per node for a multi-node group. */}}
+{{- define "koserve.model.gpusPerPod" -}}
+{{- $ws := int (include "koserve.model.worldSize" .) -}}
+{{- if .m.multiNode.enabled -}}
+{{- $nodes := int .m.multiNode.nodes -}}
+{{- if ne (mod $ws $nodes) 0 -}}
+{{- fail (printf "models.%s: tensorParallel × pipelineParallel = %d GPUs cannot be split evenly over multiNode.nodes = %d" .name $ws $nodes) -}}
+{{- end -}}
+{{- div $ws $nodes -}}
+{{- else -}}
+{{- $ws -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Checks that templates cannot express in values.schema.json. */}}
+{{- define "koserve.model.validate" -}}
+{{- $ws := int (include "koserve.model.worldSize" .) -}}
+{{- if and (not .m.multiNode.enabled) (gt $ws 8) -}}
+{{- fail (printf "models.%s: tensorParallel × pipelineParallel = %d GPUs does not fit one node (max 8): set multiNode.enabled=true" .name $ws) -}}
+{{- end -}}
+{{- if and .m.multiNode.enabled (not .m.multiNode.sshSecret) -}}
+{{- fail (printf "models.%s.multiNode.sshSecret: name a Secret with an SSH key pair (id_ed25519, id_ed25519.pub) for mpirun between the nodes" .name) -}}
+{{- end -}}
+{{- range $kind, $r := .m.resources -}}
+{{- if hasKey $r "nvidia.com/gpu" -}}
+{{- fail (printf "models.%s.resources.%s: do not set nvidia.com/gpu; the chart requests engine.tensorParallel × engine.pipelineParallel GPUs" $.name $kind) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "koserve.image" -}}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag -}}
+{{- end -}}
+
+{{/* image for a component with an optional override (dict "root" $ "image" <image values>) */}}
+{{- define "koserve.imageOr" -}}
+{{- if .image.repository -}}
+{{- printf "%s:%s" .image.repository (default .root.Values.image.tag .image.tag) -}}
+{{- else -}}
+{{- include "koserve.image" .root -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "koserve.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "koserve.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "koserve.terminationGracePeriodSeconds" -}}
+{{- add (int .Values.shutdown.drainSeconds) (int .Values.shutdown.exitTimeoutSeconds) 15 -}}
+{{- end -}}
+
+{{/* Absolute paths inside the pod. */}}
+{{- define "koserve.model.engineDir" -}}
+{{- printf "%s/%s" (trimSuffix "/" .root.Values.storage.mountPath) (trimPrefix "/" .m.engine.dir) -}}
+{{- end -}}
+{{- define "koserve.model.tokenizerDir" -}}
+{{- printf "%s/%s" (trimSuffix "/" .root.Values.storage.mountPath) (trimPrefix "/" .m.engine.tokenizerDir) -}}
+{{- end -}}
+
+{{- define "koserve.repoDir" -}}/repo/model_repository{{- end -}}
+
+{{/* The volume holding engines. */}}
+{{- define "koserve.storageVolume" -}}
+- name: models
+{{- if eq .Values.storage.type "pvc" }}
+  persistentVolumeClaim:
+    claimName: {{ default (printf "%s-models" (include "koserve.fullname" .)) .Values.storage.pvc.existingClaim }}
+{{- else if eq .Values.storage.type "hostPath" }}
+  hostPath:
+    path: {{ .Values.storage.hostPath.path }}
+    type: Directory
+{{- else }}
+  emptyDir:
+    sizeLimit: {{ .Values.storage.emptyDir.sizeLimit }}
+{{- end }}
+{{- end -}}
+
+{{/* Pod affinity/anti-affinity and node affinity for a model's Triton pods. */}}
+{{- define "koserve.model.affinity" -}}
+{{- $affinity := deepCopy (default dict .m.affinity) -}}
+{{- if and .m.gpu.product (not (hasKey $affinity "nodeAffinity")) -}}
+{{- $term := dict "matchExpressions" (list (dict "key" "nvidia.com/gpu.product" "operator" "In" "values" (list .m.gpu.product))) -}}
+{{- $_ := set $affinity "nodeAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (dict "nodeSelectorTerms" (list $term))) -}}
+{{- end -}}
+{{- if and .root.Values.colocateModels (not (hasKey $affinity "podAffinity")) -}}
+{{- $sel := dict "matchLabels" (dict "app.kubernetes.io/instance" .root.Release.Name "app.kubernetes.io/component" "triton") -}}
+{{- $_ := set $affinity "podAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (list (dict "labelSelector" $sel "topologyKey" "kubernetes.io/hostname"))) -}}
+{{- end -}}
+{{- toYaml $affinity -}}
+{{- end -}}
+
+{{/* Volumes shared by the Triton pods (and LWS leader/worker). */}}
+{{- define "koserve.model.volumes" -}}
+{{ include "koserve.storageVolume" .root }}
+- name: repo
+  emptyDir:
+    sizeLimit: 1Gi
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .m.shmSize }}
+- name: tmp
+  emptyDir: {}
+{{- end -}}
+
+{{/*
+Init container: wait for the engine (optional), check its world size against the GPUs this pod set requests, then
+render the Triton model repository with `koserve repo render`.
+*/}}
+{{- define "koserve.model.renderInitContainer" -}}
+{{- $marker := ternary "engine_manifest.json" "config.json" .m.build.enabled -}}
+- name: render-repository
+  image: {{ include "koserve.image" .root }}
+  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+  securityContext:
+    {{- toYaml .root.Values.containerSecurityContext | nindent 4 }}
+  env:
+    - name: ENGINE_DIR
+      value: {{ include "koserve.model.engineDir" . | quote }}
+    - name: TOKENIZER_DIR
+      value: {{ include "koserve.model.tokenizerDir" . | quote }}
+    - name: KOSERVE_WORLD_SIZE
+      value: {{ include "koserve.model.worldSize" . | quote }}
+    - name: ENGINE_WAIT_SECONDS
+      value: {{ .m.engine.waitSeconds | quote }}
+    - name: ENGINE_READY_FILE
+      value: {{ $marker | quote }}
+    - name: HOME
+      value: /tmp
+  command: ["/bin/bash", "-ec"]
+  args:
+    - |
+      deadline=$(( $(date +%s) + ENGINE_WAIT_SECONDS ))
+      until [ -f "$ENGINE_DIR/$ENGINE_READY_FILE" ]; do
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+          echo "engine not found: $ENGINE_DIR/$ENGINE_READY_FILE (waited ${ENGINE_WAIT_SECONDS}s); build it (models.<name>.build) or fix engine.dir" >&2
+          exit 1
+        fi
+        sleep 10
+      done
+      python3 - <<'PY'
+      import json, os, sys
+      engine_dir = os.environ["ENGINE_DIR"]
+      cfg = json.load(open(os.path.join(engine_dir, "config.json")))
+      mapping = cfg.get("pretrained_config", {}).get("mapping", {})
+      tp, pp = int(mapping.get("tp_size", 1)), int(mapping.get("pp_size", 1))
+      world = int(mapping.get("world_size", tp * pp))
+      want = int(os.environ["KOSERVE_WORLD_SIZE"])
+      if world != want:
+          sys.exit(f"{engine_dir} was built for world_size={world} (tp={tp}, pp={pp}) but this deployment runs "
+                   f"{want} ranks (engine.tensorParallel x engine.pipelineParallel): fix the values or the engine")
+      print(f"engine {engine_dir}: tp={tp} pp={pp} world_size={world}")
+      PY
+      exec koserve repo render --profile {{ .m.profile }} --tokenizer "$TOKENIZER_DIR" --engine "$ENGINE_DIR" --out {{ include "koserve.repoDir" . }}
+  volumeMounts:
+    - name: models
+      mountPath: {{ .root.Values.storage.mountPath }}
+      readOnly: true
+    - name: repo
+      mountPath: /repo
+    - name: tmp
+      mountPath: /tmp
+{{- end -}}
+
+{{/* Volume mounts of the Triton container. */}}
+{{- define "koserve.model.serverMounts" -}}
+- name: models
+  mountPath: {{ .root.Values.storage.mountPath }}
+  readOnly: true
+- name: repo
+  mountPath: /repo
+- name: dshm
+  mountPath: /dev/shm
+- name: tmp
+  mountPath: /tmp
+{{- end -}}
+
+{{/* Environment of the Triton container. */}}
+{{- define "koserve.model.serverEnv" -}}
+- name: HOME
+  value: /tmp
+{{- if .root.Values.triton.restrictedApi.secret.name }}
+- name: TRITON_ADMIN_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .root.Values.triton.restrictedApi.secret.name }}
+      key: {{ .root.Values.triton.restrictedApi.secret.key }}
+{{- end }}
+{{- with .root.Values.triton.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The Triton server command: `koserve serve` (which runs `mpirun -n TP×PP tritonserver` on GPUs and waits on it) with
+extra tritonserver flags after `--`. A small shell prologue sets the restricted-API key; `exec` keeps koserve as the
+process that receives SIGTERM.
+*/}}
+{{- define "koserve.model.serverScript" -}}
+{{- $t := .root.Values.triton -}}
+{{- $restricted := printf "%s:%s=${TRITON_ADMIN_KEY}" (join "," $t.restrictedApi.categories) $t.restrictedApi.header -}}
+if [ -z "${TRITON_ADMIN_KEY:-}" ]; then
+  TRITON_ADMIN_KEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+fi
+exec koserve serve --repo {{ include "koserve.repoDir" . }} \
+  --http-port {{ $t.ports.http }} --grpc-port {{ $t.ports.grpc }} --metrics-port {{ $t.ports.metrics }} \
+  --host 0.0.0.0 --ready-timeout {{ mul (int .m.probes.startup.periodSeconds) (int .m.probes.startup.failureThreshold) }} \
+  -- \
+  --model-control-mode={{ $t.modelControlMode }} \
+  --http-restricted-api="{{ $restricted }}" \
+  --grpc-restricted-api="{{ $restricted }}" \
+  --exit-timeout-secs={{ .root.Values.shutdown.exitTimeoutSeconds }} \
+  {{- if $t.histogramLatencies }}
+  --metrics-config histogram_latencies=true \
+  {{- end }}
+  {{- range $t.extraArgs }}
+  {{ . | squote }} \
+  {{- end }}
+  --log-verbose={{ $t.logVerbose }}
+{{- end -}}
+
+{{/* Probes on Triton's health endpoints. */}}
+{{- define "koserve.model.probes" -}}
+{{- $p := .m.probes -}}
+startupProbe:
+  httpGet: {path: /v2/health/ready, port: http}
+  periodSeconds: {{ $p.startup.periodSeconds }}
+  failureThreshold: {{ $p.startup.failureThreshold }}
+  timeoutSeconds: {{ $p.startup.timeoutSeconds }}
+readinessProbe:
+  httpGet: {path: /v2/health/ready, port: http}
+  periodSeconds: {{ $p.readiness.periodSeconds }}
+  failureThreshold: {{ $p.readiness.failureThreshold }}
+  timeoutSeconds: {{ $p.readiness.timeoutSeconds }}
+livenessProbe:
+  httpGet: {path: /v2/health/live, port: http}
+  periodSeconds: {{ $p.liveness.periodSeconds }}
+  failureThreshold: {{ $p.liveness.failureThreshold }}
+  timeoutSeconds: {{ $p.liveness.timeoutSeconds }}
+{{- end -}}
+
+{{- define "koserve.model.ports" -}}
+- {name: http, containerPort: {{ .root.Values.triton.ports.http }}, protocol: TCP}
+- {name: grpc, containerPort: {{ .root.Values.triton.ports.grpc }}, protocol: TCP}
+- {name: metrics, containerPort: {{ .root.Values.triton.ports.metrics }}, protocol: TCP}
+{{- end -}}
+
+{{/* preStop: keep serving while the endpoint is removed from Services, then Triton drains on SIGTERM. */}}
+{{- define "koserve.preStop" -}}
+lifecycle:
+  preStop:
+    exec:
+      command: ["/bin/sh", "-c", "sleep {{ .Values.shutdown.drainSeconds }}"]
+{{- end -}}
+
+{{/* Enabled models, as a list of contexts. */}}
+{{- define "koserve.enabledModelNames" -}}
+{{- $names := list -}}
+{{- range $name, $m := .Values.models -}}
+{{- if $m.enabled -}}{{- $names = append $names $name -}}{{- end -}}
+{{- end -}}
+{{- toJson $names -}}
+{{- end -}}
+
+{{/* Container resources with the GPU count of one pod in requests and limits. */}}
+{{- define "koserve.model.resources" -}}
+{{- $gpus := include "koserve.model.gpusPerPod" . -}}
+{{- $res := deepCopy (default dict .m.resources) -}}
+{{- $req := default dict $res.requests -}}
+{{- $lim := default dict $res.limits -}}
+{{- $_ := set $req "nvidia.com/gpu" $gpus -}}
+{{- $_ := set $lim "nvidia.com/gpu" $gpus -}}
+{{- $_ := set $res "requests" $req -}}
+{{- $_ := set $res "limits" $lim -}}
+{{- toYaml $res -}}
+{{- end -}}
+
+{{/* Pod-level fields shared by the leader and worker templates of a LeaderWorkerSet. */}}
+{{- define "koserve.lws.podCommon" -}}
+serviceAccountName: {{ include "koserve.serviceAccountName" .root }}
+automountServiceAccountToken: {{ .root.Values.serviceAccount.automountToken }}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+terminationGracePeriodSeconds: {{ include "koserve.terminationGracePeriodSeconds" .root }}
+{{- with .m.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+affinity:
+  {{- include "koserve.model.affinity" . | nindent 2 }}
+{{- with .m.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+initContainers:
+  {{- with .root.Values.extraInitContainers }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+  {{- include "koserve.model.renderInitContainer" . | nindent 2 }}
+volumes:
+  {{- include "koserve.model.volumes" . | nindent 2 }}
+  - name: ssh-key
+    secret:
+      secretName: {{ .m.multiNode.sshSecret }}
+      defaultMode: 0440
+{{- end -}}

@@ -1,0 +1,9 @@
+"""Triton adapter for koserve's streaming BLS (logic: koserve.serving.bls)."""
+
+import triton_python_backend_utils as pb_utils
+
+from koserve.serving.models import BlsTritonModel
+
+
+class TritonPythonModel(BlsTritonModel):
+    pb = pb_utils

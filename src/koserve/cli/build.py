@@ -1,0 +1,126 @@
+"""`koserve build`: plan, print and run TensorRT-LLM engine builds from recipes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def _scenarios(args) -> list[tuple[int, int]]:
+    from koserve.build.planner import DEFAULT_SCENARIOS
+
+    if args.isl is None and args.osl is None:
+        return list(DEFAULT_SCENARIOS)
+    if args.isl is None or args.osl is None:
+        from koserve.errors import ConfigError
+
+        raise ConfigError("give both --isl and --osl")
+    return [(args.isl, args.osl)]
+
+
+def _paths(args, recipe):
+    from koserve.build.commands import BuildPaths
+
+    return BuildPaths.for_recipe(
+        recipe,
+        workdir=args.workdir,
+        checkpoint_dir=args.checkpoint_dir,
+        engine_dir=args.output_dir,
+        examples_dir=args.trtllm_examples or os.environ.get("TRTLLM_EXAMPLES"),
+        python=args.python,
+    )
+
+
+def _plan(args) -> int:
+    from koserve.build.planner import format_plan, plan
+    from koserve.build.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    p = plan(recipe, _scenarios(args), min_concurrency=args.min_concurrency)
+    print(p.to_json() if args.json else format_plan(p))
+    return 0 if p.ok else 1
+
+
+def _list(args) -> int:
+    from koserve.build.gpus import get_gpu
+    from koserve.build.recipe import builtin_recipe_names, load_recipe
+
+    for name in builtin_recipe_names():
+        r = load_recipe(name)
+        print(f"{name:34s} {r.profile:13s} {r.quantization.precision:8s} "
+              f"{r.parallelism.world_size} × {get_gpu(r.gpu).display_name}")
+    return 0
+
+
+def _commands(args) -> int:
+    from koserve.build.commands import build_steps
+    from koserve.build.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    steps = build_steps(recipe, _paths(args, recipe))
+    if args.json:
+        print(json.dumps([
+            {"step": s.name, "description": s.description, "argv": list(s.argv) if s.argv else None, "gpus": s.gpus}
+            for s in steps
+        ], indent=2, ensure_ascii=False))
+        return 0
+    print(f"# {recipe.name}: TensorRT-LLM {recipe.trtllm_version}")
+    for i, step in enumerate(steps, 1):
+        print(f"\n# {i}. {step.name}: {step.description} (GPUs: {step.gpus})")
+        print(step.shell_multiline())
+    return 0
+
+
+def _run(args) -> int:
+    from koserve.build.recipe import load_recipe
+    from koserve.build.runner import run_build
+
+    recipe = load_recipe(args.recipe)
+    paths = _paths(args, recipe)
+    run_build(
+        recipe, paths, dry_run=args.dry_run, force=args.force,
+        echo=lambda line: print(line, flush=True),
+        heartbeat_seconds=args.heartbeat, step_timeout=args.step_timeout,
+    )
+    return 0
+
+
+def _common(p, *, paths: bool) -> None:
+    p.add_argument("recipe", help="built-in recipe name (see `koserve build list`) or a recipe YAML file")
+    if paths:
+        p.add_argument("--workdir", help="build folder (default ./koserve-build/RECIPE)")
+        p.add_argument("--checkpoint-dir", help="local Hugging Face checkpoint folder (overrides the recipe)")
+        p.add_argument("--output-dir", help="engine folder (default WORKDIR/engine)")
+        p.add_argument("--trtllm-examples", help="TensorRT-LLM v1.2.1 examples/ folder "
+                                                 "(default $TRTLLM_EXAMPLES or /opt/TensorRT-LLM/examples)")
+        p.add_argument("--python", default="python3", help="interpreter for quantize.py / convert_checkpoint.py")
+
+
+def register(subparsers) -> None:
+    build = subparsers.add_parser("build", help="plan and build TensorRT-LLM engines from recipes")
+    sub = build.add_subparsers(dest="build_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser("list", help="list the built-in recipes")
+    p.set_defaults(func=_list)
+
+    p = sub.add_parser("plan", help="memory, KV-cache capacity, concurrency and refusals, before any GPU work")
+    _common(p, paths=False)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--isl", type=int, help="input sequence length of the scenario (default: 128/128 and 2048/2048)")
+    p.add_argument("--osl", type=int, help="output sequence length of the scenario")
+    p.add_argument("--min-concurrency", type=int, default=32,
+                   help="sequences the KV cache must hold at once for a scenario to be 'ok' (default 32)")
+    p.set_defaults(func=_plan)
+
+    p = sub.add_parser("commands", help="print the exact TensorRT-LLM 1.2.1 command lines")
+    _common(p, paths=True)
+    p.add_argument("--json", action="store_true", help="print JSON (argv lists)")
+    p.set_defaults(func=_commands)
+
+    p = sub.add_parser("run", help="run the build (resumable; logs per step; writes engine_manifest.json)")
+    _common(p, paths=True)
+    p.add_argument("--dry-run", action="store_true", help="show what would run or be skipped, run nothing")
+    p.add_argument("--force", action="store_true", help="re-run every step even when up to date")
+    p.add_argument("--heartbeat", type=float, default=60.0, help="seconds between progress lines of a running step")
+    p.add_argument("--step-timeout", type=float, default=None, help="kill a step that runs longer (seconds)")
+    p.set_defaults(func=_run)

@@ -1,0 +1,176 @@
+"""``koserve chat``: talk to a served model from the terminal (one-shot or an interactive session)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+_SAMPLING_FLAGS = (
+    # flag, dest, type, help
+    ("--max-tokens", "max_tokens", int, "most tokens to generate (default: the profile's)"),
+    ("--temperature", "temperature", float, "sampling temperature; 0 = greedy (default: the profile's)"),
+    ("--top-p", "top_p", float, "nucleus sampling probability mass (default: the profile's)"),
+    ("--top-k", "top_k", int, "sample from the k most likely tokens; 0 = off (default: the profile's)"),
+    ("--seed", "seed", int, "random seed"),
+    ("--repetition-penalty", "repetition_penalty", float, "repetition penalty (> 0; 1 = off)"),
+    ("--presence-penalty", "presence_penalty", float, "presence penalty (-2..2)"),
+    ("--frequency-penalty", "frequency_penalty", float, "frequency penalty (-2..2)"),
+)
+
+_HELP = """\
+Commands: /reset clears the conversation, /history shows it, /exit (or Ctrl-D) quits.
+Ctrl-C stops the answer being generated."""
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "chat",
+        help="chat with a served model (one-shot or interactive)",
+        description="Send a message to a koserve model on Triton and stream the reply. Without PROMPT (and with a "
+        "terminal on stdin) starts an interactive session that keeps the conversation.",
+        epilog='example: koserve chat -p akallama-70b "네 이름은 뭐야?"',
+    )
+    p.add_argument("prompt", nargs="?", help="the message; omit for an interactive session; '-' reads stdin")
+    p.add_argument("-p", "--profile", default=os.environ.get("KOSERVE_PROFILE", "akallama-70b"),
+                   help="model profile name or YAML file (default: $KOSERVE_PROFILE or akallama-70b)")
+    p.add_argument("--url", default=os.environ.get("KOSERVE_URL"),
+                   help="Triton URL: host:port for gRPC (default 127.0.0.1:8001) or http://host:port for HTTP "
+                   "(default 127.0.0.1:8000); env KOSERVE_URL")
+    p.add_argument("--protocol", choices=("grpc", "http"), help="default: guessed from --url (http:// → http)")
+    p.add_argument("--model", default="ensemble",
+                   help="Triton model to call: ensemble (default) or tensorrt_llm_bls")
+    system = p.add_mutually_exclusive_group()
+    system.add_argument("--system", help="system prompt (default: the profile's own)")
+    system.add_argument("--no-system", action="store_true", help="send no system prompt")
+    for flag, dest, typ, help_text in _SAMPLING_FLAGS:
+        p.add_argument(flag, dest=dest, type=typ, help=help_text)
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per reply (default 120)")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder, to report prompt token counts")
+    p.add_argument("--json", action="store_true", help="print each reply as JSON with token counts and timings")
+    p.add_argument("--no-stream", action="store_true", help="wait for the whole reply instead of streaming it")
+    p.set_defaults(func=run)
+
+
+def _utf8_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        enc = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if enc != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(encoding="utf-8", errors="replace")
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    params = {dest: getattr(args, dest) for _, dest, _, _ in _SAMPLING_FLAGS}
+    params["stop"] = args.stop
+    params["timeout"] = args.timeout
+    if args.no_system:
+        params["system_prompt"] = None
+    elif args.system is not None:
+        params["system_prompt"] = args.system
+    return {k: v for k, v in params.items() if v is not None or k == "system_prompt"}
+
+
+def _reply(client: Any, messages: list[dict[str, str]], params: dict[str, Any], args: argparse.Namespace):
+    """Send one turn; stream it to stdout unless --json / --no-stream. Returns the ChatResult."""
+    if args.json or args.no_stream:
+        result = client.chat(messages, **params)
+        if args.json:
+            print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
+        else:
+            print(result.text, flush=True)
+        return result
+    stream = client.stream(messages, **params)
+    wrote = False
+    try:
+        for delta in stream:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+            wrote = True
+    finally:
+        stream.close()
+        if wrote:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    return stream.result
+
+
+def _repl(client: Any, params: dict[str, Any], args: argparse.Namespace) -> int:
+    try:
+        import readline  # noqa: F401,PLC0415 - line editing and history for input()
+    except ImportError:  # pragma: no cover - not on every platform
+        pass
+    from koserve.client import ClientError  # noqa: PLC0415
+    from koserve.errors import InvalidRequestError  # noqa: PLC0415
+
+    print(f"koserve chat · {client.profile.display_name} · {client.url} ({client.protocol}, {client.model})",
+          file=sys.stderr)
+    print(_HELP, file=sys.stderr)
+    history: list[dict[str, str]] = []
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return 0
+        if text == "/reset":
+            history.clear()
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if text == "/history":
+            for m in history:
+                print(f"[{m['role']}] {m['content']}")
+            continue
+        if text in ("/help", "/?"):
+            print(_HELP, file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": line})
+        try:
+            result = _reply(client, history, params, args)
+        except KeyboardInterrupt:
+            history.pop()
+            print("(stopped)", file=sys.stderr)
+            continue
+        except (ClientError, InvalidRequestError) as exc:
+            history.pop()
+            print(f"koserve: error: {exc}", file=sys.stderr)
+            continue
+        if result.finish_reason == "cancelled":
+            history.pop()
+            continue
+        history.append({"role": "assistant", "content": result.text})
+
+
+def run(args: argparse.Namespace) -> int:
+    from koserve.client import ChatClient  # noqa: PLC0415
+
+    _utf8_stdio()
+    params = _params(args)
+    prompt = args.prompt
+    if prompt == "-":
+        prompt = sys.stdin.read()
+        if not prompt.strip():
+            print("koserve: error: no prompt on stdin", file=sys.stderr)
+            return 2
+    with ChatClient(args.url, args.profile, protocol=args.protocol, model=args.model,
+                    tokenizer=args.tokenizer) as client:
+        if prompt is None:
+            if not sys.stdin.isatty():
+                prompt = sys.stdin.read()
+                if not prompt.strip():
+                    print("koserve: error: give a PROMPT, pipe one on stdin, or run in a terminal", file=sys.stderr)
+                    return 2
+            else:
+                return _repl(client, params, args)
+        _reply(client, [{"role": "user", "content": prompt}], params, args)
+    return 0

@@ -1,0 +1,115 @@
+"""`koserve loadtest`: run locust headless against one server and write a report folder."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "loadtest",
+        help="load-test a Triton server or the OpenAI gateway with locust; write a report",
+        description=(
+            "Run locust headless (as a subprocess) with a load shape, then write a report folder: summary.md / "
+            "summary.json (p50/p90/p99 TTFT, ITL, E2E; output tokens/s; requests/s; error rate), PNG plots, "
+            "locust's raw CSVs, per-request records and Triton's Prometheus metrics before and after. "
+            "Exit code 1 when an --slo is missed."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("url", help="target: gRPC host:port (grpc), or http://host:port (http, openai)")
+    p.add_argument("--protocol", choices=("grpc", "http", "openai"), default="grpc",
+                   help="gRPC stream_infer, HTTP generate_stream (SSE) or the OpenAI-compatible gateway")
+    p.add_argument("--model", dest="target_model", default="ensemble",
+                   help="Triton model: ensemble or tensorrt_llm_bls")
+    p.add_argument("--profile", default="akallama-70b", help="model profile (chat template, stop words, tokenizer)")
+    p.add_argument("--openai-model", default="", help="model name for the gateway (default: the profile name)")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default: reports/loadtest-<time>)")
+    g = p.add_argument_group("prompts")
+    g.add_argument("--prompts", default="all",
+                   help="short, medium, long, all, a .jsonl file/folder, or synthetic")
+    g.add_argument("--isl", type=int, default=128, help="synthetic input length (tokens)")
+    g.add_argument("--isl-stddev", type=float, default=0.0, help="synthetic input length stddev (0 = fixed)")
+    g.add_argument("--osl", type=int, default=128, help="output length = max_tokens per request")
+    g.add_argument("--osl-stddev", type=float, default=0.0, help="output length stddev (0 = fixed)")
+    g.add_argument("--ignore-eos", action="store_true", help="ask for exactly max_tokens (min_length)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--tokenizer", default="auto",
+                   help="tokenizer to count tokens: checkpoint folder/tokenizer.json, auto, or none")
+    s = p.add_argument_group("load shape")
+    s.add_argument("--shape", choices=("fixed", "step", "poisson"), default="fixed")
+    s.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    s.add_argument("--concurrency", type=int, default=1,
+                   help="fixed: concurrent streams; step: first step; poisson: most requests in flight")
+    s.add_argument("--ramp-rate", type=float, default=0.0, help="users started per second (0 = at once)")
+    s.add_argument("--step-users", type=int, default=1, help="step: users added per step")
+    s.add_argument("--step-duration", type=float, default=10.0, help="step: seconds per step")
+    s.add_argument("--max-users", type=int, default=0, help="step: ceiling; poisson: in-flight cap (0 = derived)")
+    s.add_argument("--rate", dest="request_rate", type=float, default=1.0, help="poisson: requests per second")
+    b = p.add_argument_group("bounds and output")
+    b.add_argument("--max-requests", type=int, default=100_000, help="stop after this many requests")
+    b.add_argument("--request-timeout", type=float, default=60.0, help="seconds before a request counts as failed")
+    b.add_argument("--metrics-url", default="auto",
+                   help="Prometheus endpoint scraped before/after (auto: <host>:8002/metrics, or the gateway's "
+                        "/metrics; none: skip)")
+    b.add_argument("--processes", type=int, default=1,
+                   help="locust worker processes on this machine (locust --processes; distributed mode)")
+    b.add_argument("--slo", default="", help="e.g. ttft_p99=2s,itl_p99=100ms,error_rate=1%%: exit 1 when missed")
+    b.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    b.add_argument("--echo", action="store_true", help="show locust's output instead of writing locust.log")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from koserve.loadtest.report import parse_slos
+    from koserve.loadtest.runner import LoadTestConfig, run_loadtest
+
+    slos = parse_slos(args.slo) if args.slo else []
+    out = args.out or Path("reports") / time.strftime("loadtest-%Y%m%d-%H%M%S")
+    cfg = LoadTestConfig(
+        url=args.url,
+        out_dir=out,
+        protocol=args.protocol,
+        target_model=args.target_model,
+        profile=args.profile,
+        openai_model=args.openai_model,
+        prompts=args.prompts,
+        isl=args.isl,
+        isl_stddev=args.isl_stddev,
+        osl=args.osl,
+        osl_stddev=args.osl_stddev,
+        ignore_eos=args.ignore_eos,
+        seed=args.seed,
+        tokenizer=args.tokenizer,
+        shape=args.shape,
+        duration=args.duration,
+        concurrency=args.concurrency,
+        ramp_rate=args.ramp_rate,
+        step_users=args.step_users,
+        step_duration=args.step_duration,
+        max_users=args.max_users,
+        request_rate=args.request_rate,
+        max_requests=args.max_requests,
+        request_timeout=args.request_timeout,
+        metrics_url=None if args.metrics_url == "none" else args.metrics_url,
+        processes=args.processes,
+        plots=not args.no_plots,
+        slos=slos,
+    )
+    result = run_loadtest(cfg, echo=args.echo)
+    s = result.summary
+    print(f"report: {out}/summary.md")
+    print(
+        f"requests {s['succeeded']} ok / {s['failed']} failed ({s['error_rate'] * 100:.1f} %), "
+        f"{s['requests_per_s']:.2f} req/s, {s['output_tokens_per_s']:.1f} output tokens/s"
+    )
+    for name in ("ttft_ms", "itl_ms", "e2e_ms"):
+        st = s[name]
+        vals = " ".join(f"{k}={st[k]:.1f}" if st[k] is not None else f"{k}=–" for k in ("p50", "p90", "p99"))
+        print(f"{name[:-3].upper():>5} ms: {vals}")
+    for r in s.get("slos", []):
+        value = "–" if r["value"] is None else f"{r['value']:.3f}"
+        print(f"SLO {r['slo']}: {value} {'pass' if r['passed'] else 'MISSED'}")
+    return 0 if result.slos_passed else 1

@@ -1,0 +1,68 @@
+"""`koserve repo render`: fill the model_repository templates for a profile and an engine (GPU) or a CPU model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _render(args) -> int:
+    from koserve.serving.render import RenderOptions, render_repository
+
+    rendered = render_repository(
+        RenderOptions(
+            profile=args.profile,
+            tokenizer_dir=Path(args.tokenizer),
+            out=Path(args.out),
+            engine_dir=Path(args.engine) if args.engine else None,
+            cpu_model_dir=Path(args.cpu_model) if args.cpu_model else None,
+            replay=args.replay,
+            replay_delay_ms=args.replay_delay_ms,
+            replay_text_file=Path(args.replay_text) if args.replay_text else None,
+            max_batch_size=args.max_batch_size,
+            max_input_len=args.max_input_len,
+            max_seq_len=args.max_seq_len,
+            triton_max_queue_delay_us=args.max_queue_delay_us,
+            bls_instances=args.bls_instances,
+            preprocessing_instances=args.preprocessing_instances,
+            force=args.force,
+        )
+    )
+    ctx = rendered.context
+    print(
+        f"rendered {rendered.kind.upper()} repository for {rendered.profile_name} at {rendered.path}\n"
+        f"  models: {', '.join(rendered.models)}\n"
+        f"  max_batch_size={ctx['max_batch_size']} max_input_len={ctx['max_input_len']} "
+        f"max_seq_len={ctx['max_seq_len']} tp={ctx['tp_size']} pp={ctx['pp_size']}\n"
+        f"  serve it: koserve serve --repo {rendered.path}"
+    )
+    return 0
+
+
+def register(subparsers) -> None:
+    repo = subparsers.add_parser("repo", help="Triton model repository tools")
+    sub = repo.add_subparsers(dest="repo_command", metavar="SUBCOMMAND")
+    p = sub.add_parser(
+        "render",
+        help="render the model repository for a profile",
+        description="Render model_repository/ templates. Give exactly one of --engine (GPU, TensorRT-LLM engine "
+        "folder: limits and TP×PP read from its config.json), --cpu-model (CPU stand-in running a HF Llama "
+        "checkpoint) or --replay (CPU stand-in replaying a fixed token sequence).",
+    )
+    p.add_argument("--profile", required=True, help="built-in profile name (akallama-70b, komt-13b) or YAML path")
+    p.add_argument("--tokenizer", required=True, help="folder with tokenizer.json (+ tokenizer_config.json)")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--engine", help="TensorRT-LLM engine folder (GPU)")
+    mode.add_argument("--cpu-model", help="Hugging Face Llama checkpoint folder (CPU stand-in)")
+    mode.add_argument("--replay", action="store_true", help="CPU stand-in in replay mode (tests, benchmarks)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--replay-delay-ms", type=float, default=0.0, help="replay: delay between tokens")
+    p.add_argument("--replay-text", help="replay: file whose text (tokenized) is replayed")
+    p.add_argument("--max-batch-size", type=int, help="CPU: engine max batch size (default 64)")
+    p.add_argument("--max-input-len", type=int, help="CPU: max prompt tokens (default max-seq-len - 1)")
+    p.add_argument("--max-seq-len", type=int, help="CPU: max prompt + output tokens (default the model's)")
+    p.add_argument("--max-queue-delay-us", type=int, default=0, help="engine dynamic batching queue delay")
+    p.add_argument("--bls-instances", type=int, default=1)
+    p.add_argument("--preprocessing-instances", type=int, default=1)
+    p.set_defaults(func=_render)
+    repo.set_defaults(func=lambda args: repo.print_help() or 2)

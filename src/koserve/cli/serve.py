@@ -1,0 +1,111 @@
+"""`koserve serve --repo DIR`: run tritonserver on a rendered repository (CPU wheel, or mpirun TP×PP on a GPU box)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+
+def _is_gpu_repo(repo: Path, info: dict) -> bool:
+    if info.get("kind"):
+        return info["kind"] == "gpu"
+    cfg = repo / "tensorrt_llm" / "config.pbtxt"
+    return cfg.is_file() and 'backend: "tensorrtllm"' in cfg.read_text(encoding="utf-8")
+
+
+def build_server(args):
+    """The TritonServer for ``args`` (not started)."""
+    from koserve.errors import ConfigError
+    from koserve.serving.render import read_repo_info
+    from koserve.serving.tritonserver import (
+        GPU_TRITONSERVER,
+        ServerOptions,
+        TritonServer,
+        gpu_command,
+        unique_shm_prefix,
+    )
+
+    repo = Path(args.repo).expanduser().resolve()
+    if not repo.is_dir():
+        raise ConfigError(f"--repo {repo} does not exist (render one with `koserve repo render`)")
+    extra = tuple(a for a in args.extra if a != "--") if args.extra else ()
+    info = read_repo_info(repo)
+    gpu = args.gpu if args.gpu is not None else _is_gpu_repo(repo, info)
+    if not gpu:
+        return TritonServer.cpu(
+            ServerOptions(
+                repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                metrics_port=args.metrics_port, log_verbose=args.log_verbose, extra_args=extra,
+            ),
+            echo=not args.quiet,
+        )
+    world = args.world_size or int(info.get("world_size") or 1)
+    prefix = unique_shm_prefix("r")
+    http, grpc, metrics = args.http_port or 8000, args.grpc_port or 8001, args.metrics_port or 8002
+    cmd = gpu_command(
+        repo, world, http_port=http, grpc_port=grpc, metrics_port=metrics, host=args.host,
+        tritonserver=args.tritonserver or GPU_TRITONSERVER, shm_prefix=prefix, extra_args=extra,
+    )
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
+    return TritonServer(
+        cmd, dict(os.environ), http_url=f"http://{host}:{http}", grpc_url=f"{host}:{grpc}",
+        metrics_url=f"http://{host}:{metrics}/metrics",
+        shm_prefixes=tuple(f"{prefix}{r}_" for r in range(world)), echo=not args.quiet,
+    )
+
+
+def _serve(args) -> int:
+    server = build_server(args)
+    if args.print_command:
+        print(shlex.join(server.cmd))
+        return 0
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        server.start(args.ready_timeout)
+        print(
+            f"koserve: Triton is ready\n  gRPC    {server.grpc_url}\n  HTTP    {server.http_url}\n"
+            f"  metrics {server.metrics_url}\n  log     {server.log_path}",
+            file=sys.stderr, flush=True,
+        )
+        code = server.wait()
+        print(f"koserve: tritonserver exited with code {code}", file=sys.stderr)
+        return code or 0
+    except KeyboardInterrupt:
+        print("koserve: stopping Triton", file=sys.stderr)
+        return 0
+    finally:
+        server.stop()
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="run tritonserver on a rendered model repository",
+        description="CPU repositories run the tritonserver bundled in nvidia-pytriton; GPU repositories run "
+        "`mpirun -n TP*PP` tritonserver ranks (TensorRT-LLM's launch pattern). Waits on the server; "
+        "arguments after `--` go to tritonserver.",
+    )
+    p.add_argument("--repo", required=True, help="rendered repository (koserve repo render)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    p.add_argument("--http-port", type=int, default=0, help="default: 8000 on GPU, a free port on CPU")
+    p.add_argument("--grpc-port", type=int, default=0, help="default: 8001 on GPU, a free port on CPU")
+    p.add_argument("--metrics-port", type=int, default=0, help="default: 8002 on GPU, a free port on CPU")
+    p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for readiness, then kill")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--gpu", dest="gpu", action="store_true", default=None, help="force the GPU (mpirun) path")
+    g.add_argument("--cpu", dest="gpu", action="store_false", help="force the CPU (pytriton wheel) path")
+    p.add_argument("--world-size", type=int, help="GPU: ranks (default TP*PP from the rendered repository)")
+    p.add_argument("--tritonserver", help="GPU: tritonserver binary (default /opt/tritonserver/bin/tritonserver)")
+    p.add_argument("--log-verbose", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="do not echo the server log")
+    p.add_argument("--print-command", action="store_true", help="print the command line and exit")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="-- then extra tritonserver arguments")
+    p.set_defaults(func=_serve)

@@ -1,0 +1,239 @@
+"""HTTP transport: Triton's ``generate`` (one response) and ``generate_stream`` (server-sent events), via httpx.
+
+Closing the response closes the connection, which makes Triton cancel the request. ``/generate`` answers HTTP 200
+with ``{"error": ...}`` when the model sends more than one response: that is surfaced as a :class:`ServerError`,
+as is an ``{"error": ...}`` event in the middle of a stream.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, AsyncIterator, Iterable, Iterator
+from urllib.parse import quote
+
+import httpx
+
+from koserve.client.errors import ClientError, RequestTimeoutError, ServerError, ServerUnavailableError
+from koserve.client.wire import WireRequest
+
+_MULTI_RESPONSE_HINT = (
+    " (the model streams several responses; ask for server streaming instead, e.g. server_streaming=True)"
+)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.perf_counter()
+
+
+def _timeout(deadline: float | None, connect_timeout: float) -> httpx.Timeout:
+    rem = _remaining(deadline)
+    if rem is None:
+        return httpx.Timeout(None, connect=connect_timeout)
+    rem = max(rem, 0.001)
+    return httpx.Timeout(rem, connect=min(connect_timeout, rem))
+
+
+def _error_text(body: bytes | str) -> str:
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text.strip()[:500] or "(empty body)"
+    if isinstance(data, dict) and "error" in data:
+        return str(data["error"])
+    return text.strip()[:500]
+
+
+def sse_data(lines: Iterable[str]) -> Iterator[str]:
+    """The ``data`` payload of each server-sent event (multi-line data joined with newlines)."""
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if field == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+    if data:
+        yield "\n".join(data)
+
+
+class _Common:
+    protocol = "http"
+
+    def __init__(self, url: str, *, connect_timeout: float = 5.0, headers: dict[str, str] | None = None):
+        if not url.startswith(("http://", "https://")):
+            url = "http://" + url
+        self.url = url.rstrip("/")
+        self.connect_timeout = connect_timeout
+        self.headers = dict(headers or {})
+        self._models: dict[str, set[str]] = {}
+
+    def _path(self, model: str, what: str) -> str:
+        return f"/v2/models/{quote(model, safe='')}/{what}"
+
+    def _map_transport_error(self, exc: httpx.HTTPError, model: str) -> ClientError:
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+            return ServerUnavailableError(f"cannot reach Triton at {self.url} (HTTP): {exc or type(exc).__name__}")
+        if isinstance(exc, httpx.TimeoutException):
+            return RequestTimeoutError(f"request to model {model!r} at {self.url} exceeded its deadline")
+        if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+            return ServerUnavailableError(f"connection to Triton at {self.url} was lost: {exc or type(exc).__name__}")
+        return ClientError(f"HTTP request to {self.url} failed: {type(exc).__name__}: {exc}")
+
+    def _server_error(self, model: str, status: int, body: bytes | str) -> ServerError:
+        msg = _error_text(body)
+        if status == 503 or status == 502:
+            return ServerUnavailableError(f"Triton at {self.url} is unavailable (HTTP {status}): {msg}")  # type: ignore[return-value]
+        return ServerError(f"Triton at {self.url}, model {model!r}: {msg}", status=status, server_message=msg)
+
+    def _config_result(self, model: str, resp: httpx.Response) -> set[str]:
+        if resp.status_code != 200:
+            raise self._server_error(model, resp.status_code, resp.content)
+        config = resp.json()
+        names = {i["name"] for i in config.get("input", [])}
+        self._models[model] = names
+        return names
+
+    def _check_deadline(self, deadline: float | None, model: str) -> None:
+        rem = _remaining(deadline)
+        if rem is not None and rem <= 0:
+            raise RequestTimeoutError(f"request to model {model!r} at {self.url} exceeded its deadline")
+
+    def _event(self, model: str, data: str) -> str | None:
+        try:
+            obj: Any = json.loads(data)
+        except ValueError:
+            raise ServerError(f"Triton at {self.url} sent an event that is not JSON: {data[:200]!r}") from None
+        if isinstance(obj, dict) and "error" in obj:
+            raise ServerError(f"Triton at {self.url}, model {model!r}: {obj['error']}", server_message=str(obj["error"]))
+        if not isinstance(obj, dict):
+            raise ServerError(f"Triton at {self.url} sent an unexpected event: {data[:200]!r}")
+        text = obj.get("text_output")
+        if isinstance(text, list):
+            text = "".join(map(str, text))
+        return text
+
+    def _single(self, model: str, status: int, body: bytes) -> str | None:
+        if status != 200:
+            raise self._server_error(model, status, body)
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            raise ServerError(f"Triton at {self.url} answered with a body that is not JSON: {body[:200]!r}") from None
+        if isinstance(obj, dict) and "error" in obj:
+            msg = str(obj["error"])
+            hint = _MULTI_RESPONSE_HINT if "exactly 1 response" in msg else ""
+            raise ServerError(f"Triton at {self.url}, model {model!r}: {msg}{hint}", status=status, server_message=msg)
+        text = obj.get("text_output") if isinstance(obj, dict) else None
+        if isinstance(text, list):
+            text = "".join(map(str, text))
+        return text
+
+
+class HttpTransport(_Common):
+    """Synchronous HTTP transport (thread-safe; httpx keeps a connection pool)."""
+
+    def __init__(self, url: str, **kw: Any):
+        super().__init__(url, **kw)
+        self._client = httpx.Client(base_url=self.url, headers=self.headers, timeout=httpx.Timeout(None))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _model_inputs(self, model: str, deadline: float | None) -> set[str]:
+        if model in self._models:
+            return self._models[model]
+        self._check_deadline(deadline, model)
+        t = _timeout(deadline, self.connect_timeout)
+        try:
+            resp = self._client.get(self._path(model, "config"), timeout=httpx.Timeout(t.read or self.connect_timeout,
+                                                                                    connect=t.connect))
+        except httpx.HTTPError as exc:
+            raise self._map_transport_error(exc, model) from None
+        return self._config_result(model, resp)
+
+    def ready(self, model: str, timeout: float = 2.0) -> bool:
+        try:
+            return self._client.get(self._path(model, "ready"), timeout=timeout).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def responses(self, model: str, request: WireRequest, deadline: float | None) -> Iterator[str | None]:
+        declared = self._model_inputs(model, deadline)
+        body = request.json_body(request.for_model(model, declared))
+        what = "generate_stream" if request.stream else "generate"
+        try:
+            with self._client.stream("POST", self._path(model, what), json=body,
+                                     timeout=_timeout(deadline, self.connect_timeout)) as resp:
+                ctype = resp.headers.get("content-type", "")
+                if not request.stream or resp.status_code != 200 or not ctype.startswith("text/event-stream"):
+                    yield self._single(model, resp.status_code, resp.read())
+                    return
+                for data in sse_data(resp.iter_lines()):
+                    self._check_deadline(deadline, model)
+                    yield self._event(model, data)
+        except httpx.HTTPError as exc:
+            raise self._map_transport_error(exc, model) from None
+
+
+class AsyncHttpTransport(_Common):
+    """asyncio HTTP transport."""
+
+    def __init__(self, url: str, **kw: Any):
+        super().__init__(url, **kw)
+        self._client = httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=httpx.Timeout(None))
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _model_inputs(self, model: str, deadline: float | None) -> set[str]:
+        if model in self._models:
+            return self._models[model]
+        self._check_deadline(deadline, model)
+        t = _timeout(deadline, self.connect_timeout)
+        try:
+            resp = await self._client.get(self._path(model, "config"),
+                                          timeout=httpx.Timeout(t.read or self.connect_timeout, connect=t.connect))
+        except httpx.HTTPError as exc:
+            raise self._map_transport_error(exc, model) from None
+        return self._config_result(model, resp)
+
+    async def ready(self, model: str, timeout: float = 2.0) -> bool:
+        try:
+            return (await self._client.get(self._path(model, "ready"), timeout=timeout)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def responses(self, model: str, request: WireRequest, deadline: float | None
+                        ) -> AsyncIterator[str | None]:
+        declared = await self._model_inputs(model, deadline)
+        body = request.json_body(request.for_model(model, declared))
+        what = "generate_stream" if request.stream else "generate"
+        try:
+            async with self._client.stream("POST", self._path(model, what), json=body,
+                                           timeout=_timeout(deadline, self.connect_timeout)) as resp:
+                ctype = resp.headers.get("content-type", "")
+                if not request.stream or resp.status_code != 200 or not ctype.startswith("text/event-stream"):
+                    yield self._single(model, resp.status_code, await resp.aread())
+                    return
+                data: list[str] = []
+                async for line in resp.aiter_lines():
+                    self._check_deadline(deadline, model)
+                    if line:
+                        if line.startswith("data:"):
+                            value = line[5:]
+                            data.append(value[1:] if value.startswith(" ") else value)
+                        continue
+                    if data:
+                        event, data = "\n".join(data), []
+                        yield self._event(model, event)
+                if data:
+                    yield self._event(model, "\n".join(data))
+        except httpx.HTTPError as exc:
+            raise self._map_transport_error(exc, model) from None

@@ -1,0 +1,168 @@
+"""Sampling parameters: the profile's defaults, overridden by what the caller passes, validated client-side.
+
+``resolve_params(profile, overrides)`` returns a :class:`SamplingParams`; a wrong name, type or range raises
+:class:`~koserve.errors.InvalidRequestError` naming the parameter and the allowed range before anything is sent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from koserve.errors import InvalidRequestError
+from koserve.profiles import ModelProfile
+
+MAX_STOP_STRINGS = 32
+MAX_STOP_STRING_CHARS = 256
+_UINT64_MAX = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What the server is asked to do for one request (after defaults are applied).
+
+    ``temperature == 0`` means greedy decoding (sent as ``top_k = 1``). ``stop`` holds the caller's stop strings;
+    the profile's own stop words are always added on top (see :meth:`stop_strings`).
+    """
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    length_penalty: float | None = None
+    min_tokens: int | None = None
+    bad_words: tuple[str, ...] = ()
+    end_id: int | None = None
+    pad_id: int | None = None
+    profile_stop_words: tuple[str, ...] = field(default=(), repr=False)
+
+    def stop_strings(self) -> tuple[str, ...]:
+        """The profile's stop words followed by the caller's, without duplicates."""
+        seen: dict[str, None] = {}
+        for s in (*self.profile_stop_words, *self.stop):
+            seen.setdefault(s, None)
+        return tuple(seen)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("profile_stop_words")
+        d["stop"] = list(self.stop)
+        d["bad_words"] = list(self.bad_words)
+        return d
+
+
+PARAM_NAMES: tuple[str, ...] = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "seed",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "length_penalty",
+    "min_tokens",
+    "bad_words",
+    "end_id",
+    "pad_id",
+)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int(name: str, v: Any, lo: int, hi: int | None = None) -> int:
+    if not _is_int(v):
+        raise InvalidRequestError(f"{name} must be an integer, got {v!r}")
+    if v < lo or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        raise InvalidRequestError(f"{name} must be {rng}, got {v}")
+    return int(v)
+
+
+def _float(name: str, v: Any, lo: float, hi: float | None = None, *, lo_open: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise InvalidRequestError(f"{name} must be a finite number, got {v!r}")
+    bad = v <= lo if lo_open else v < lo
+    if bad or (hi is not None and v > hi):
+        left = f"> {lo}" if lo_open else f">= {lo}"
+        rng = left if hi is None else f"{left} and <= {hi}"
+        raise InvalidRequestError(f"{name} must be {rng}, got {v}")
+    return float(v)
+
+
+def _strings(name: str, v: Any) -> tuple[str, ...]:
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, (list, tuple)):
+        raise InvalidRequestError(f"{name} must be a string or a list of strings, got {type(v).__name__}")
+    if len(v) > MAX_STOP_STRINGS:
+        raise InvalidRequestError(f"{name} takes at most {MAX_STOP_STRINGS} strings, got {len(v)}")
+    out = []
+    for i, s in enumerate(v):
+        if not isinstance(s, str):
+            raise InvalidRequestError(f"{name}[{i}] must be a string, got {type(s).__name__}")
+        if not s:
+            raise InvalidRequestError(f"{name}[{i}] must not be empty")
+        if len(s) > MAX_STOP_STRING_CHARS:
+            raise InvalidRequestError(f"{name}[{i}] is {len(s)} characters long; the limit is {MAX_STOP_STRING_CHARS}")
+        out.append(s)
+    return tuple(out)
+
+
+def resolve_params(profile: ModelProfile, overrides: Mapping[str, Any] | None = None) -> SamplingParams:
+    """Profile defaults + ``overrides`` (``None`` values mean "use the default"), validated."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(overrides) - set(PARAM_NAMES))
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(PARAM_NAMES)}"
+        )
+    gen = profile.generation
+    limit = profile.architecture.max_position_embeddings
+    vocab = profile.architecture.vocab_size
+
+    def get(name: str, default: Any) -> Any:
+        return overrides.get(name, default)
+
+    def opt_float(name: str, lo: float, hi: float | None = None, *, lo_open: bool = False) -> float | None:
+        v = overrides.get(name)
+        return None if v is None else _float(name, v, lo, hi, lo_open=lo_open)
+
+    min_tokens = overrides.get("min_tokens")
+    seed = overrides.get("seed")
+    end_id = overrides.get("end_id")
+    pad_id = overrides.get("pad_id")
+    params = SamplingParams(
+        max_tokens=_int("max_tokens", get("max_tokens", gen.max_new_tokens), 1, limit),
+        temperature=_float("temperature", get("temperature", gen.temperature), 0.0, 100.0),
+        top_p=_float("top_p", get("top_p", gen.top_p), 0.0, 1.0, lo_open=True),
+        top_k=_int("top_k", get("top_k", gen.top_k), 0, vocab),
+        stop=_strings("stop", overrides.get("stop")),
+        seed=None if seed is None else _int("seed", seed, 0, _UINT64_MAX),
+        repetition_penalty=opt_float("repetition_penalty", 0.0, lo_open=True),
+        presence_penalty=opt_float("presence_penalty", -2.0, 2.0),
+        frequency_penalty=opt_float("frequency_penalty", -2.0, 2.0),
+        length_penalty=opt_float("length_penalty", 0.0),
+        min_tokens=None if min_tokens is None else _int("min_tokens", min_tokens, 0, limit),
+        bad_words=_strings("bad_words", overrides.get("bad_words")),
+        end_id=profile.end_id if end_id is None else _int("end_id", end_id, 0, vocab - 1),
+        pad_id=gen.pad_id if pad_id is None else _int("pad_id", pad_id, 0, vocab - 1),
+        profile_stop_words=tuple(gen.stop_words),
+    )
+    if params.min_tokens is not None and params.min_tokens > params.max_tokens:
+        raise InvalidRequestError(
+            f"min_tokens ({params.min_tokens}) must not exceed max_tokens ({params.max_tokens})"
+        )
+    return params

@@ -1,0 +1,454 @@
+"""The OpenAI-compatible gateway: FastAPI in front of Triton, one :class:`AsyncChatClient` per served model.
+
+Routes: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (both with ``stream: true`` as server-sent
+events), ``GET /v1/models``, ``GET /health`` (503 until every model's Triton answers ready), ``GET /metrics``
+(Prometheus). Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from koserve import __version__
+from koserve.client import AsyncChatClient, ChatResult
+from koserve.client.errors import ClientError, RequestTimeoutError, ServerError, ServerUnavailableError
+from koserve.errors import InvalidRequestError, KoserveError
+from koserve.gateway.config import GatewayConfig, ModelRoute
+from koserve.gateway.schemas import ChatCompletionRequest, CompletionRequest
+from koserve.profiles import load_profile
+
+log = logging.getLogger("koserve.gateway")
+
+
+class GatewayError(Exception):
+    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+
+
+def error_body(message: str, type_: str = "invalid_request_error", code: str | None = None,
+               param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+                   param: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, type_, code, param), status_code=status)
+
+
+def as_gateway_error(exc: BaseException) -> GatewayError:
+    """What a koserve/client failure means for an API caller."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, RequestTimeoutError):
+        return GatewayError(504, f"the model did not answer in time: {exc}", type_="server_error", code="timeout")
+    if isinstance(exc, ServerUnavailableError):
+        return GatewayError(503, f"the model server is unavailable: {exc}", type_="server_error",
+                            code="backend_unavailable")
+    if isinstance(exc, ServerError):
+        status = str(exc.status or "")
+        if status in ("INVALID_ARGUMENT", "400") or exc.server_message.lower().startswith("invalid request"):
+            return GatewayError(400, exc.server_message, code="invalid_request")
+        return GatewayError(502, f"the model server failed: {exc.server_message}", type_="server_error",
+                            code="backend_error")
+    if isinstance(exc, (InvalidRequestError, ValueError)):
+        return GatewayError(400, str(exc), code="invalid_request")
+    if isinstance(exc, (ClientError, KoserveError)):
+        return GatewayError(502, str(exc), type_="server_error", code="backend_error")
+    return GatewayError(500, "internal error in the gateway", type_="server_error", code="internal_error")
+
+
+class Metrics:
+    """Prometheus metrics of one gateway app (its own registry)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("koserve_gateway_requests", "Requests by model, endpoint and HTTP status",
+                                ["model", "endpoint", "status"], registry=r)
+        self.latency = Histogram("koserve_gateway_request_seconds", "Whole-request latency",
+                                 ["model", "endpoint"], registry=r,
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+        self.ttft = Histogram("koserve_gateway_time_to_first_token_seconds", "Time to the first token",
+                              ["model"], registry=r, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.prompt_tokens = Counter("koserve_gateway_prompt_tokens", "Prompt tokens", ["model"], registry=r)
+        self.completion_tokens = Counter("koserve_gateway_completion_tokens", "Generated tokens", ["model"],
+                                         registry=r)
+        self.in_flight = Gauge("koserve_gateway_requests_in_flight", "Requests being served", ["model"],
+                               registry=r)
+
+    def observe(self, model: str, endpoint: str, status: int, started: float, result: ChatResult | None) -> None:
+        self.requests.labels(model, endpoint, str(status)).inc()
+        self.latency.labels(model, endpoint).observe(time.perf_counter() - started)
+        if result is not None:
+            if result.ttft is not None:
+                self.ttft.labels(model).observe(result.ttft)
+            if result.prompt_tokens:
+                self.prompt_tokens.labels(model).inc(result.prompt_tokens)
+            if result.completion_tokens:
+                self.completion_tokens.labels(model).inc(result.completion_tokens)
+
+
+@dataclass
+class Backend:
+    route: ModelRoute
+    client: AsyncChatClient
+    created: int
+
+
+def _default_tokenizer(route: ModelRoute) -> str | None:
+    """The route's tokenizer, else the real tokenizer of the profile's family from ``koserve setup fixtures``."""
+    if route.tokenizer:
+        return route.tokenizer
+    try:
+        from koserve.fixtures import tokenizer_dir  # noqa: PLC0415
+
+        return str(tokenizer_dir(load_profile(route.profile).tokenizer_family))
+    except Exception:  # noqa: BLE001 - no tokenizer: usage reports 0 prompt tokens
+        log.warning("model %s: no tokenizer found; usage.prompt_tokens will be 0 (set tokenizer: in the config)",
+                    route.name)
+        return None
+
+
+class _Guard:
+    """ASGI middleware: API keys on ``/v1/*`` and the request body size limit (before any parsing)."""
+
+    def __init__(self, app: Callable, *, api_keys: list[str], max_bytes: int):
+        self.app = app
+        self.keys = [k.encode() for k in api_keys]
+        self.max_bytes = max_bytes
+
+    async def _reply(self, send: Callable, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+    def _authorized(self, headers: dict[bytes, bytes]) -> tuple[bool, str]:
+        auth = headers.get(b"authorization", b"")
+        scheme, _, token = auth.partition(b" ")
+        if not auth or scheme.lower() != b"bearer" or not token.strip():
+            return False, "missing API key: send it as 'Authorization: Bearer <key>'"
+        token = token.strip()
+        ok = False
+        for key in self.keys:
+            ok |= hmac.compare_digest(token, key)
+        return ok, "incorrect API key provided"
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        if self.keys and scope["path"].startswith("/v1"):
+            ok, why = self._authorized(headers)
+            if not ok:
+                await self._reply(send, 401, error_body(why, "invalid_request_error", "invalid_api_key"))
+                return
+        too_large = error_body(f"request body is larger than the limit of {self.max_bytes} bytes",
+                               "invalid_request_error", "request_too_large")
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                if int(length) > self.max_bytes:
+                    await self._reply(send, 413, too_large)
+                    return
+            except ValueError:
+                await self._reply(send, 400, error_body("invalid Content-Length header"))
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reply(send, 413, too_large)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _sse(obj: Any) -> bytes:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+
+def create_app(config: GatewayConfig) -> FastAPI:
+    """The gateway for ``config`` (clients are created now; they connect on first use)."""
+    metrics = Metrics()
+    backends: dict[str, Backend] = {}
+    for route in config.models:
+        client = AsyncChatClient(route.url, route.profile, protocol=route.protocol, model=route.target,
+                                 tokenizer=_default_tokenizer(route), timeout=config.request_timeout,
+                                 retries=config.retries)
+        backends[route.name] = Backend(route, client, int(time.time()))
+
+    from contextlib import asynccontextmanager  # noqa: PLC0415
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        for b in backends.values():
+            await b.client.close()
+
+    app = FastAPI(title="koserve gateway", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.config = config
+    app.state.metrics = metrics
+    app.state.backends = backends
+
+    # -- errors ------------------------------------------------------------------------------------------
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(_r: Request, exc: GatewayError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.type, exc.code, exc.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        msg = str(first.get("msg", "invalid request"))
+        if first.get("type") == "json_invalid":
+            msg = "the request body is not valid JSON"
+        return error_response(400, f"{param}: {msg}" if param else msg, param=param, code="invalid_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return error_response(exc.status_code, str(exc.detail), code=code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_r: Request, exc: Exception) -> JSONResponse:
+        err = as_gateway_error(exc)
+        if err.status >= 500:
+            log.exception("request failed")
+        return error_response(err.status, err.message, err.type, err.code, err.param)
+
+    def backend_for(name: str) -> Backend:
+        b = backends.get(name)
+        if b is None:
+            raise GatewayError(404, f"the model {name!r} does not exist; available: {', '.join(backends)}",
+                               code="model_not_found", param="model")
+        return b
+
+    async def parse(request: Request, schema: type) -> Any:
+        try:
+            data = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            raise GatewayError(400, "the request body is not valid JSON", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise GatewayError(400, "the request body must be a JSON object", code="invalid_request")
+        try:
+            return schema.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(str(p) for p in first["loc"]) or None
+            msg = first["msg"].removeprefix("Value error, ")
+            raise GatewayError(400, f"{param}: {msg}" if param else msg, param=param,
+                               code="invalid_request") from None
+
+    def check_max_tokens(b: Backend, params: dict[str, Any]) -> None:
+        cap = b.route.max_tokens
+        if cap is not None and params.get("max_tokens") is not None and params["max_tokens"] > cap:
+            raise GatewayError(400, f"max_tokens is {params['max_tokens']}; the limit for {b.route.name} is {cap}",
+                               param="max_tokens", code="invalid_request")
+        if cap is not None and params.get("max_tokens") is None:
+            params["max_tokens"] = min(cap, b.client.profile.generation.max_new_tokens)
+
+    def usage(result: ChatResult) -> dict[str, int]:
+        p, c = result.prompt_tokens or 0, result.completion_tokens or 0
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    def finish_reason(result: ChatResult) -> str:
+        return "length" if result.finish_reason == "length" else "stop"
+
+    async def run(endpoint: str, b: Backend, stream_obj: Any, include_usage: bool,
+                  chunk: Callable[[str | None, str | None, bool], dict], whole: Callable[[ChatResult], dict]
+                  ) -> Response:
+        """Serve one request: ``stream_obj`` is an AsyncChatStream (SSE) or an awaitable ChatResult."""
+        name = b.route.name
+        started = time.perf_counter()
+        metrics.in_flight.labels(name).inc()
+        if not hasattr(stream_obj, "__anext__"):
+            try:
+                result = await stream_obj
+            except BaseException as exc:
+                metrics.in_flight.labels(name).dec()
+                err = as_gateway_error(exc)
+                metrics.observe(name, endpoint, err.status, started, None)
+                raise err from None
+            metrics.in_flight.labels(name).dec()
+            metrics.observe(name, endpoint, 200, started, result)
+            return JSONResponse(whole(result))
+        # Streaming: wait for the first delta so that a failure to start is a proper HTTP error.
+        try:
+            first = await stream_obj.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except BaseException as exc:
+            await stream_obj.aclose()
+            metrics.in_flight.labels(name).dec()
+            err = as_gateway_error(exc)
+            metrics.observe(name, endpoint, err.status, started, None)
+            raise err from None
+
+        async def events() -> AsyncIterator[bytes]:
+            status = 200
+            result = None
+            try:
+                yield _sse(chunk(None, None, True))
+                if first:
+                    yield _sse(chunk(first, None, False))
+                async for delta in stream_obj:
+                    yield _sse(chunk(delta, None, False))
+                result = stream_obj.result
+                final = chunk(None, finish_reason(result), False)
+                yield _sse(final)
+                if include_usage:
+                    yield _sse({**final, "choices": [], "usage": usage(result)})
+                yield b"data: [DONE]\n\n"
+            except Exception as exc:  # noqa: BLE001 - headers are sent: report in-band, as OpenAI does
+                err = as_gateway_error(exc)
+                status = err.status
+                yield _sse(error_body(err.message, err.type, err.code, err.param))
+            except BaseException:  # client went away (cancelled): stop the generation on the server
+                status = 499
+                raise
+            finally:
+                await stream_obj.aclose()
+                metrics.in_flight.labels(name).dec()
+                metrics.observe(name, endpoint, status, started, result)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # -- routes ------------------------------------------------------------------------------------------
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        body: ChatCompletionRequest = await parse(request, ChatCompletionRequest)
+        b = backend_for(body.model)
+        if len(body.messages) > config.max_messages:
+            raise GatewayError(400, f"{len(body.messages)} messages; the limit is {config.max_messages}",
+                               param="messages", code="invalid_request")
+        try:
+            messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                        for m in body.messages]
+        except ValueError as exc:
+            raise GatewayError(400, str(exc), param="messages", code="invalid_request") from None
+        params = body.sampling()
+        check_max_tokens(b, params)
+        try:
+            stream_obj = b.client.stream(messages, **params) if body.stream else b.client.chat(messages, **params)
+        except (InvalidRequestError, KoserveError) as exc:
+            raise as_gateway_error(exc) from None
+        cid = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+
+        def chunk(delta: str | None, reason: str | None, first: bool) -> dict:
+            d: dict[str, Any] = {"role": "assistant", "content": ""} if first else (
+                {"content": delta} if delta is not None else {})
+            return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": body.model,
+                    "choices": [{"index": 0, "delta": d, "finish_reason": reason, "logprobs": None}]}
+
+        def whole(result: ChatResult) -> dict:
+            return {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                                 "finish_reason": finish_reason(result), "logprobs": None}],
+                    "usage": usage(result)}
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await run("chat", b, stream_obj, include_usage, chunk, whole)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        body: CompletionRequest = await parse(request, CompletionRequest)
+        b = backend_for(body.model)
+        try:
+            prompt = body.prompt_text()
+        except ValueError as exc:
+            raise GatewayError(400, str(exc), param="prompt", code="invalid_request") from None
+        params = body.sampling()
+        check_max_tokens(b, params)
+        try:
+            stream_obj = b.client.generate_stream(prompt, **params) if body.stream else \
+                b.client.generate(prompt, **params)
+        except (InvalidRequestError, KoserveError) as exc:
+            raise as_gateway_error(exc) from None
+        cid = f"cmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+
+        def chunk(delta: str | None, reason: str | None, first: bool) -> dict:
+            return {"id": cid, "object": "text_completion", "created": created, "model": body.model,
+                    "choices": [{"index": 0, "text": "" if first else (delta or ""), "finish_reason": reason,
+                                 "logprobs": None}]}
+
+        def whole(result: ChatResult) -> dict:
+            return {"id": cid, "object": "text_completion", "created": created, "model": body.model,
+                    "choices": [{"index": 0, "text": result.text, "finish_reason": finish_reason(result),
+                                 "logprobs": None}],
+                    "usage": usage(result)}
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await run("completions", b, stream_obj, include_usage, chunk, whole)
+
+    @app.get("/v1/models")
+    async def list_models() -> dict:
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": b.created, "owned_by": "koserve",
+             "profile": b.route.profile, "display_name": b.client.profile.display_name}
+            for name, b in backends.items()
+        ]}
+
+    @app.get("/v1/models/{name:path}")
+    async def get_model(name: str) -> dict:
+        b = backend_for(name)
+        return {"id": name, "object": "model", "created": b.created, "owned_by": "koserve"}
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        states = {name: ("ready" if await b.client.is_ready(timeout=2.0) else "unavailable")
+                  for name, b in backends.items()}
+        ok = all(s == "ready" for s in states.values())
+        return JSONResponse({"status": "ok" if ok else "degraded", "models": states}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return _wrap(app, config)
+
+
+def _wrap(app: FastAPI, config: GatewayConfig) -> FastAPI:
+    app.add_middleware(_Guard, api_keys=config.api_keys, max_bytes=config.max_request_bytes)
+    return app

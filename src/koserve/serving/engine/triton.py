@@ -1,0 +1,253 @@
+"""Triton python-backend adapter for the engine stand-in: the ``tensorrt_llm`` model on CPU.
+
+Tensor interface and semantics follow NVIDIA's C++ ``tensorrtllm`` backend (tensorrtllm_backend v0.19
+``inflight_batcher_llm/tensorrt_llm``): one request = one sequence (batch 1, beam width 1);
+``output_ids`` ``[1, 1, n]`` INT32 and ``sequence_length`` ``[1, 1]``; ``cum_log_probs`` ``[1, 1]`` and
+``output_log_probs`` ``[1, 1, n]`` only when ``return_log_probs``; ``streaming`` → one response per new token,
+the last one carrying the FINAL flag; not streaming → one FINAL response with every token, preceded by the prompt
+unless ``exclude_input_in_output`` (streaming responses carry only new tokens); a ``stop`` request cancels the
+running requests with the same request id.
+
+The parsing and tensor building below are plain functions over numpy arrays, unit-tested without Triton.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from koserve.errors import ConfigError, InvalidRequestError
+from koserve.serving.engine.scheduler import Engine, EngineBusyError, EngineClosedError
+from koserve.serving.engine.settings import EngineSettings, create_engine
+from koserve.serving.engine.types import EngineOutput, EngineRequest, FinishReason, parse_word_list
+
+GetTensor = Callable[[str], "np.ndarray | None"]
+
+# inputs the stand-in accepts only at their "off" value (the C++ backend has them; we do not implement them)
+_UNSUPPORTED_UNLESS = {
+    "beam_width": 1,
+    "num_return_sequences": 1,
+    "return_context_logits": False,
+    "return_generation_logits": False,
+}
+
+
+def _scalar(get: GetTensor, name: str, kind: str, default=None):
+    """One value of input ``name`` (any shape holding exactly one element), checking its dtype kind."""
+    arr = get(name)
+    if arr is None:
+        return default
+    arr = np.asarray(arr)
+    if arr.size != 1:
+        raise InvalidRequestError(f"{name} must hold exactly one value per request, got shape {list(arr.shape)}")
+    ok = {
+        "int": np.issubdtype(arr.dtype, np.integer),
+        "uint": np.issubdtype(arr.dtype, np.unsignedinteger) or np.issubdtype(arr.dtype, np.integer),
+        "float": np.issubdtype(arr.dtype, np.floating),
+        "bool": arr.dtype == np.bool_,
+    }[kind]
+    if not ok:
+        raise InvalidRequestError(f"{name} has dtype {arr.dtype}; expected {kind}")
+    value = arr.reshape(-1)[0].item()
+    return bool(value) if kind == "bool" else value
+
+
+def parse_triton_request(
+    get: GetTensor,
+    settings: EngineSettings,
+    *,
+    default_end_ids: tuple[int, ...] = (),
+    request_id: str = "",
+) -> EngineRequest:
+    """Build an :class:`EngineRequest` from the ``tensorrt_llm`` input tensors, with errors that name the input and
+    the limit. Like TensorRT-LLM, ``request_output_len`` is cut to ``max_seq_len - input length`` when the sum is
+    longer than ``max_seq_len``."""
+    ids = get("input_ids")
+    if ids is None:
+        raise InvalidRequestError("input_ids is required")
+    ids = np.asarray(ids)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise InvalidRequestError(f"input_ids has dtype {ids.dtype}; expected INT32")
+    if ids.ndim == 2:
+        if ids.shape[0] != 1:
+            raise InvalidRequestError(
+                f"input_ids has batch size {ids.shape[0]}: the CPU stand-in takes one sequence per request "
+                f"(shape [1, L])"
+            )
+        ids = ids[0]
+    elif ids.ndim != 1:
+        raise InvalidRequestError(f"input_ids must have shape [1, L], got {list(ids.shape)}")
+    length = _scalar(get, "input_lengths", "int", default=len(ids))
+    if not 1 <= length <= len(ids):
+        raise InvalidRequestError(f"input_lengths is {length} but input_ids holds {len(ids)} tokens")
+    prompt = tuple(int(t) for t in ids[:length])
+    if length > settings.max_input_len:
+        raise InvalidRequestError(
+            f"input length {length} exceeds the engine's max_input_len {settings.max_input_len}"
+        )
+    out_len = _scalar(get, "request_output_len", "int")
+    if out_len is None:
+        raise InvalidRequestError("request_output_len is required")
+    max_out = settings.max_seq_len - 1
+    if out_len <= 0 or out_len > max_out:
+        raise InvalidRequestError(
+            f"request_output_len must be in [1, {max_out}] (max_seq_len {settings.max_seq_len} - 1), got {out_len}"
+        )
+    out_len = min(out_len, settings.max_seq_len - length)
+
+    for name, allowed in _UNSUPPORTED_UNLESS.items():
+        kind = "bool" if isinstance(allowed, bool) else "int"
+        value = _scalar(get, name, kind)
+        if value is not None and value != allowed:
+            raise InvalidRequestError(f"{name}={value} is not supported by the CPU engine stand-in (only {allowed})")
+
+    end_id = _scalar(get, "end_id", "int")
+    stop_words = get("stop_words_list")
+    bad_words = get("bad_words_list")
+    seed = _scalar(get, "random_seed", "uint", default=0)
+    exclude = _scalar(get, "exclude_input_in_output", "bool")
+    temperature = _scalar(get, "temperature", "float", default=1.0)
+    top_p = _scalar(get, "runtime_top_p", "float", default=0.0)
+    top_k = _scalar(get, "runtime_top_k", "int", default=0)
+    for name, value in (("temperature", temperature), ("runtime_top_p", top_p)):
+        if not np.isfinite(value):
+            raise InvalidRequestError(f"{name} must be a finite number, got {value}")
+    return EngineRequest(
+        input_ids=prompt,
+        max_new_tokens=int(out_len),
+        end_ids=(int(end_id),) if end_id is not None else tuple(default_end_ids),
+        pad_id=_scalar(get, "pad_id", "int"),
+        stop_words=parse_word_list(stop_words, "stop_words_list") if stop_words is not None else (),
+        bad_words=parse_word_list(bad_words, "bad_words_list") if bad_words is not None else (),
+        temperature=float(temperature),
+        top_k=int(top_k),
+        top_p=float(top_p),
+        random_seed=int(seed),
+        repetition_penalty=float(_scalar(get, "repetition_penalty", "float", default=1.0)),
+        presence_penalty=float(_scalar(get, "presence_penalty", "float", default=0.0)),
+        frequency_penalty=float(_scalar(get, "frequency_penalty", "float", default=0.0)),
+        min_length=int(_scalar(get, "min_length", "int", default=0)),
+        streaming=_scalar(get, "streaming", "bool", default=False),
+        exclude_input_in_output=settings.exclude_input_in_output if exclude is None else exclude,
+        return_log_probs=_scalar(get, "return_log_probs", "bool", default=False),
+        request_id=request_id,
+    )
+
+
+def output_arrays(request: EngineRequest, out: EngineOutput) -> dict[str, np.ndarray]:
+    """The response tensors for one output chunk, shaped like the C++ backend's (batch 1, beam 1)."""
+    tokens = list(out.token_ids)
+    if not request.streaming and not request.exclude_input_in_output:
+        tokens = list(request.input_ids) + tokens
+    arrays = {
+        "output_ids": np.asarray(tokens, dtype=np.int32).reshape(1, 1, len(tokens)),
+        "sequence_length": np.asarray([[len(tokens)]], dtype=np.int32),
+    }
+    if request.return_log_probs:
+        log_probs = list(out.log_probs or [])
+        arrays["cum_log_probs"] = np.asarray([[out.cum_log_prob or 0.0]], dtype=np.float32)
+        arrays["output_log_probs"] = np.asarray(log_probs, dtype=np.float32).reshape(1, 1, len(log_probs))
+    return arrays
+
+
+class TritonEngineModel:
+    """The body of ``model_repository/tensorrt_llm_cpu/1/model.py`` (decoupled); ``pb_utils`` is Triton's
+    ``triton_python_backend_utils`` module, passed in by the thin ``model.py``."""
+
+    def __init__(self, pb_utils) -> None:
+        self.pb = pb_utils
+
+    def initialize(self, args: dict) -> None:
+        pb_utils = self.pb
+        config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(config):
+            raise ConfigError("the tensorrt_llm stand-in must be decoupled (model_transaction_policy.decoupled)")
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        self.settings = EngineSettings.from_parameters(params)
+        self.default_end_ids = self.settings.default_end_ids()
+        self.engine: Engine = create_engine(self.settings)
+        self._lock = threading.Lock()
+        self._by_request_id: dict[str, list] = {}
+
+    def _error(self, message: str, invalid: bool = True):
+        pb = self.pb
+        code = getattr(pb.TritonError, "INVALID_ARG" if invalid else "INTERNAL", None)
+        error = pb.TritonError(message, code) if code is not None else pb.TritonError(message)
+        return pb.InferenceResponse(output_tensors=[], error=error)
+
+    def execute(self, requests):
+        pb = self.pb
+        final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        for request in requests:
+            sender = request.get_response_sender()
+
+            def get(name, _r=request):
+                t = pb.get_input_tensor_by_name(_r, name)
+                return None if t is None else t.as_numpy()
+
+            request_id = request.request_id() or ""
+            try:
+                if _scalar(get, "stop", "bool", default=False):
+                    self._stop(request_id)
+                    sender.send(flags=final)
+                    continue
+                ereq = parse_triton_request(
+                    get, self.settings, default_end_ids=self.default_end_ids, request_id=request_id
+                )
+                self._submit(ereq, sender)
+            except (InvalidRequestError, EngineBusyError, EngineClosedError) as exc:
+                sender.send(self._error(str(exc), invalid=isinstance(exc, InvalidRequestError)), flags=final)
+            except Exception as exc:  # noqa: BLE001 - answer the client, keep serving
+                sender.send(self._error(f"tensorrt_llm stand-in: {type(exc).__name__}: {exc}", False), flags=final)
+        return None
+
+    def _submit(self, ereq: EngineRequest, sender) -> None:
+        pb = self.pb
+        final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        holder: list = []
+
+        def on_output(out: EngineOutput) -> None:
+            try:
+                if out.finish_reason is FinishReason.ERROR:
+                    sender.send(self._error(out.error or "engine error", invalid=False), flags=final)
+                    return
+                tensors = [pb.Tensor(k, v) for k, v in output_arrays(ereq, out).items()]
+                try:
+                    sender.send(pb.InferenceResponse(output_tensors=tensors), flags=final if out.finished else 0)
+                except Exception:
+                    if out.finish_reason is not FinishReason.CANCELLED:
+                        raise
+                    sender.send(flags=final)  # the client is gone: just close the stream
+            finally:
+                if out.finished and ereq.request_id:
+                    with self._lock:
+                        handles = self._by_request_id.get(ereq.request_id, [])
+                        for h in holder:
+                            if h in handles:
+                                handles.remove(h)
+                        if not handles:
+                            self._by_request_id.pop(ereq.request_id, None)
+
+        if ereq.request_id:
+            # register before submitting: the engine may finish the request before submit returns
+            with self._lock:
+                handle = self.engine.submit(ereq, on_output=on_output, is_cancelled=sender.is_cancelled)
+                holder.append(handle)
+                if not handle.done.is_set():
+                    self._by_request_id.setdefault(ereq.request_id, []).append(handle)
+        else:
+            self.engine.submit(ereq, on_output=on_output, is_cancelled=sender.is_cancelled)
+
+    def _stop(self, request_id: str) -> None:
+        if not request_id:
+            raise InvalidRequestError("stop=true needs the request id of the request to stop")
+        with self._lock:
+            handles = list(self._by_request_id.get(request_id, []))
+        for handle in handles:
+            handle.cancel()
+
+    def finalize(self) -> None:
+        self.engine.shutdown()

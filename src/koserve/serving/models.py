@@ -1,0 +1,81 @@
+"""Base classes behind the thin ``model_repository/*/1/model.py`` adapters.
+
+Each adapter subclasses one of these and sets ``pb = triton_python_backend_utils``; the logic lives in
+:mod:`koserve.serving.preprocess`, :mod:`koserve.serving.postprocess` and :mod:`koserve.serving.bls`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from koserve.errors import KoserveError
+from koserve.serving.postprocess import StreamRegistry, tokens_of
+from koserve.serving.preprocess import Preprocessor
+from koserve.serving.settings import ModelSettings
+from koserve.serving.triton_io import bytes_tensor, error_response, read_inputs
+
+PREPROCESSING_INPUTS = (
+    "QUERY", "REQUEST_OUTPUT_LEN", "BAD_WORDS_DICT", "STOP_WORDS_DICT", "END_ID", "PAD_ID",
+    *Preprocessor.SAMPLING_TENSORS.values(),
+)
+
+
+class PreprocessingModel:
+    pb = None
+
+    def initialize(self, args):
+        self.preprocessor = Preprocessor(ModelSettings.from_model_config(json.loads(args["model_config"])))
+
+    def execute(self, requests):
+        pb = self.pb
+        responses = []
+        for request in requests:
+            try:
+                outputs = self.preprocessor.preprocessing_outputs(read_inputs(pb, request, PREPROCESSING_INPUTS))
+                responses.append(pb.InferenceResponse([pb.Tensor(k, v) for k, v in outputs.items()]))
+            except (KoserveError, ValueError) as exc:
+                responses.append(error_response(pb, str(exc)))
+        return responses
+
+
+class PostprocessingModel:
+    pb = None
+
+    def initialize(self, args):
+        settings = ModelSettings.from_model_config(json.loads(args["model_config"]))
+        pre = Preprocessor(settings)
+        self.registry = StreamRegistry(
+            pre.tokenizer,
+            pre.default_stop_words,
+            idle_timeout_s=settings.stream_idle_timeout_s,
+            max_streams=settings.max_streams,
+        )
+
+    def execute(self, requests):
+        pb = self.pb
+        responses = []
+        for request in requests:
+            try:
+                inputs = read_inputs(pb, request, ("TOKENS_BATCH", "SEQUENCE_LENGTH"))
+                ids = tokens_of(inputs["TOKENS_BATCH"], inputs["SEQUENCE_LENGTH"])
+                text = self.registry.decode(request.request_id(), ids)
+                responses.append(pb.InferenceResponse([bytes_tensor(pb, "OUTPUT", text)]))
+            except (KoserveError, ValueError) as exc:
+                responses.append(error_response(pb, str(exc)))
+        return responses
+
+
+class BlsTritonModel:
+    pb = None
+
+    def initialize(self, args):
+        from koserve.serving.bls import BlsModel  # noqa: PLC0415
+
+        self.model = BlsModel(self.pb, json.loads(args["model_config"]))
+
+    async def execute(self, requests):
+        await self.model.execute(requests)
+        return None
+
+    def finalize(self):
+        self.model.finalize()

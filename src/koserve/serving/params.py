@@ -1,0 +1,270 @@
+"""Parse and validate the inputs of ``ensemble`` / ``tensorrt_llm_bls`` / ``preprocessing`` requests.
+
+Inputs arrive as numpy arrays keyed by tensor name (Triton gives them a leading batch dimension). Every error is an
+:class:`~koserve.errors.InvalidRequestError` that names the input, the value and the limit; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from koserve.errors import InvalidRequestError
+
+MAX_STOP_WORDS = 32
+MAX_STOP_WORD_BYTES = 256
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """The engine's limits (from its config.json on GPU, from the render options on CPU)."""
+
+    max_batch_size: int
+    max_input_len: int
+    max_seq_len: int
+
+    @property
+    def max_output_len(self) -> int:
+        return self.max_seq_len - 1
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Engine-side sampling options as given (None = not given: the engine's default applies)."""
+
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    length_penalty: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    min_length: int | None = None
+    beam_width: int | None = None
+    random_seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One parsed ``ensemble``/``tensorrt_llm_bls`` request (batch size 1)."""
+
+    text: str
+    max_tokens: int
+    stop_words: tuple[str, ...] = ()
+    bad_words: tuple[str, ...] = ()
+    end_id: int | None = None
+    pad_id: int | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stream: bool = False
+    exclude_input_in_output: bool = True
+    return_log_probs: bool = False
+
+
+# name -> (kind, numpy dtypes accepted)
+_SCALARS: dict[str, str] = {
+    "max_tokens": "int",
+    "end_id": "int",
+    "pad_id": "int",
+    "top_k": "int",
+    "min_length": "int",
+    "beam_width": "int",
+    "random_seed": "uint",
+    "top_p": "float",
+    "temperature": "float",
+    "length_penalty": "float",
+    "repetition_penalty": "float",
+    "presence_penalty": "float",
+    "frequency_penalty": "float",
+    "stream": "bool",
+    "exclude_input_in_output": "bool",
+    "return_log_probs": "bool",
+}
+
+
+def batch_size_of(array: np.ndarray, name: str) -> int:
+    if array.ndim == 0:
+        return 1
+    return int(array.shape[0])
+
+
+def check_batch_one(inputs: Mapping[str, np.ndarray]) -> None:
+    """koserve serves one prompt per request: a batch dimension larger than 1 is refused by name."""
+    for name, arr in inputs.items():
+        if arr is not None and arr.ndim >= 1 and arr.shape[0] != 1:
+            raise InvalidRequestError(
+                f"input {name!r} has batch size {arr.shape[0]}; koserve accepts batch size 1 (one prompt per "
+                f"request: send several requests concurrently instead)"
+            )
+
+
+def scalar(arr: np.ndarray | None, name: str, kind: str) -> Any:
+    """The single value of a ``[1]`` / ``[1, 1]`` input, type-checked."""
+    if arr is None:
+        return None
+    flat = np.asarray(arr).reshape(-1)
+    if flat.size != 1:
+        raise InvalidRequestError(
+            f"input {name!r} must hold exactly one value (shape [1] or [1, 1]), got shape {list(np.shape(arr))}"
+        )
+    value = flat[0]
+    dtype = flat.dtype
+    if kind == "bool":
+        if dtype != np.bool_:
+            raise InvalidRequestError(f"input {name!r} must be BOOL, got {dtype}")
+        return bool(value)
+    if kind in ("int", "uint"):
+        if not np.issubdtype(dtype, np.integer):
+            raise InvalidRequestError(f"input {name!r} must be an integer tensor, got {dtype}")
+        return int(value)
+    if kind == "float":
+        if not np.issubdtype(dtype, np.floating):
+            raise InvalidRequestError(f"input {name!r} must be a float tensor, got {dtype}")
+        value = float(value)
+        if not np.isfinite(value):
+            raise InvalidRequestError(f"input {name!r} must be finite, got {value}")
+        return value
+    raise AssertionError(kind)
+
+
+def decode_utf8(raw: Any, name: str) -> str:
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, (bytes, np.bytes_)):
+        try:
+            return bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequestError(
+                f"input {name!r} is not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+            ) from None
+    raise InvalidRequestError(f"input {name!r} must be BYTES (UTF-8 text), got {type(raw).__name__}")
+
+
+def text_value(arr: np.ndarray | None, name: str) -> str:
+    if arr is None:
+        raise InvalidRequestError(f"input {name!r} is required")
+    if arr.dtype != np.object_ and arr.dtype.kind not in ("S", "U"):
+        raise InvalidRequestError(f"input {name!r} must be BYTES (UTF-8 text), got {arr.dtype}")
+    flat = arr.reshape(-1)
+    if flat.size != 1:
+        raise InvalidRequestError(
+            f"input {name!r} must hold exactly one prompt (shape [1] or [1, 1]), got shape {list(arr.shape)}"
+        )
+    return decode_utf8(flat[0], name)
+
+
+def word_values(arr: np.ndarray | None, name: str) -> tuple[str, ...]:
+    """Stop/bad words: a BYTES tensor of words (empty-string entries are padding from batched clients)."""
+    if arr is None:
+        return ()
+    if arr.dtype != np.object_ and arr.dtype.kind not in ("S", "U"):
+        raise InvalidRequestError(f"input {name!r} must be BYTES (one word per element), got {arr.dtype}")
+    words = []
+    for i, raw in enumerate(arr.reshape(-1)):
+        word = decode_utf8(raw, f"{name}[{i}]")
+        if word == "":
+            continue
+        if len(word.encode("utf-8")) > MAX_STOP_WORD_BYTES:
+            raise InvalidRequestError(
+                f"{name}[{i}] is {len(word.encode('utf-8'))} bytes long; the limit is {MAX_STOP_WORD_BYTES}"
+            )
+        if word.strip() == "":
+            raise InvalidRequestError(f"{name}[{i}] is only whitespace ({word!r}): not a usable word")
+        words.append(word)
+    if len(words) > MAX_STOP_WORDS:
+        raise InvalidRequestError(f"{name} has {len(words)} entries; the limit is {MAX_STOP_WORDS}")
+    return tuple(dict.fromkeys(words))
+
+
+def validate_sampling(s: SamplingParams) -> None:
+    if s.temperature is not None and s.temperature < 0:
+        raise InvalidRequestError(f"temperature must be >= 0, got {s.temperature}")
+    if s.top_p is not None and not 0.0 < s.top_p <= 1.0:
+        raise InvalidRequestError(f"top_p must be in (0, 1], got {s.top_p}")
+    if s.top_k is not None and s.top_k < 0:
+        raise InvalidRequestError(f"top_k must be >= 0, got {s.top_k}")
+    if s.repetition_penalty is not None and s.repetition_penalty <= 0:
+        raise InvalidRequestError(f"repetition_penalty must be > 0, got {s.repetition_penalty}")
+    if s.min_length is not None and s.min_length < 0:
+        raise InvalidRequestError(f"min_length must be >= 0, got {s.min_length}")
+    if s.beam_width is not None and s.beam_width != 1:
+        raise InvalidRequestError(f"beam_width must be 1 (koserve serves greedy/sampling only), got {s.beam_width}")
+    if s.random_seed is not None and s.random_seed < 0:
+        raise InvalidRequestError(f"random_seed must be >= 0, got {s.random_seed}")
+
+
+def validate_token_id(value: int | None, name: str, vocab_size: int) -> None:
+    if value is not None and not 0 <= value < vocab_size:
+        raise InvalidRequestError(f"{name} {value} is outside the vocabulary [0, {vocab_size})")
+
+
+def validate_lengths(input_len: int, max_tokens: int, limits: ServingLimits) -> None:
+    """Prompt and output lengths against the engine's limits (the error names both numbers)."""
+    if input_len > limits.max_input_len:
+        raise InvalidRequestError(
+            f"prompt is {input_len} tokens long; the engine's max input length is {limits.max_input_len}"
+        )
+    if max_tokens <= 0:
+        raise InvalidRequestError(f"max_tokens must be >= 1, got {max_tokens}")
+    if input_len + max_tokens > limits.max_seq_len:
+        raise InvalidRequestError(
+            f"prompt ({input_len} tokens) + max_tokens ({max_tokens}) = {input_len + max_tokens} exceeds the "
+            f"engine's max sequence length {limits.max_seq_len} (max_tokens <= {limits.max_seq_len - input_len} "
+            f"for this prompt)"
+        )
+
+
+def sampling_from(inputs: Mapping[str, np.ndarray | None], names: Mapping[str, str] | None = None) -> SamplingParams:
+    """Read sampling inputs; ``names`` maps our field names to the tensor names used (default: the same)."""
+    names = names or {}
+
+    def get(field_name: str, kind: str):
+        tensor = names.get(field_name, field_name)
+        return scalar(inputs.get(tensor), tensor, kind)
+
+    params = SamplingParams(
+        temperature=get("temperature", "float"),
+        top_k=get("top_k", "int"),
+        top_p=get("top_p", "float"),
+        length_penalty=get("length_penalty", "float"),
+        repetition_penalty=get("repetition_penalty", "float"),
+        presence_penalty=get("presence_penalty", "float"),
+        frequency_penalty=get("frequency_penalty", "float"),
+        min_length=get("min_length", "int"),
+        beam_width=get("beam_width", "int"),
+        random_seed=get("random_seed", "uint"),
+    )
+    validate_sampling(params)
+    return params
+
+
+def parse_generation_request(inputs: Mapping[str, np.ndarray | None]) -> GenerationRequest:
+    """Parse the ``ensemble``/``tensorrt_llm_bls`` inputs (tensor names as in NVIDIA's inflight_batcher_llm)."""
+    present = {k: v for k, v in inputs.items() if v is not None}
+    check_batch_one(present)
+    text = text_value(inputs.get("text_input"), "text_input")
+    if not text.strip():
+        raise InvalidRequestError("text_input is empty: send a non-empty prompt")
+    max_tokens = scalar(inputs.get("max_tokens"), "max_tokens", "int")
+    if max_tokens is None:
+        raise InvalidRequestError("input 'max_tokens' is required")
+    if max_tokens <= 0:
+        raise InvalidRequestError(f"max_tokens must be >= 1, got {max_tokens}")
+
+    def flag(name: str, default: bool) -> bool:
+        value = scalar(inputs.get(name), name, "bool")
+        return default if value is None else value
+
+    return GenerationRequest(
+        text=text,
+        max_tokens=max_tokens,
+        stop_words=word_values(inputs.get("stop_words"), "stop_words"),
+        bad_words=word_values(inputs.get("bad_words"), "bad_words"),
+        end_id=scalar(inputs.get("end_id"), "end_id", "int"),
+        pad_id=scalar(inputs.get("pad_id"), "pad_id", "int"),
+        sampling=sampling_from(inputs),
+        stream=flag("stream", False),
+        exclude_input_in_output=flag("exclude_input_in_output", True),
+        return_log_probs=flag("return_log_probs", False),
+    )

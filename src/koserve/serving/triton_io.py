@@ -1,0 +1,29 @@
+"""Small helpers between Triton's python backend (``triton_python_backend_utils``, passed in as ``pb``) and numpy."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+
+def read_inputs(pb, request, names: Iterable[str]) -> dict[str, np.ndarray | None]:
+    """``{name: array or None}`` for the named (possibly optional) inputs of a request."""
+    out = {}
+    for name in names:
+        tensor = pb.get_input_tensor_by_name(request, name)
+        out[name] = None if tensor is None else tensor.as_numpy()
+    return out
+
+
+def bytes_tensor(pb, name: str, texts: list[str] | str, shape: tuple[int, ...] | None = None):
+    """A BYTES tensor of UTF-8 strings (default shape ``[1, len]``; one string → ``[1, 1]``)."""
+    if isinstance(texts, str):
+        texts = [texts]
+    arr = np.array([t.encode("utf-8") for t in texts], dtype=np.object_)
+    arr = arr.reshape(shape if shape is not None else (1, len(texts)))
+    return pb.Tensor(name, arr)
+
+
+def error_response(pb, message: str):
+    return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message))

@@ -1,0 +1,596 @@
+"""The koserve Helm chart, checked offline with the real helm binary and Kubernetes' JSON schemas."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+
+import pytest
+import yaml
+
+ALL_VALUES = ["values.yaml", "values-akallama-70b-fp8-tp4.yaml", "values-komt-13b-fp8-tp1.yaml",
+              "values-both-h100x8.yaml"]
+LWS_SETS = ("models.akallama-70b.enabled=true", "models.akallama-70b.multiNode.enabled=true",
+            "models.akallama-70b.multiNode.sshSecret=akallama-ssh", "models.akallama-70b.engine.pipelineParallel=2",
+            "models.akallama-70b.engine.dir=engines/akallama-70b-fp8-h100-tp4-pp2",
+            "models.komt-13b.enabled=false")
+GATEWAY_SETS = ("gateway.enabled=true", "gateway.apiKeysSecret.name=koserve-api-keys")
+MONITORING_SETS = ("monitoring.podMonitor.enabled=true", "monitoring.prometheusRule.enabled=true",
+                   "monitoring.grafanaDashboard.enabled=true")
+
+# Every values file, and every toggle on top of the two single-model files.
+TOGGLES = {
+    "defaults": ((), ()),
+    "hpa": (("values-komt-13b-fp8-tp1.yaml",), ("models.komt-13b.autoscaling.enabled=true",)),
+    "lws": ((), LWS_SETS),
+    "lws-hpa": ((), LWS_SETS + ("models.akallama-70b.autoscaling.enabled=true",)),
+    "gateway": (("values-both-h100x8.yaml",), GATEWAY_SETS),
+    "build-job": (("values-akallama-70b-fp8-tp4.yaml",),
+                  ("models.akallama-70b.build.enabled=true", "models.akallama-70b.engine.waitSeconds=43200")),
+    "build-job-hub": (("values-komt-13b-fp8-tp1.yaml",),
+                      ("models.komt-13b.build.enabled=true", "models.komt-13b.build.hubId=davidkim205/komt-Llama-2-13b-hf",
+                       "models.komt-13b.build.hfTokenSecret.name=hf-token")),
+    "monitoring": (("values-both-h100x8.yaml",), MONITORING_SETS),
+    "servicemonitor": ((), ("monitoring.serviceMonitor.enabled=true",)),
+    "hostpath": ((), ("storage.type=hostPath", "storage.hostPath.path=/raid/models")),
+    "emptydir": ((), ("storage.type=emptyDir",)),
+    "existing-claim": ((), ("storage.pvc.existingClaim=engines",)),
+    "restricted-secret": ((), ("triton.restrictedApi.secret.name=triton-admin",)),
+    "netpol-from": ((), ('networkPolicy.from[0].namespaceSelector.matchLabels.team=chat',) + GATEWAY_SETS),
+    "netpol-off": ((), ("networkPolicy.enabled=false", "tests.enabled=false", "serviceAccount.create=false")),
+    "everything": (("values-both-h100x8.yaml",), GATEWAY_SETS + MONITORING_SETS + (
+        "models.komt-13b.autoscaling.enabled=true", "models.akallama-70b.build.enabled=true",
+        "triton.extraArgs[0]=--log-info=true")),
+}
+TOGGLES.update({f"file:{f}": ((f,), ()) for f in ALL_VALUES[1:]})
+
+
+def triton_workload(rendered, model: str) -> dict:
+    return rendered.one("Deployment", f"-{model}")
+
+
+# ---------------------------------------------------------------------------------------------------------- helm
+
+def test_get_helm_is_idempotent(kit, helm):
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", str(kit.get_helm)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("/bin/helm")
+    assert time.monotonic() - t0 < 30, "a second run must not download again"
+    version = subprocess.run([proc.stdout.strip(), "version", "--short"], capture_output=True, text=True, timeout=30)
+    assert version.stdout.startswith("v"), version
+
+
+@pytest.mark.parametrize("values_file", ALL_VALUES)
+def test_helm_lint_strict(chart, kit, values_file):
+    proc = chart.run("lint", "--strict", str(kit.chart_dir), "-f", str(kit.chart_dir / values_file))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout
+
+
+@pytest.mark.parametrize("case", ["everything", "lws-hpa", "build-job-hub", "servicemonitor", "hostpath"])
+def test_helm_lint_strict_with_toggles(chart, kit, case):
+    files, sets = TOGGLES[case]
+    args = [a for f in files for a in ("-f", str(kit.chart_dir / f))] + [a for s in sets for a in ("--set", s)]
+    proc = chart.run("lint", "--strict", str(kit.chart_dir), *args)
+    assert proc.returncode == 0 and "[WARNING]" not in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_helm_lint_strict_fails_on_bad_value(chart, kit):
+    proc = chart.run("lint", "--strict", str(kit.chart_dir), "--set", "models.komt-13b.engine.tensorParallel=3")
+    assert proc.returncode != 0
+    assert "tensorParallel" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("case", sorted(TOGGLES))
+def test_rendered_manifests_validate(chart, kit, case):
+    files, sets = TOGGLES[case]
+    rendered = chart.template(files, sets)
+    assert rendered.docs, "nothing rendered"
+    kit.validate_docs(rendered.docs)
+    # No Secret objects: secrets are referenced, never created by the chart.
+    assert not rendered.of_kind("Secret")
+    # Names are unique per kind.
+    for kind in {d["kind"] for d in rendered.docs}:
+        names = rendered.names(kind)
+        assert len(names) == len(set(names)), f"duplicate {kind} names: {names}"
+
+
+def test_validation_catches_an_unknown_field(chart, kit):
+    """The validator used above really rejects a misspelt field (so a pass means something)."""
+    deployment = json.loads(json.dumps(triton_workload(chart.template(), "komt-13b")))
+    deployment["spec"]["template"]["spec"]["containers"][0]["startupProbes"] = {}
+    with pytest.raises(AssertionError, match="startupProbes"):
+        kit.validate_docs([deployment])
+    lws = json.loads(json.dumps(chart.template((), LWS_SETS).one("LeaderWorkerSet")))
+    lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["containers"][0]["gpus"] = 1
+    with pytest.raises(AssertionError, match="gpus"):
+        kit.validate_docs([lws])
+    rule = json.loads(json.dumps(chart.template((), MONITORING_SETS[1:2]).one("PrometheusRule")))
+    rule["spec"]["groups"][0]["rules"][0]["recrod"] = "x"
+    with pytest.raises(AssertionError, match="recrod"):
+        kit.validate_docs([rule])
+
+
+# ------------------------------------------------------------------------------------------------- GPUs = TP × PP
+
+EXPECTED_GPUS = {
+    "values-akallama-70b-fp8-tp4.yaml": {"akallama-70b": 4},
+    "values-komt-13b-fp8-tp1.yaml": {"komt-13b": 1},
+    "values-both-h100x8.yaml": {"akallama-70b": 4, "komt-13b": 1},
+}
+
+
+@pytest.mark.parametrize("values_file", sorted(EXPECTED_GPUS))
+def test_gpu_count_is_tp_times_pp(chart, kit, values_file):
+    rendered = chart.template([values_file])
+    values = kit.load_values(values_file)
+    enabled = {k for k, m in values["models"].items() if m["enabled"]}
+    assert enabled == set(EXPECTED_GPUS[values_file])
+    for model, gpus in EXPECTED_GPUS[values_file].items():
+        engine = values["models"][model]["engine"]
+        assert engine["tensorParallel"] * engine["pipelineParallel"] == gpus
+        c = kit.containers(triton_workload(rendered, model))
+        assert kit.gpu_count(c["triton"]) == (gpus, gpus)
+        assert kit.gpu_count(c["render-repository"]) == (0, 0)
+        env = {e["name"]: e.get("value") for e in c["render-repository"]["env"]}
+        assert env["KOSERVE_WORLD_SIZE"] == str(gpus)
+        assert env["ENGINE_DIR"] == f"/models/{engine['dir']}"
+        # The recipe named in values builds an engine of the same size (when the build component ships it).
+        recipe = kit.repo / "build" / "recipes" / f"{engine['recipe']}.yaml"
+        if recipe.exists():
+            par = yaml.safe_load(recipe.read_text()).get("parallelism", {})
+            assert par.get("tp", 1) * par.get("pp", 1) == gpus, f"{recipe.name} disagrees with {values_file}"
+    # All models together fit one 8-GPU node.
+    total = sum(kit.gpu_count(kit.containers(d)["triton"])[1] for d in rendered.of_kind("Deployment"))
+    assert total <= 8
+
+
+def test_both_models_share_one_node(chart, kit):
+    rendered = chart.template(["values-both-h100x8.yaml"])
+    for d in rendered.of_kind("Deployment"):
+        affinity = kit.pod_spec(d)["affinity"]
+        term = affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+        assert term["topologyKey"] == "kubernetes.io/hostname"
+        assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "triton"
+        node_term = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+        assert node_term["matchExpressions"][0] == {"key": "nvidia.com/gpu.product", "operator": "In",
+                                                    "values": ["NVIDIA-H100-80GB-HBM3"]}
+
+
+def test_multi_node_splits_gpus_over_the_group(chart, kit):
+    rendered = chart.template((), LWS_SETS)
+    assert not [d for d in rendered.of_kind("Deployment") if "akallama" in d["metadata"]["name"]]
+    lws = rendered.one("LeaderWorkerSet", "-akallama-70b")
+    lwt = lws["spec"]["leaderWorkerTemplate"]
+    assert lwt["size"] == 2 and lwt["restartPolicy"] == "RecreateGroupOnPodRestart"
+    leader = {c["name"]: c for c in lwt["leaderTemplate"]["spec"]["containers"]}["triton"]
+    worker = {c["name"]: c for c in lwt["workerTemplate"]["spec"]["containers"]}["mpi-worker"]
+    # TP4 × PP2 = 8 ranks over 2 pods: 4 GPUs each, 8 ranks in total.
+    assert kit.gpu_count(leader) == (4, 4) and kit.gpu_count(worker) == (4, 4)
+    init = lwt["leaderTemplate"]["spec"]["initContainers"][0]
+    assert {e["name"]: e.get("value") for e in init["env"]}["KOSERVE_WORLD_SIZE"] == "8"
+    assert "slots=4" in leader["args"][0] and "koserve serve" in leader["args"][0]
+    assert "sshd" in worker["args"][0]
+    # The Service targets the leader only.
+    svc = rendered.one("Service", "-akallama-70b")
+    assert svc["spec"]["selector"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0"
+    # Pods of a group may talk to each other on any port (MPI, NCCL, SSH).
+    netpol = rendered.one("NetworkPolicy", "-akallama-70b")
+    assert any("from" in rule and "ports" not in rule for rule in netpol["spec"]["ingress"])
+
+
+def test_multi_node_hpa_targets_the_leaderworkerset(chart):
+    hpa = chart.template((), LWS_SETS + ("models.akallama-70b.autoscaling.enabled=true",)).one("HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "LeaderWorkerSet"
+    assert hpa["spec"]["scaleTargetRef"]["apiVersion"] == "leaderworkerset.x-k8s.io/v1"
+
+
+# ------------------------------------------------------------------------------------ probes, shutdown, command
+
+@pytest.mark.parametrize("values_file,model,min_startup_s", [
+    ("values-akallama-70b-fp8-tp4.yaml", "akallama-70b", 30 * 60),
+    ("values-komt-13b-fp8-tp1.yaml", "komt-13b", 10 * 60),
+])
+def test_probes_and_graceful_shutdown(chart, kit, values_file, model, min_startup_s):
+    values = kit.load_values(values_file)
+    d = triton_workload(chart.template([values_file]), model)
+    c = kit.containers(d)["triton"]
+    assert c["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    startup_budget = c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"]
+    assert startup_budget >= min_startup_s, f"engine load budget {startup_budget}s is too short"
+    # koserve serve waits as long as the startupProbe before it gives up on Triton.
+    assert f"--ready-timeout {startup_budget} " in c["args"][0]
+    # Graceful shutdown: drain, then Triton's own exit timeout, inside the grace period.
+    spec = kit.pod_spec(d)
+    drain, exit_timeout = values["shutdown"]["drainSeconds"], values["shutdown"]["exitTimeoutSeconds"]
+    assert c["lifecycle"]["preStop"]["exec"]["command"][-1] == f"sleep {drain}"
+    assert f"--exit-timeout-secs={exit_timeout}" in c["args"][0]
+    assert spec["terminationGracePeriodSeconds"] > drain + exit_timeout
+    # /dev/shm is a memory emptyDir of the configured size.
+    shm = {v["name"]: v for v in spec["volumes"]}["dshm"]["emptyDir"]
+    assert shm == {"medium": "Memory", "sizeLimit": values["models"][model]["shmSize"]}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert d["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+
+
+def test_server_and_render_commands(chart, kit):
+    d = triton_workload(chart.template(["values-akallama-70b-fp8-tp4.yaml"]), "akallama-70b")
+    c = kit.containers(d)
+    script = c["triton"]["args"][0]
+    assert re.search(r"exec koserve serve --repo /repo/model_repository \\\n\s+--http-port 8000 --grpc-port 8001 "
+                     r"--metrics-port 8002 \\\n\s+--host 0.0.0.0 --ready-timeout 2400 \\\n\s+-- \\", script), script
+    for flag in ("--model-control-mode=none", "--metrics-config histogram_latencies=true",
+                 '--http-restricted-api="model-repository,shared-memory:koserve-admin-key=${TRITON_ADMIN_KEY}"',
+                 '--grpc-restricted-api="model-repository,shared-memory:koserve-admin-key=${TRITON_ADMIN_KEY}"'):
+        assert flag in script
+    render = c["render-repository"]["args"][0]
+    assert ('exec koserve repo render --profile akallama-70b --tokenizer "$TOKENIZER_DIR" --engine "$ENGINE_DIR" '
+            '--out /repo/model_repository') in render
+    mounts = {m["name"]: m for m in c["triton"]["volumeMounts"]}
+    assert mounts["models"]["readOnly"] is True
+
+
+def test_restricted_api_key_comes_from_a_secret_reference(chart, kit):
+    d = triton_workload(chart.template((), ("triton.restrictedApi.secret.name=triton-admin",)), "komt-13b")
+    env = {e["name"]: e for e in kit.containers(d)["triton"]["env"]}
+    assert env["TRITON_ADMIN_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "triton-admin", "key": "admin-key"}
+
+
+def _shell_scripts(rendered, kit):
+    for doc in rendered.docs:
+        specs = []
+        if doc["kind"] == "LeaderWorkerSet":
+            lwt = doc["spec"]["leaderWorkerTemplate"]
+            specs = [("leader", lwt["leaderTemplate"]["spec"]), ("worker", lwt["workerTemplate"]["spec"])]
+        elif doc["kind"] in ("Deployment", "Job", "Pod"):
+            specs = [("pod", kit.pod_spec(doc))]
+        for role, spec in specs:
+            for c in spec.get("containers", []) + spec.get("initContainers", []):
+                if c.get("command", [])[:1] == ["/bin/bash"]:
+                    yield f"{doc['kind']}/{doc['metadata']['name']}/{role}/{c['name']}", c["args"][0]
+
+
+def test_embedded_shell_scripts_parse(chart, kit):
+    rendered = chart.template(("values-both-h100x8.yaml",), LWS_SETS[1:5])
+    scripts = dict(_shell_scripts(rendered, kit))
+    assert len(scripts) >= 6  # init + server of each Deployment, LWS leader/worker init + main
+    for where, script in scripts.items():
+        proc = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, f"{where}: {proc.stderr}"
+
+
+def _render_script(chart, kit, sets=()):
+    d = triton_workload(chart.template(["values-akallama-70b-fp8-tp4.yaml"], sets), "akallama-70b")
+    init = kit.containers(d)["render-repository"]
+    return init["args"][0], {e["name"]: e["value"] for e in init["env"]}
+
+
+def _run_init(script, env, engine_dir, tmp_path, timeout=60):
+    import os
+    env = {**env, "ENGINE_DIR": str(engine_dir), "TOKENIZER_DIR": str(tmp_path / "tok"),
+           "PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    return subprocess.run(["bash", "-ec", script], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_init_refuses_an_engine_of_another_world_size(chart, kit, tmp_path):
+    """The init container's check runs for real: a TP2 engine under a TP4 deployment stops the pod with a clear
+    message before anything is rendered."""
+    script, env = _render_script(chart, kit)
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    (engine / "config.json").write_text(json.dumps(
+        {"pretrained_config": {"mapping": {"world_size": 2, "tp_size": 2, "pp_size": 1}}}))
+    proc = _run_init(script, env, engine, tmp_path)
+    assert proc.returncode != 0
+    assert "built for world_size=2 (tp=2, pp=1)" in proc.stderr and "runs 4 ranks" in proc.stderr
+    assert not (tmp_path / "repo").exists()
+
+
+def test_init_accepts_a_matching_engine_and_reports_a_missing_one(chart, kit, tmp_path):
+    script, env = _render_script(chart, kit)
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    (engine / "config.json").write_text(json.dumps(
+        {"pretrained_config": {"mapping": {"world_size": 4, "tp_size": 4, "pp_size": 1}}}))
+    # Stop right before `koserve repo render` (which needs a real tokenizer and engine).
+    proc = _run_init(script.replace("exec koserve repo render", "exit 0 # koserve repo render"), env, engine, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "tp=4 pp=1 world_size=4" in proc.stdout
+    missing = _run_init(script, env, tmp_path / "nowhere", tmp_path)
+    assert missing.returncode != 0 and "engine not found" in missing.stderr and "waited 0s" in missing.stderr
+
+
+# --------------------------------------------------------------------------------------------------- security
+
+@pytest.mark.parametrize("case", ["everything", "lws"])
+def test_security_contexts(chart, kit, case):
+    rendered = chart.template(*TOGGLES[case])
+    pod_specs = []
+    for doc in rendered.docs:
+        if doc["kind"] in ("Deployment", "Job", "Pod"):
+            pod_specs.append((doc["metadata"]["name"], kit.pod_spec(doc)))
+        elif doc["kind"] == "LeaderWorkerSet":
+            lwt = doc["spec"]["leaderWorkerTemplate"]
+            pod_specs += [(doc["metadata"]["name"], lwt[r]["spec"]) for r in ("leaderTemplate", "workerTemplate")]
+    assert pod_specs
+    for name, spec in pod_specs:
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["automountServiceAccountToken"] is False, name
+        for c in spec["containers"] + spec.get("initContainers", []):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, f"{name}/{c['name']}"
+            assert sc["capabilities"]["drop"] == ["ALL"], f"{name}/{c['name']}"
+            assert not sc.get("privileged"), f"{name}/{c['name']}"
+            for e in c.get("env", []):
+                assert "value" in e or "secretKeyRef" in e.get("valueFrom", {}), e
+                if re.search(r"(^|_)(TOKEN|KEYS?)$", e["name"]):
+                    assert "valueFrom" in e, f"{name}/{c['name']}: {e['name']} must come from a Secret reference"
+
+
+def test_network_policy_limits_ingress_to_service_ports(chart, kit):
+    rendered = chart.template((), TOGGLES["netpol-from"][1])
+    netpol = rendered.one("NetworkPolicy", "-komt-13b")
+    assert netpol["spec"]["policyTypes"] == ["Ingress"]
+    ports = sorted(p["port"] for rule in netpol["spec"]["ingress"] for p in rule.get("ports", []))
+    assert ports == [8000, 8001, 8002]
+    api_rule = netpol["spec"]["ingress"][0]
+    components = [p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+                  for p in api_rule["from"]]
+    assert {"team": "chat"} == api_rule["from"][0]["namespaceSelector"]["matchLabels"]
+    assert "gateway" in components and "test" in components
+    gw = rendered.one("NetworkPolicy", "-gateway")
+    assert [p["port"] for p in gw["spec"]["ingress"][0]["ports"]] == [9000]
+
+
+# ------------------------------------------------------------------------------ autoscaling and monitoring
+
+def test_hpa_off_by_default_and_on_the_queue_compute_ratio(chart, kit):
+    assert not chart.template().of_kind("HorizontalPodAutoscaler")
+    files, sets = TOGGLES["hpa"]
+    rendered = chart.template(files, sets)
+    hpa = rendered.one("HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": triton_workload(rendered, "komt-13b")["metadata"]["name"]}
+    metric = hpa["spec"]["metrics"][0]
+    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == "triton:queue_compute:ratio"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 8)
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 600
+    # The HPA owns the replica count.
+    assert "replicas" not in triton_workload(rendered, "komt-13b")["spec"]
+
+
+def _balanced(expr: str) -> bool:
+    stack, pairs = [], {")": "(", "]": "[", "}": "{"}
+    in_str = False
+    for ch in expr:
+        if ch == '"':
+            in_str = not in_str
+        elif in_str:
+            continue
+        elif ch in "([{":
+            stack.append(ch)
+        elif ch in pairs:
+            if not stack or stack.pop() != pairs[ch]:
+                return False
+    return not stack and not in_str
+
+
+def test_prometheus_rule_records_what_the_hpa_and_dashboard_use(chart, kit):
+    rendered = chart.template(*TOGGLES["monitoring"])
+    rule = rendered.one("PrometheusRule")
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    records = {r["record"]: r["expr"] for r in rules if "record" in r}
+    ratio = records["triton:queue_compute:ratio"]
+    assert "rate(nv_inference_queue_duration_us" in ratio and "clamp_min(" in ratio
+    assert "rate(nv_inference_compute_infer_duration_us" in ratio
+    assert "by (namespace, pod," in ratio, "prometheus-adapter needs namespace and pod labels for a Pods metric"
+    for name in ("triton:kv_cache_utilization:ratio", "triton:first_response_ms:p95", "triton:request_failure:ratio1m"):
+        assert name in records
+    for r in rules:
+        assert _balanced(r["expr"]), f"unbalanced PromQL: {r['expr']}"
+    alerts = {r["alert"] for r in rules if "alert" in r}
+    assert {"KoserveTritonDown", "KoserveQueueSaturated", "KoserveKVCacheFull"} <= alerts
+    # The monitor scrapes the metrics port of the Triton pods and labels series with the model key used above.
+    pm = rendered.one("PodMonitor")
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert pm["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["targetLabel"] == "koserve_model"
+    assert pm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "triton"
+
+
+def test_grafana_dashboard(chart, kit):
+    path = kit.chart_dir / "dashboards" / "koserve.json"
+    dashboard = json.loads(path.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    text = "\n".join(exprs)
+    for needle in ("nv_inference_request_success", "nv_inference_queue_duration_us",
+                   "nv_inference_first_response_histogram_ms_bucket", "nv_trt_llm_kv_cache_block_metrics",
+                   "nv_trt_llm_request_metrics", "triton:queue_compute:ratio"):
+        assert needle in text, needle
+    assert all(_balanced(e) for e in exprs)
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    cm = chart.template(*TOGGLES["monitoring"]).one("ConfigMap", "-dashboard")
+    assert json.loads(cm["data"]["koserve.json"]) == dashboard
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+# ------------------------------------------------------------------------------ gateway, build job, helm test
+
+def test_gateway(chart, kit):
+    rendered = chart.template(*TOGGLES["gateway"])
+    for model in ("akallama-70b", "komt-13b"):
+        d = rendered.one("Deployment", f"-{model}-gateway")
+        c = kit.containers(d)["gateway"]
+        triton_svc = rendered.one("Service", f"-{model}")["metadata"]["name"]
+        assert c["command"] + c["args"] == ["koserve", "gateway", "--triton-url", f"{triton_svc}:8001", "--protocol",
+                                            "grpc", "--host", "0.0.0.0", "--port", "9000"]
+        env = {e["name"]: e for e in c["env"]}
+        assert env["KOSERVE_API_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "koserve-api-keys", "key": "api-keys"}
+        assert kit.gpu_count(c) == (0, 0)
+        svc = rendered.one("Service", f"-{model}-gateway")
+        assert [p["port"] for p in svc["spec"]["ports"]] == [9000]
+
+
+def test_engine_build_job(chart, kit):
+    rendered = chart.template(*TOGGLES["build-job"])
+    job = rendered.one("Job")
+    c = kit.containers(job)["build"]
+    env = {e["name"]: e for e in c["env"]}
+    assert c["command"] == ["/opt/koserve/scripts/build_engines.sh"]
+    assert env["RECIPE"]["value"] == "akallama-70b-fp8-h100-tp4"
+    assert env["CHECKPOINT_DIR"]["value"] == "/models/checkpoints/AkaLlama-llama3-70b-v0.1"
+    assert env["ENGINE_DIR"]["value"] == "/models/engines/akallama-70b-fp8-h100-tp4"
+    assert "HF_TOKEN" not in env
+    assert kit.gpu_count(c) == (4, 4)
+    assert {m["name"]: m.get("readOnly", False) for m in c["volumeMounts"]}["models"] is False
+    # The server waits for the finished engine (its manifest is written last).
+    init_env = {e["name"]: e.get("value") for e in
+                kit.containers(triton_workload(rendered, "akallama-70b"))["render-repository"]["env"]}
+    assert init_env["ENGINE_READY_FILE"] == "engine_manifest.json" and init_env["ENGINE_WAIT_SECONDS"] == "43200"
+
+    hub = chart.template(*TOGGLES["build-job-hub"]).one("Job")
+    env = {e["name"]: e for e in kit.containers(hub)["build"]["env"]}
+    assert env["CHECKPOINT_DIR"]["value"] == "davidkim205/komt-Llama-2-13b-hf"
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
+
+
+@pytest.mark.parametrize("values_file,profile", [("values-akallama-70b-fp8-tp4.yaml", "akallama-70b"),
+                                                 ("values-komt-13b-fp8-tp1.yaml", "komt-13b")])
+def test_helm_test_pod_chats_in_korean(chart, kit, values_file, profile):
+    rendered = chart.template([values_file])
+    pods = rendered.of_kind("Pod")
+    assert len(pods) == 1
+    pod = pods[0]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    c = pod["spec"]["containers"][0]
+    svc = rendered.one("Service", f"-{profile}")["metadata"]["name"]
+    assert c["command"] + c["args"] == ["koserve", "chat", "--url", f"{svc}:8001", "--protocol", "grpc", "-p", profile,
+                                        "네 이름은 뭐야?"]
+    assert pod["spec"]["restartPolicy"] == "Never"
+
+
+# ------------------------------------------------------------------------------------------------- bad values
+
+BAD_VALUES = {
+    "tp not a power of two": (("models.komt-13b.engine.tensorParallel=3",),
+                              "/models/komt-13b/engine/tensorParallel"),
+    "unknown profile": (("models.komt-13b.profile=gpt-4",), "/models/komt-13b/profile"),
+    "misspelt key": (("models.komt-13b.shmSzie=1Gi",), "shmSzie"),
+    "negative replicas": (("models.komt-13b.replicas=-1",), "/models/komt-13b/replicas"),
+    "bad storage type": (("storage.type=nfs",), "/storage/type"),
+    "bad shm quantity": (("models.komt-13b.shmSize=lots",), "/models/komt-13b/shmSize"),
+    "model control explicit": (("triton.modelControlMode=explicit",), "/triton/modelControlMode"),
+    "absolute engine dir": (("models.komt-13b.engine.dir=/engines/x",), "/models/komt-13b/engine/dir"),
+    "gateway without keys": (GATEWAY_SETS[:1], "/gateway/apiKeysSecret/name"),
+    "both monitors": (("monitoring.podMonitor.enabled=true", "monitoring.serviceMonitor.enabled=true"),
+                      "podMonitor or serviceMonitor, not both"),
+    "world size beyond a node": (("models.komt-13b.engine.tensorParallel=8", "models.komt-13b.engine.pipelineParallel=2"),
+                                 "16 GPUs does not fit one node"),
+    "nodes do not divide world": (("models.komt-13b.engine.tensorParallel=4", "models.komt-13b.multiNode.enabled=true",
+                                   "models.komt-13b.multiNode.nodes=3", "models.komt-13b.multiNode.sshSecret=s"),
+                                  "cannot be split evenly over multiNode.nodes = 3"),
+    "multi-node without ssh key": (("models.komt-13b.multiNode.enabled=true",), "multiNode.sshSecret"),
+    "gpu in resources": (("models.komt-13b.resources.limits.nvidia\\.com/gpu=2",), "do not set nvidia.com/gpu"),
+    "hub id without token": (("models.komt-13b.build.enabled=true", "models.komt-13b.build.hubId=a/b"),
+                             "hfTokenSecret.name"),
+    "min above max replicas": (("models.komt-13b.autoscaling.enabled=true", "models.komt-13b.autoscaling.minReplicas=5",
+                                "models.komt-13b.autoscaling.maxReplicas=2"), "minReplicas (5) is larger than maxReplicas (2)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_bad_values_are_rejected_with_a_clear_message(chart, case):
+    sets, message = BAD_VALUES[case]
+    err = chart.template_error((), sets)
+    assert message in err, err
+
+
+# ------------------------------------------------------------------- the pod's commands against the real koserve CLI
+
+def test_pod_commands_run_with_the_real_koserve_cli(chart, kit, tmp_path):
+    """The init container's script renders a real GPU model repository with `koserve repo render` (engine folder =
+    a TensorRT-LLM 1.x config.json + rank files), and the server script's `koserve serve` accepts every flag and
+    builds the mpirun command (--print-command: no GPU here)."""
+    import os
+    import sys
+
+    from koserve.errors import ConfigError
+    from koserve.fixtures import tokenizer_dir
+
+    try:
+        tokenizer = tokenizer_dir("llama3")
+    except ConfigError as e:
+        pytest.skip(f"tokenizer fixtures missing ({e}); run `koserve setup fixtures`")
+    d = triton_workload(chart.template(["values-akallama-70b-fp8-tp4.yaml"]), "akallama-70b")
+    c = kit.containers(d)
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    (engine / "config.json").write_text(json.dumps({
+        "version": "1.2.1",
+        "pretrained_config": {"architecture": "LlamaForCausalLM", "dtype": "bfloat16",
+                              "mapping": {"world_size": 4, "tp_size": 4, "pp_size": 1},
+                              "quantization": {"quant_algo": "FP8", "kv_cache_quant_algo": "FP8"}},
+        "build_config": {"max_batch_size": 64, "max_input_len": 4096, "max_seq_len": 8192, "max_num_tokens": 8192},
+    }))
+    for rank in range(4):
+        (engine / f"rank{rank}.engine").write_bytes(b"")
+    repo = tmp_path / "repo" / "model_repository"
+    env = {"PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "HOME": str(tmp_path),
+           "KOSERVE_CACHE": os.environ.get("KOSERVE_CACHE", str(kit.repo / ".cache" / "koserve"))}
+
+    init_env = {e["name"]: e["value"] for e in c["render-repository"]["env"]}
+    init_env.update(env, ENGINE_DIR=str(engine), TOKENIZER_DIR=str(tokenizer))
+    init = c["render-repository"]["args"][0].replace("/repo/model_repository", str(repo))
+    proc = subprocess.run(["bash", "-ec", init], env=init_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert 'backend: "tensorrtllm"' in (repo / "tensorrt_llm" / "config.pbtxt").read_text()
+
+    server = c["triton"]["args"][0].replace("/repo/model_repository", str(repo))
+    server = server.replace("exec koserve serve ", "exec koserve serve --print-command ")
+    proc = subprocess.run(["bash", "-ec", server], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cmd = proc.stdout.strip()
+    ranks = cmd.split(" : ")
+    assert len(ranks) == 4 and cmd.startswith("mpirun ")
+    rank0 = ranks[0]
+    for flag in ("--http-address=0.0.0.0", "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002",
+                 "--model-control-mode=none", "--exit-timeout-secs=300", "--metrics-config histogram_latencies=true",
+                 f"--model-repository={repo}"):
+        assert flag in rank0, f"{flag} not in {rank0}"
+    key = re.search(r"--http-restricted-api=model-repository,shared-memory:koserve-admin-key=([0-9a-f]+)", rank0)
+    assert key and len(key.group(1)) == 64, rank0
+    assert f"--grpc-restricted-api=model-repository,shared-memory:koserve-admin-key={key.group(1)}" in rank0
+    assert all("--allow-http=false" in r for r in ranks[1:])
+
+
+def test_dockerfile_derives_from_the_trtllm_triton_image(kit):
+    text = (kit.repo / "deploy" / "docker" / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3" in text
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
+    assert 'pip install -e "/opt/koserve[server]"' in text
+    # Everything it copies exists in the source tree (build context = repository root).
+    for src in re.findall(r"^COPY (.+) \S+$", text, re.M):
+        for path in src.split():
+            assert (kit.repo / path).exists(), f"Dockerfile copies {path}, which is not in the repository"
+    users = re.findall(r"^USER (\S+)$", text, re.M)
+    assert users and users[-1].split(":")[0] == "1000", "the image must end as the non-root uid the chart runs as"
+    assert str(kit.load_values()["podSecurityContext"]["runAsUser"]) == users[-1].split(":")[0]
+
+
+def test_install_dry_run_prints_usage_notes(chart, kit):
+    """`helm install --dry-run=client` (no cluster) renders everything including NOTES.txt."""
+    proc = chart.run("install", "koserve", str(kit.chart_dir), "--dry-run=client", "--namespace", "koserve",
+                     "-f", str(kit.chart_dir / "values-both-h100x8.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    for model, gpus in (("akallama-70b", 4), ("komt-13b", 1)):
+        assert f"{gpus} GPU(s) per server" in notes
+        assert f'koserve chat --url 127.0.0.1:8001 --protocol grpc -p {model} "네 이름은 뭐야?"' in notes
+    assert "helm test koserve -n koserve" in notes

@@ -1,0 +1,147 @@
+"""`koserve loadtest` end to end: locust (a real subprocess) against real tritonservers running the koserve model
+repository with the replay engine, which streams a fixed Korean token sequence at REPLAY_DELAY_MS per token.
+
+Tolerances (2 shared cores): ITL p50 within ±5 ms of the 20 ms pace; TTFT p50 between one pace and pace + 100 ms.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from koserve.cli import main as koserve
+from koserve.loadtest.metrics import read_records
+
+pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
+
+PACE_MS = 20.0
+ITL_TOLERANCE_MS = 5.0
+
+
+def run(out: Path, url: str, *args: str) -> tuple[int, dict, list]:
+    code = koserve(["loadtest", url, "--out", str(out), *args])
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    records = read_records(sorted((out / "records").glob("*.jsonl")))
+    return code, summary, records
+
+
+def clean_length(profile, replay_ids, token_counter, candidates) -> tuple[int, str]:
+    """An output length whose text re-tokenizes to exactly that many ids (no character split at the cut)."""
+    ids, counter = replay_ids(profile), token_counter(profile)
+    for n in candidates:
+        text = counter.decode(ids[:n])
+        if counter(text) == n:
+            return n, text
+    raise AssertionError("no clean cut among the candidates")
+
+
+def test_grpc_ensemble_fixed_concurrency_report(tmp_path, replay_llama3, replay_ids, token_counter):
+    osl, text = clean_length("akallama-70b", replay_ids, token_counter, (24, 25, 23, 26))
+    out = tmp_path / "report"
+    code, s, records = run(
+        out, replay_llama3.grpc_url, "--protocol", "grpc", "--model", "ensemble", "--profile", "akallama-70b",
+        "--prompts", "all", "--osl", str(osl), "--shape", "fixed", "--concurrency", "4", "--duration", "8",
+        "--metrics-url", replay_llama3.metrics_url, "--slo", "ttft_p99=5s,itl_p99=250ms,error_rate=0",
+    )
+    assert code == 0, (out / "locust.log").read_text()[-3000:]
+    for name in ("summary.md", "summary.json", "latency_over_time.png", "throughput_over_time.png",
+                 "ttft_vs_concurrency.png", "locust_stats.csv", "locust_stats_history.csv", "metrics-before.prom",
+                 "metrics-after.prom", "locust.html"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+
+    # every request got exactly what the replay engine emitted
+    assert len(records) >= 20 and s["failed"] == 0
+    assert {r.output_tokens for r in records} == {osl}
+    assert {r.output_chars for r in records} == {len(text)}
+    assert all(osl - 6 <= r.chunks <= osl for r in records)  # a split character arrives as one chunk
+    assert s["output_tokens_total"] == osl * s["succeeded"]
+    assert s["max_concurrency"] == 4
+
+    # timing follows the replay pace
+    assert abs(s["itl_ms"]["p50"] - PACE_MS) <= ITL_TOLERANCE_MS, s["itl_ms"]
+    assert PACE_MS * 0.9 <= s["ttft_ms"]["p50"] <= PACE_MS + 100, s["ttft_ms"]
+    expected_e2e = s["ttft_ms"]["p50"] + (osl - 1) * PACE_MS
+    assert abs(s["e2e_ms"]["p50"] - expected_e2e) <= 0.25 * expected_e2e, s["e2e_ms"]
+    # 4 streams, each ~1000/PACE tokens/s at most
+    assert 0.5 * 4 * 1000 / PACE_MS <= s["output_tokens_per_s"] <= 4 * 1000 / PACE_MS * 1.05
+
+    # locust saw the same measures as separate events
+    with open(out / "locust_stats.csv", encoding="utf-8") as fh:
+        rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(fh)}
+    for name in ("ttft", "itl", "e2e", "output_tokens", "output_tokens_per_s"):
+        assert int(rows[("grpc", name)]["Request Count"]) > 0, name
+    assert 0 < int(rows[("grpc", "e2e")]["Request Count"]) <= len(records)
+    assert float(rows[("grpc", "output_tokens")]["Average Response Time"]) == pytest.approx(osl)
+
+    # the server's own counters moved by at least what we measured
+    assert s["prometheus"]["ensemble"]["request_success"] >= s["succeeded"]
+    assert s["slos_passed"] is True
+    assert "| TTFT (ms) |" in (out / "summary.md").read_text(encoding="utf-8")
+
+
+def test_http_bls_request_budget_and_missed_slo(tmp_path, replay_llama3, replay_ids, token_counter):
+    osl, _ = clean_length("akallama-70b", replay_ids, token_counter, (16, 17, 15))
+    t0 = time.monotonic()
+    code, s, records = run(
+        tmp_path / "r", replay_llama3.http_url, "--protocol", "http", "--model", "tensorrt_llm_bls",
+        "--prompts", "synthetic", "--isl", "64", "--osl", str(osl), "--concurrency", "3", "--duration", "60",
+        "--max-requests", "12", "--metrics-url", "none", "--slo", "itl_p99=1ms", "--no-plots",
+    )
+    assert time.monotonic() - t0 < 40  # the request budget ended the run, not the 60 s shape
+    assert code == 1 and s["slos_passed"] is False
+    assert len(records) == 12 and s["failed"] == 0
+    assert {r.protocol for r in records} == {"http"} and {r.model for r in records} == {"tensorrt_llm_bls"}
+    assert {r.output_tokens for r in records} == {osl}
+    assert all(62 <= r.input_tokens <= 66 for r in records)
+    assert abs(s["itl_ms"]["p50"] - PACE_MS) <= ITL_TOLERANCE_MS
+
+
+def test_poisson_arrivals_and_step_ramp(tmp_path, replay_llama3):
+    code, s, records = run(
+        tmp_path / "poisson", replay_llama3.grpc_url, "--shape", "poisson", "--rate", "6", "--concurrency", "16",
+        "--duration", "6", "--osl", "8", "--metrics-url", "none", "--no-plots",
+    )
+    assert code == 0 and s["failed"] == 0
+    assert 12 <= len(records) <= 70  # 36 expected; Poisson counts vary
+    t0 = records[0].start
+    assert sum(r.start - t0 < 0.3 for r in records) <= 8  # arrivals are spread, not a burst of 16
+
+    code, s, records = run(
+        tmp_path / "step", replay_llama3.grpc_url, "--shape", "step", "--concurrency", "1", "--step-users", "2",
+        "--step-duration", "2", "--max-users", "5", "--duration", "7", "--osl", "8", "--metrics-url", "none",
+        "--no-plots",
+    )
+    assert code == 0 and s["failed"] == 0
+    assert [r.concurrency for r in records[:3]] == [1, 1, 1]  # one user first
+    late = [r.concurrency for r in records if r.start - records[0].start > 4.5]
+    assert late and max(late) == 5 and s["max_concurrency"] == 5  # 1, 3, then the ceiling of 5
+
+
+def test_failures_counted_when_the_server_stops_mid_run(tmp_path, replay_komt, replay_ids, token_counter):
+    osl, text = clean_length("komt-13b", replay_ids, token_counter, (40, 41, 39, 42, 43))
+    stopper = threading.Timer(5.0, replay_komt.stop)
+    stopper.start()
+    t0 = time.monotonic()
+    try:
+        code, s, records = run(
+            tmp_path / "r", replay_komt.http_url, "--protocol", "http", "--profile", "komt-13b", "--osl", str(osl),
+            "--concurrency", "4", "--duration", "9", "--request-timeout", "5", "--metrics-url", "none",
+            "--slo", "error_rate=0",
+        )
+    finally:
+        stopper.cancel()
+        stopper.join()
+    assert time.monotonic() - t0 < 60
+    assert code == 1  # error_rate=0 missed
+    ok = [r for r in records if r.ok]
+    failed = [r for r in records if not r.ok]
+    assert ok and failed, (len(ok), len(failed))
+    assert s["failed"] == len(failed) and s["error_rate"] == pytest.approx(len(failed) / len(records), abs=1e-6)
+    assert all(r.error for r in failed) and s["errors"]
+    assert all(r.start >= ok[0].start for r in failed)
+    assert {r.output_tokens for r in ok} == {osl} and {r.output_chars for r in ok} == {len(text)}
