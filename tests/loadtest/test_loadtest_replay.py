@@ -124,7 +124,8 @@ def test_poisson_arrivals_and_step_ramp(tmp_path, replay_llama3):
 
 def test_failures_counted_when_the_server_stops_mid_run(tmp_path, replay_komt, replay_ids, token_counter):
     osl, text = clean_length("komt-13b", replay_ids, token_counter, (40, 41, 39, 42, 43))
-    stopper = threading.Timer(5.0, replay_komt.stop)
+    # SIGTERM, then SIGKILL after 0.5 s: under steady load a gracefully stopping Triton keeps serving new streams
+    stopper = threading.Timer(5.0, lambda: replay_komt.stop(grace=0.5))
     stopper.start()
     t0 = time.monotonic()
     try:
@@ -137,6 +138,7 @@ def test_failures_counted_when_the_server_stops_mid_run(tmp_path, replay_komt, r
         stopper.cancel()
         stopper.join()
     assert time.monotonic() - t0 < 60
+    assert not replay_komt.is_alive()
     assert code == 1  # error_rate=0 missed
     ok = [r for r in records if r.ok]
     failed = [r for r in records if not r.ok]

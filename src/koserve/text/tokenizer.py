@@ -7,7 +7,6 @@ only. A checkpoint folder and the fixtures from ``koserve setup fixtures`` load 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from koserve.errors import ConfigError, InvalidRequestError
 # Used only when a tokenizer has no tokenizer_config.json (or it names no bos/eos token).
 _FALLBACK_BOS = ("<|begin_of_text|>", "<s>", "<bos>")
 _FALLBACK_EOS = ("<|end_of_text|>", "</s>", "<|endoftext|>", "<eos>")
-_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,9 +37,15 @@ class TextTokenizer:
     path: Path
     #: ids of added tokens marked special (``<s>``, ``<|eot_id|>``, …): no text when decoding with skip_special_tokens
     special_ids: frozenset[int] = field(repr=False)
-    #: ids of ``<0xNN>`` byte tokens when the decoder has a ByteFallback step (Llama-2), else empty
-    byte_fallback_ids: frozenset[int] = field(repr=False)
+    #: ``<0xNN>`` token id → byte value, when the decoder has a ByteFallback step (Llama-2); else empty
+    byte_values: dict[int, int] = field(repr=False)
+    #: byte value → ``<0xNN>`` token id (empty without byte fallback)
+    byte_token_ids: tuple[int, ...] = field(repr=False)
     _backend_adds_bos: bool = field(repr=False, default=False)
+
+    @property
+    def byte_fallback_ids(self) -> frozenset[int]:
+        return frozenset(self.byte_values)
 
     @property
     def vocab_size(self) -> int:
@@ -73,10 +77,41 @@ class TextTokenizer:
         return ids
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        """Text of ``ids`` (a list or a 1-D numpy array); special tokens give no text unless asked."""
+        """Text of ``ids`` (a list or a 1-D numpy array); special tokens give no text unless asked.
+
+        Equal to the ``tokenizers`` (Hugging Face fast tokenizer) decode, except for byte-fallback runs that are not
+        valid UTF-8: ``ByteFallback`` turns such a whole run into one U+FFFD per byte token (``f`` ``?`` ``<0x96>``
+        → three U+FFFD), whereas we replace only the invalid bytes, as SentencePiece does (``f?\ufffd``). That
+        keeps text already streamed by :class:`~koserve.text.IncrementalDetokenizer` final.
+        """
         if hasattr(ids, "tolist"):
             ids = ids.tolist()
-        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        ids = list(ids)
+        text = self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
+        if self.byte_values and "\ufffd" in text:
+            text = self.backend.decode(self._repair_byte_runs(ids, skip_special_tokens), skip_special_tokens)
+        return text
+
+    def _repair_byte_runs(self, ids: list[int], skip_special_tokens: bool) -> list[int]:
+        """Replace each byte-fallback run by the byte tokens of its lossy UTF-8 decoding (valid UTF-8 throughout)."""
+        values, tokens = self.byte_values, self.byte_token_ids
+        skipped = self.special_ids if skip_special_tokens else frozenset()
+        out: list[int] = []
+        run = bytearray()
+        for token_id in ids:
+            if token_id in skipped:
+                continue  # skipped specials never reach the decoder, so they do not split a run
+            value = values.get(token_id)
+            if value is not None:
+                run.append(value)
+                continue
+            if run:
+                out.extend(tokens[b] for b in run.decode("utf-8", "replace").encode("utf-8"))
+                run.clear()
+            out.append(token_id)
+        if run:
+            out.extend(tokens[b] for b in run.decode("utf-8", "replace").encode("utf-8"))
+        return out
 
 
 def _token_content(value: Any, key: str, config_path: Path) -> str | None:
@@ -105,16 +140,19 @@ def _resolve_token(
     return None, None
 
 
-def _byte_fallback_ids(backend: Tokenizer) -> frozenset[int]:
+def _byte_values(backend: Tokenizer) -> dict[int, int]:
     decoder = backend.decoder
     if decoder is None or b'"ByteFallback"' not in decoder.__getstate__():
-        return frozenset()
-    ids = set()
+        return {}
+    values = {}
     for value in range(256):
         token_id = backend.token_to_id(f"<0x{value:02X}>")
         if token_id is not None:
-            ids.add(token_id)
-    return frozenset(ids)
+            values[token_id] = value
+    if len(values) != 256:
+        raise ConfigError(f"the tokenizer's decoder uses byte fallback but only {len(values)} of the 256 <0xNN> "
+                          "byte tokens are in its vocabulary")
+    return values
 
 
 def _find_files(path: Path) -> tuple[Path, Path | None]:
@@ -176,6 +214,7 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
     add_bos = (add_bos_setting if add_bos_setting is not None else backend_adds_bos) and bos_id is not None
 
     special_ids = frozenset(i for i, tok in backend.get_added_tokens_decoder().items() if tok.special)
+    byte_values = _byte_values(backend)
     return TextTokenizer(
         backend=backend,
         bos_token=bos_token,
@@ -185,6 +224,7 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
         add_bos=add_bos,
         path=tokenizer_json.parent,
         special_ids=special_ids,
-        byte_fallback_ids=_byte_fallback_ids(backend),
+        byte_values=byte_values,
+        byte_token_ids=tuple(sorted(byte_values, key=byte_values.__getitem__)),
         _backend_adds_bos=backend_adds_bos,
     )
