@@ -98,29 +98,42 @@ def test_llama2_byte_fallback_hangul(llama2):
     assert tokens[:5] == ["▁", "안", "<0xEB>", "<0x85>", "<0x95>"]
     detok = IncrementalDetokenizer(llama2)
     deltas = [detok.add(i) for i in ids]
-    assert "".join(deltas[:2]) == "안"
-    assert deltas[2:5] == ["", "", ""]  # an open byte run is held back...
-    assert deltas[5] == "녕하"  # ...and released with the token that closes it
+    assert deltas[:6] == ["", "안", "", "", "녕", "하"]  # 녕 as soon as its third byte arrives, never U+FFFD
     assert "".join(deltas) + detok.finish() == "안녕하세요"
 
 
-def test_llama2_open_byte_run_flushed_by_finish(llama2):
-    ids = llama2.encode("안녕", add_special_tokens=False)
-    detok = IncrementalDetokenizer(llama2)
-    assert detok.add(ids) == "안"
-    assert detok.finish() == "녕"
-    assert detok.text == "안녕"
+def test_llama2_consecutive_byte_characters_stream_one_by_one(llama2):
+    ids = llama2.encode("반갑", add_special_tokens=False)
+    assert [llama2.id_to_token(i) for i in ids][1:] == ["<0xEB>", "<0xB0>", "<0x98>", "<0xEA>", "<0xB0>", "<0x91>"]
+    assert stream(llama2, ids, [1]) == ["", "", "", "반", "", "", "갑", ""]
+
+
+def test_unfinished_character_at_the_end(llama2, llama3):
+    for tok in (llama2, llama3):
+        ids = tok.encode("안녕", add_special_tokens=False)[:-1]  # stop in the middle of 녕
+        detok = IncrementalDetokenizer(tok)
+        assert FFFD not in detok.add(ids)
+        assert detok.text + detok.finish() == tok.decode(ids)
+        assert tok.decode(ids).endswith(FFFD)
 
 
 def test_llama2_invalid_byte_run_matches_decode(llama2):
-    # ByteFallback decodes an invalid run as one U+FFFD per byte, even bytes that were valid ASCII on their own.
+    # tokenizers' ByteFallback would turn the whole invalid run into U+FFFD per byte (even the ASCII "f?" already
+    # shown); TextTokenizer.decode and the stream replace only the invalid byte, as SentencePiece does.
     ids = [105, 66, 153, 15043]  # <0x66> <0x3F> <0x96> ▁Hello
-    assert llama2.decode(ids) == FFFD * 3 + " Hello"
-    assert "".join(stream(llama2, ids, [1])) == FFFD * 3 + " Hello"
-    # A special token inside a run is invisible to the decoder when skipped: the run stays open.
+    assert llama2.backend.decode(ids) == FFFD * 3 + " Hello"
+    assert llama2.decode(ids) == "f?" + FFFD + " Hello"
+    assert stream(llama2, ids, [1]) == ["f", "?", "", FFFD + " Hello", ""]
+    # A skipped special token inside a run is invisible to the decoder: the character still completes.
     ids = [238, 2, 136, 152]  # <0xEB> </s> <0x85> <0x95>
     assert "".join(stream(llama2, ids, [1])) == llama2.decode(ids) == "녕"
     assert "".join(stream(llama2, ids, [1], skip_special_tokens=False)) == llama2.decode(ids, False)
+    assert llama2.decode(ids, False) == FFFD + "</s>" + FFFD * 2
+
+
+def test_decode_equals_tokenizers_decode_on_valid_text(llama2):
+    ids = llama2.encode("안녕하세요, 반갑습니다 😀", add_special_tokens=True) + [2]
+    assert llama2.decode(ids) == llama2.backend.decode(ids, skip_special_tokens=True)
 
 
 def test_llama2_leading_spaces_kept(llama2):
