@@ -58,6 +58,8 @@ def triton_servers(tmp_path_factory):
 
     with stack:
         yield get
+        for endpoints in cache.values():  # SIGTERM all at once: shutdowns overlap
+            endpoints.server.terminate()
 
 
 @pytest.fixture(scope="session")

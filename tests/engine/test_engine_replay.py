@@ -141,3 +141,22 @@ def test_shutdown_finishes_everything():
     handle = eng.submit(EngineRequest(input_ids=(1,), max_new_tokens=1000, streaming=True))
     eng.shutdown()
     assert list(handle.outputs(5))[-1].finish_reason is FinishReason.CANCELLED
+
+
+def test_failing_receiver_gets_a_final_chunk_and_engine_keeps_serving():
+    eng = ReplayEngine(TOKENS, at_end="repeat")
+    seen = []
+
+    def flaky(out):
+        seen.append(out)
+        if len(seen) == 2:
+            raise RuntimeError("client gone")
+
+    try:
+        handle = eng.submit(EngineRequest(input_ids=(1,), max_new_tokens=500, streaming=True), on_output=flaky)
+        assert handle.done.wait(5)
+        assert len(seen) == 3 and seen[-1].finished and seen[-1].finish_reason is FinishReason.CANCELLED
+        assert "client gone" in seen[-1].error
+        assert eng.submit(EngineRequest(input_ids=(1,), max_new_tokens=3)).result(5).token_ids == TOKENS[:3]
+    finally:
+        eng.shutdown()

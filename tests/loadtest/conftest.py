@@ -1,10 +1,8 @@
 """Servers for the load-test tests: real tritonservers over the rendered koserve repository with the replay engine
-(a fixed Korean token sequence at a fixed pace), started and stopped here because one test stops its server."""
+(the stand-in's built-in Korean text, one token every REPLAY_DELAY_MS), from the shared `triton_servers` factory;
+the test that stops its server mid-run gets a server of its own."""
 
 from __future__ import annotations
-
-import contextlib
-from pathlib import Path
 
 import pytest
 
@@ -13,38 +11,24 @@ from koserve.serving.engine.replay import load_replay_tokens
 
 REPLAY_DELAY_MS = 20.0
 FAMILY = {"akallama-70b": "llama3", "komt-13b": "llama2"}
+# room for the long prompt set with AkaLlama's system prompt (up to ~700 tokens)
+LIMITS = {"max_input_len": 1536, "max_seq_len": 2048, "max_batch_size": 16}
 
 
-@contextlib.contextmanager
-def replay_server(tmp: Path, profile: str, delay_ms: float):
-    from koserve.serving.render import RenderOptions, render_repository
-    from koserve.serving.tritonserver import ServerOptions, TritonServer
-
-    repo = tmp / f"repo-{profile}"
-    render_repository(
-        RenderOptions(profile=profile, tokenizer_dir=tokenizer_dir(FAMILY[profile]), out=repo, replay=True,
-                      replay_delay_ms=delay_ms, max_batch_size=16, force=True)
-    )
-    server = TritonServer.cpu(ServerOptions(model_repository=repo), log_path=tmp / f"triton-{profile}.log")
-    server.start(timeout=120)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def replay_llama3(tmp_path_factory):
-    """akallama-70b profile, replay engine at REPLAY_DELAY_MS per token (shared by a module's tests)."""
-    with replay_server(tmp_path_factory.mktemp("lt-llama3"), "akallama-70b", REPLAY_DELAY_MS) as server:
-        yield server
+@pytest.fixture(scope="session")
+def replay_llama3(triton_servers):
+    """akallama-70b profile, replay engine at REPLAY_DELAY_MS per token (shared)."""
+    return triton_servers("akallama-70b", "replay", replay_delay_ms=REPLAY_DELAY_MS, **LIMITS)
 
 
 @pytest.fixture
 def replay_komt(tmp_path):
-    """komt-13b profile, replay engine; function-scoped because the test using it stops it."""
-    with replay_server(tmp_path, "komt-13b", REPLAY_DELAY_MS) as server:
-        yield server
+    """komt-13b profile, replay engine; a server of its own because the test using it stops it."""
+    from koserve.serving.stack import serve_cpu
+
+    with serve_cpu("komt-13b", "replay", replay_delay_ms=REPLAY_DELAY_MS, workdir=tmp_path / "triton",
+                   **LIMITS) as endpoints:
+        yield endpoints
 
 
 @pytest.fixture(scope="session")

@@ -125,7 +125,7 @@ def test_poisson_arrivals_and_step_ramp(tmp_path, replay_llama3):
 def test_failures_counted_when_the_server_stops_mid_run(tmp_path, replay_komt, replay_ids, token_counter):
     osl, text = clean_length("komt-13b", replay_ids, token_counter, (40, 41, 39, 42, 43))
     # SIGTERM, then SIGKILL after 0.5 s: under steady load a gracefully stopping Triton keeps serving new streams
-    stopper = threading.Timer(5.0, lambda: replay_komt.stop(grace=0.5))
+    stopper = threading.Timer(5.0, lambda: replay_komt.server.stop(grace=0.5))
     stopper.start()
     t0 = time.monotonic()
     try:
@@ -138,7 +138,7 @@ def test_failures_counted_when_the_server_stops_mid_run(tmp_path, replay_komt, r
         stopper.cancel()
         stopper.join()
     assert time.monotonic() - t0 < 60
-    assert not replay_komt.is_alive()
+    assert not replay_komt.server.is_alive()
     assert code == 1  # error_rate=0 missed
     ok = [r for r in records if r.ok]
     failed = [r for r in records if not r.ok]
@@ -147,3 +147,57 @@ def test_failures_counted_when_the_server_stops_mid_run(tmp_path, replay_komt, r
     assert all(r.error for r in failed) and s["errors"]
     assert all(r.start >= ok[0].start for r in failed)
     assert {r.output_tokens for r in ok} == {osl} and {r.output_chars for r in ok} == {len(text)}
+
+
+@pytest.fixture
+def gateway(replay_llama3, tmp_path):
+    """`koserve gateway` (a subprocess) in front of the shared replay server."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from koserve.serving.tritonserver import free_port
+
+    port = free_port()
+    log = open(tmp_path / "gateway.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "koserve", "gateway", "--model", f"akallama-70b={replay_llama3.grpc_url}",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "gateway.log").read_text()
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "gateway not healthy within 60 s"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        log.close()
+
+
+def test_openai_gateway_user(tmp_path, gateway, replay_ids, token_counter):
+    osl, text = clean_length("akallama-70b", replay_ids, token_counter, (20, 21, 19))
+    code, s, records = run(
+        tmp_path / "r", gateway, "--protocol", "openai", "--profile", "akallama-70b", "--prompts", "short",
+        "--osl", str(osl), "--concurrency", "3", "--duration", "5", "--slo", "itl_p99=250ms",
+    )
+    assert code == 0 and s["failed"] == 0 and len(records) >= 5
+    assert {r.protocol for r in records} == {"openai"} and {r.model for r in records} == {"akallama-70b"}
+    assert {r.output_tokens for r in records} == {osl}  # the gateway's usage.completion_tokens
+    assert {r.output_chars for r in records} == {len(text)}
+    assert abs(s["itl_ms"]["p50"] - PACE_MS) <= ITL_TOLERANCE_MS
+    assert (tmp_path / "r" / "metrics-after.prom").is_file()  # the gateway's own /metrics

@@ -206,7 +206,7 @@ def test_engine_direct_honours_request_output_len(triton_akallama):
         import queue
 
         q: queue.Queue = queue.Queue()
-        client.start_stream(callback=lambda r, e: q.put((r, e)), stream_timeout=60)
+        client.start_stream(callback=lambda result, error: q.put((result, error)), stream_timeout=60)
         tensors = []
         for name, arr in inputs.items():
             t = grpcclient.InferInput(name, list(arr.shape), {np.int32: "INT32", np.bool_: "BOOL"}[arr.dtype.type])

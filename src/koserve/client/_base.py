@@ -90,6 +90,7 @@ class ClientBase:
         server_streaming: bool = True,
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
+        engine_model: str | None = "tensorrt_llm",
     ):
         if url is None:
             url = DEFAULT_HTTP_URL if protocol == "http" else DEFAULT_GRPC_URL
@@ -109,6 +110,9 @@ class ClientBase:
         resolve_params(self.profile, self.default_params)  # fail early on bad defaults
         self.headers = dict(headers or {})
         self.tokenizer = self._load_tokenizer(tokenizer)
+        # Cancelling an ensemble request does not reach the engine inside Triton: stop it by request id.
+        # (tensorrt_llm_bls watches for cancellation itself.)
+        self.engine_model = engine_model if model != "tensorrt_llm_bls" else None
 
     @staticmethod
     def _check_timeout(value: Any, name: str) -> float | None:

@@ -174,6 +174,26 @@ class GrpcTransport:
         finally:
             self._release(client)
 
+    def stop_engine(self, engine: str, request_id: str, timeout: float = 2.0) -> bool:
+        """Ask ``engine`` (``tensorrt_llm``) to stop ``request_id``; best effort, never raises."""
+        try:
+            _, batch = self._model_info(engine, time.perf_counter() + timeout)
+            deadline = time.perf_counter() + timeout
+            request = WireRequest({}, request_id, stream=True)
+            client = self._acquire()
+            done: queue.SimpleQueue = queue.SimpleQueue()
+            try:
+                client.start_stream(callback=lambda result, error: done.put(error), stream_timeout=timeout)
+                client.async_stream_infer(engine, _stop_inputs(request.request_id, batch), request_id=request_id,
+                                          enable_empty_final_response=True)
+                error = done.get(timeout=max(deadline - time.perf_counter(), 0.01))
+                return error is None
+            finally:
+                client.stop_stream(cancel_requests=True)
+                self._release(client, healthy=False)
+        except Exception:  # noqa: BLE001 - the request is being abandoned anyway
+            return False
+
     def responses(self, model: str, request: WireRequest, deadline: float | None) -> Iterator[bytes | None]:
         """Yield each response's text (bytes; ``None`` for one without text) until the final one."""
         from tritonclient.utils import InferenceServerException  # noqa: PLC0415
@@ -217,6 +237,12 @@ class GrpcTransport:
             # Cancels the request on the server when it is still running (closed early, timeout, error).
             client.stop_stream(cancel_requests=True)
             self._release(client, healthy)
+
+
+def _stop_inputs(request_id: str, batch: bool):
+    from koserve.client.wire import engine_stop_request  # noqa: PLC0415
+
+    return _infer_inputs(list(engine_stop_request(request_id).tensors.values()), batch)
 
 
 class AsyncGrpcTransport:
@@ -279,6 +305,30 @@ class AsyncGrpcTransport:
         try:
             client = self._get_client()
             return bool(await client.is_model_ready(model, headers=self.headers or None, client_timeout=timeout))
+        except Exception:  # noqa: BLE001
+            return False
+
+    async def stop_engine(self, engine: str, request_id: str, timeout: float = 2.0) -> bool:
+        """Ask ``engine`` (``tensorrt_llm``) to stop ``request_id``; best effort, never raises."""
+        try:
+            _, batch = await self._model_info(engine, time.perf_counter() + timeout)
+            client = self._get_client()
+            inputs = _stop_inputs(request_id, batch)
+
+            async def one_request():
+                yield {"model_name": engine, "inputs": inputs, "request_id": request_id}
+
+            call = client.stream_infer(one_request(), stream_timeout=timeout)
+            try:
+                async def drain() -> bool:
+                    ok = True
+                    async for _result, error in call:
+                        ok = ok and error is None
+                    return ok
+
+                return await asyncio.wait_for(drain(), timeout)
+            finally:
+                call.cancel()
         except Exception:  # noqa: BLE001
             return False
 

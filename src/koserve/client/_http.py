@@ -63,6 +63,15 @@ def sse_data(lines: Iterable[str]) -> Iterator[str]:
         yield "\n".join(data)
 
 
+def _stop_body(request_id: str) -> dict[str, Any]:
+    from koserve.client.wire import engine_stop_request  # noqa: PLC0415
+
+    request = engine_stop_request(request_id)
+    body = request.json_body(list(request.tensors.values()))
+    body["input_ids"] = [0]
+    return body
+
+
 class _Common:
     protocol = "http"
 
@@ -164,6 +173,15 @@ class HttpTransport(_Common):
         except httpx.HTTPError:
             return False
 
+    def stop_engine(self, engine: str, request_id: str, timeout: float = 2.0) -> bool:
+        """Ask ``engine`` (``tensorrt_llm``) to stop ``request_id``; best effort, never raises."""
+        body = _stop_body(request_id)
+        try:
+            resp = self._client.post(self._path(engine, "generate_stream"), json=body, timeout=timeout)
+            return resp.status_code == 200 and b'"error"' not in resp.content
+        except Exception:  # noqa: BLE001
+            return False
+
     def responses(self, model: str, request: WireRequest, deadline: float | None) -> Iterator[str | None]:
         declared = self._model_inputs(model, deadline)
         body = request.json_body(request.for_model(model, declared))
@@ -208,6 +226,14 @@ class AsyncHttpTransport(_Common):
         try:
             return (await self._client.get(self._path(model, "ready"), timeout=timeout)).status_code == 200
         except httpx.HTTPError:
+            return False
+
+    async def stop_engine(self, engine: str, request_id: str, timeout: float = 2.0) -> bool:
+        body = _stop_body(request_id)
+        try:
+            resp = await self._client.post(self._path(engine, "generate_stream"), json=body, timeout=timeout)
+            return resp.status_code == 200 and b'"error"' not in resp.content
+        except Exception:  # noqa: BLE001
             return False
 
     async def responses(self, model: str, request: WireRequest, deadline: float | None

@@ -51,15 +51,19 @@ class AsyncChatStream:
             except asyncio.CancelledError:
                 # The task was cancelled: cancel the server-side request, report "cancelled", propagate.
                 await self._close_responses()
+                self._stop_engine_soon()
                 self._finish(cancelled=True)
                 raise
             except BaseException as exc:
                 self._error = exc
                 await self._close_responses()
+                if not isinstance(exc, ServerUnavailableError):
+                    await self._stop_engine()
                 raise
             delta = asm.add(payload)
             if asm.stopped:
                 await self._close_responses()
+                await self._stop_engine()
                 self._finish(cancelled=False)
                 if delta:
                     return delta
@@ -79,6 +83,18 @@ class AsyncChatStream:
             except RuntimeError:  # "aclose(): asynchronous generator is already running" after a cancellation
                 pass
 
+    async def _stop_engine(self) -> None:
+        engine = self._client.engine_model
+        if engine:
+            await self._client._transport.stop_engine(engine, self.request_id)
+
+    def _stop_engine_soon(self) -> None:
+        """From a cancelled task: stop the engine in the background (do not delay the cancellation)."""
+        if self._client.engine_model:
+            task = asyncio.get_running_loop().create_task(self._stop_engine())
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
     def _finish(self, *, cancelled: bool) -> None:
         assert self._asm is not None
         self._result = self._client.build_result(self._prepared, self._asm, cancelled=cancelled)
@@ -89,7 +105,10 @@ class AsyncChatStream:
             return
         if self._responses is None:
             self._asm = ResponseAssembler(())
-        await self._close_responses()
+            self._responses = _empty()
+        else:
+            await self._close_responses()
+            await self._stop_engine()
         self._finish(cancelled=True)
 
     async def __aenter__(self) -> "AsyncChatStream":
@@ -111,6 +130,9 @@ class AsyncChatStream:
         async for _ in self:
             pass
         return self.result
+
+
+_background: set = set()
 
 
 async def _empty() -> AsyncIterator[Any]:

@@ -52,10 +52,13 @@ class ChatStream:
             except BaseException as exc:
                 self._error = exc
                 self._close_responses()
+                if not isinstance(exc, ServerUnavailableError):
+                    self._stop_engine()
                 raise
             delta = asm.add(payload)
             if asm.stopped:  # a stop string the server did not stop on: stop it ourselves
                 self._close_responses()
+                self._stop_engine()
                 self._finish(cancelled=False)
                 if delta:
                     return delta
@@ -74,6 +77,11 @@ class ChatStream:
         if responses is not None and hasattr(responses, "close"):
             responses.close()
 
+    def _stop_engine(self) -> None:
+        engine = self._client.engine_model
+        if engine:
+            self._client._transport.stop_engine(engine, self.request_id)
+
     def _finish(self, *, cancelled: bool) -> None:
         assert self._asm is not None
         self._result = self._client.build_result(self._prepared, self._asm, cancelled=cancelled)
@@ -84,7 +92,10 @@ class ChatStream:
             return
         if self._responses is None:  # never started: nothing was sent
             self._asm = ResponseAssembler(())
-        self._close_responses()
+            self._responses = iter(())
+        else:
+            self._close_responses()
+            self._stop_engine()
         self._finish(cancelled=True)
 
     def __enter__(self) -> "ChatStream":

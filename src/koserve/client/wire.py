@@ -19,6 +19,8 @@ from koserve.errors import InvalidRequestError
 
 _NP = {"BYTES": np.object_, "INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64, "BOOL": np.bool_}
 
+_WORD_LISTS = ("stop_words", "bad_words")
+
 # caller-facing parameter name -> tensor name, for error messages
 PARAM_TENSORS = {
     "seed": "random_seed",
@@ -45,7 +47,9 @@ class WireTensor:
         return arr.reshape(1, -1) if batch else arr
 
     def as_json(self) -> Any:
-        return self.values[0] if len(self.values) == 1 and self.datatype != "BYTES" else list(self.values)
+        if self.name in _WORD_LISTS or len(self.values) != 1:
+            return list(self.values)
+        return self.values[0]
 
 
 @dataclass
@@ -129,3 +133,18 @@ def build_request(prompt: str, params: SamplingParams, *, stream: bool, request_
         put("min_length", "INT32", params.min_tokens)
     explicit_tensors = {PARAM_TENSORS[p]: p for p in explicit if p in PARAM_TENSORS}
     return WireRequest(t, request_id or new_request_id(), stream, explicit_tensors)
+
+
+def engine_stop_request(request_id: str) -> WireRequest:
+    """A TensorRT-LLM ``stop`` request for ``request_id``, sent to the engine model (``tensorrt_llm``).
+
+    A cancelled ensemble request does not reach the engine inside Triton (Triton cancels the ensemble, not its
+    steps), but the engine sees the client's request id, so the client stops it directly, as the BLS model does.
+    """
+    t = {
+        "input_ids": WireTensor("input_ids", "INT32", (0,)),
+        "input_lengths": WireTensor("input_lengths", "INT32", (1,)),
+        "request_output_len": WireTensor("request_output_len", "INT32", (1,)),
+        "stop": WireTensor("stop", "BOOL", (True,)),
+    }
+    return WireRequest(t, request_id, stream=True)

@@ -21,6 +21,7 @@ import grpc.experimental.gevent as grpc_gevent
 grpc_gevent.init_gevent()  # before any gRPC channel exists
 
 import json  # noqa: E402
+import os  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
@@ -159,6 +160,13 @@ class LLMStreamUser(User):
     def on_start(self) -> None:
         self.ctx = load_context(self.environment)
         self.timeout = float(self.ctx.opts.request_timeout)
+        self._n = 0
+
+    def next_request_id(self) -> str:
+        """A request id unique across users and locust processes (koserve's postprocessing keys its per-request
+        detokenizer state on it; without one, characters split over several tokens cannot be joined)."""
+        self._n += 1
+        return f"lt-{os.getpid()}-{id(self):x}-{self._n}"
 
     @task
     def generate(self) -> None:
@@ -249,7 +257,6 @@ class TritonGrpcUser(LLMStreamUser):
 
         self._grpc = grpcclient
         self.client = grpcclient.InferenceServerClient(_grpc_target(self.host or "127.0.0.1:8001"))
-        self._n = 0
         self._batched = _model_is_batched(self.ctx, self.client, self.model_name())
 
     def on_stop(self) -> None:
@@ -294,14 +301,13 @@ class TritonGrpcUser(LLMStreamUser):
             if "triton_final_response" in params and params["triton_final_response"].bool_param:
                 done.set()
 
-        self._n += 1
         self.client.start_stream(callback=callback, stream_timeout=self.timeout)
         cancel = True
         try:
             self.client.async_stream_infer(
                 self.model_name(),
                 self._inputs(request),
-                request_id=f"lt-{id(self):x}-{self._n}",
+                request_id=self.next_request_id(),
                 enable_empty_final_response=True,
             )
             if not done.wait(self.timeout):
@@ -389,7 +395,7 @@ class TritonHttpUser(_SSEUser):
     protocol = "http"
 
     def stream(self, request: LoadRequest, timer: StreamTimer) -> int | None:
-        body = self.generation_inputs(request)
+        body = {"id": self.next_request_id(), **self.generation_inputs(request)}
         response = self.post_stream(f"/v2/models/{self.model_name()}/generate_stream", body)
         try:
             for data in _iter_sse(response, time.monotonic() + self.timeout):

@@ -373,6 +373,11 @@ class TritonServer:
         assert self.process is not None
         return self.process.wait()
 
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting (stop several servers in parallel, then ``stop()`` each)."""
+        if self.is_alive():
+            self._signal_group(signal.SIGTERM)
+
     def stop(self, grace: float = 15.0) -> int | None:
         """SIGTERM the process group, SIGKILL after ``grace`` seconds; remove the shm regions it leaked."""
         proc = self.process

@@ -41,11 +41,9 @@ class TextTokenizer:
     byte_values: dict[int, int] = field(repr=False)
     #: byte value → ``<0xNN>`` token id (empty without byte fallback)
     byte_token_ids: tuple[int, ...] = field(repr=False)
+    #: the ``<0xNN>`` token ids (empty without byte fallback)
+    byte_fallback_ids: frozenset[int] = field(repr=False)
     _backend_adds_bos: bool = field(repr=False, default=False)
-
-    @property
-    def byte_fallback_ids(self) -> frozenset[int]:
-        return frozenset(self.byte_values)
 
     @property
     def vocab_size(self) -> int:
@@ -226,5 +224,6 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
         special_ids=special_ids,
         byte_values=byte_values,
         byte_token_ids=tuple(sorted(byte_values, key=byte_values.__getitem__)),
+        byte_fallback_ids=frozenset(byte_values),
         _backend_adds_bos=backend_adds_bos,
     )

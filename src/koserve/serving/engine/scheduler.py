@@ -247,8 +247,15 @@ class Engine(ABC):
         try:
             seq.handle._deliver(out)
         except Exception as exc:  # noqa: BLE001 - the receiver failed: stop working for it
+            if out.finished:
+                seq.handle.done.set()
+                return
+            # still tell the receiver that the request ended (Triton needs a FINAL flag to release the request)
             seq.finish(FinishReason.CANCELLED, f"output delivery failed: {exc}")
-            if not out.finished:
+            final = seq.take_output()
+            try:
+                seq.handle._deliver(final)
+            except Exception:  # noqa: BLE001
                 seq.handle.done.set()
 
     def _run(self) -> None:
