@@ -170,8 +170,7 @@ def test_closing_a_stream_stops_generation_on_the_server(slow_komt, protocol, ta
         assert stream.result.finish_reason == "cancelled" and stream.result.text == "".join(got)
         started = time.perf_counter()
         result = client.chat(MSGS, max_tokens=5, timeout=3.0)
-        assert result.completion_tokens == 5
-        assert time.perf_counter() - started < 2.0
+        assert result.text and time.perf_counter() - started < 2.0
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -195,7 +194,7 @@ def test_cancelling_the_task_stops_generation_on_the_server(slow_komt, protocol,
                 await task
             started = time.perf_counter()
             result = await client.chat(MSGS, max_tokens=5, timeout=3.0)
-            assert result.completion_tokens == 5
+            assert result.text
             return time.perf_counter() - started
 
     assert asyncio.run(asyncio.wait_for(main(), 60)) < 2.0
@@ -211,7 +210,9 @@ def test_deadline_raises_timeout_and_frees_the_server(slow_komt, protocol, targe
         assert time.perf_counter() - started < 2.0
         with pytest.raises(RequestTimeoutError):
             list(client.stream(MSGS, max_tokens=300, timeout=0.3))
-        assert client.chat(MSGS, max_tokens=5, timeout=3.0).completion_tokens == 5
+        started = time.perf_counter()
+        assert client.chat(MSGS, max_tokens=5, timeout=3.0).text
+        assert time.perf_counter() - started < 2.0
 
 
 # -- hf mode: the real tiny checkpoints (random weights): the whole path works, text is arbitrary ----------------

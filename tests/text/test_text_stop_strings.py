@@ -41,7 +41,7 @@ def run(stops, deltas):
     return matcher, outputs
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(text=small_text, stops=st.lists(stop, min_size=0, max_size=4), cuts=st.lists(st.integers(0, 6), min_size=1,
                                                                                      max_size=6).filter(any))
 def test_matches_reference(text, stops, cuts):

@@ -30,15 +30,14 @@ def _stream_one(endpoints, model: str, question: str, max_tokens: int, out) -> N
     )
     printed = []
 
-    class _Echo(list):
-        def append(self, piece):  # print pieces as they arrive
-            super().append(piece)
-            out.write(piece)
-            out.flush()
-            printed.append(piece)
+    def echo(piece: str) -> None:
+        printed.append(piece)
+        out.write(piece)
+        out.flush()
 
     t0 = time.perf_counter()
-    result = grpc_stream(endpoints.grpc_url, model, inputs, request_id=uuid.uuid4().hex, timeout=300)
+    result = grpc_stream(endpoints.grpc_url, model, inputs, request_id=uuid.uuid4().hex, timeout=300,
+                         on_piece=echo)
     elapsed = time.perf_counter() - t0
     if not printed:
         out.write(result.text)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -31,6 +32,16 @@ from koserve.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from koserve.profiles import load_profile
 
 log = logging.getLogger("koserve.gateway")
+
+
+# Triton reports in-band stream errors without a status code. koserve's serving side words request problems
+# (InvalidRequestError) like these; anything else from the server is a 502.
+_REQUEST_PROBLEM = re.compile(
+    r"^invalid request|exceeds|must be|must not|is required|is not valid|is empty|the limit is|too long|not supported"
+    r"|max (?:input|sequence|output) length",
+    re.IGNORECASE,
+)
+_ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
 
 
 class GatewayError(Exception):
@@ -60,11 +71,10 @@ def as_gateway_error(exc: BaseException) -> GatewayError:
         return GatewayError(503, f"the model server is unavailable: {exc}", type_="server_error",
                             code="backend_unavailable")
     if isinstance(exc, ServerError):
-        status = str(exc.status or "")
-        if status in ("INVALID_ARGUMENT", "400") or exc.server_message.lower().startswith("invalid request"):
-            return GatewayError(400, exc.server_message, code="invalid_request")
-        return GatewayError(502, f"the model server failed: {exc.server_message}", type_="server_error",
-                            code="backend_error")
+        message = _ENSEMBLE_PREFIX.sub("", exc.server_message)
+        if str(exc.status or "") in ("INVALID_ARGUMENT", "400") or _REQUEST_PROBLEM.search(message):
+            return GatewayError(400, message, code="invalid_request")
+        return GatewayError(502, f"the model server failed: {message}", type_="server_error", code="backend_error")
     if isinstance(exc, (InvalidRequestError, ValueError)):
         return GatewayError(400, str(exc), code="invalid_request")
     if isinstance(exc, (ClientError, KoserveError)):

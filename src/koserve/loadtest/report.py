@@ -243,6 +243,14 @@ def render_markdown(summary: dict[str, Any], slo_results: Sequence[dict[str, Any
         f"| output tokens | {summary['output_tokens_total']} |",
         f"| most requests in flight (per locust process) | {summary['max_concurrency']} |",
     ]
+    gen = summary.get("load_generator")
+    if gen:
+        lines.append(f"| load generator CPU (busiest of {gen['processes']} locust process(es)) | "
+                     f"{gen['cpu_percent_max']:.0f} % of a core |")
+        if gen["saturated"]:
+            lines += ["", f"**Warning:** a locust process used {gen['cpu_percent_max']:.0f} % of a core: the load "
+                      "generator, not only the server, limited this run. Add locust processes (`--processes`) or "
+                      "machines (distributed mode)."]
     if summary["errors"]:
         lines += ["", "## Errors", "", "| count | message |", "|---:|---|"]
         lines += [f"| {e['count']} | {str(e['message']).replace('|', '/')} |" for e in summary["errors"]]
@@ -370,11 +378,28 @@ def write_plots(records: Sequence[StreamRecord], out_dir: Path) -> list[Path]:
     return written
 
 
+GENERATOR_BUSY_PERCENT = 85.0
+
+
+def load_generator_usage(processes: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """CPU use of the locust processes during the test; ``saturated`` when one was busier than 85 % of a core."""
+    if not processes:
+        return None
+    busiest = max((p.get("cpu_percent") or 0.0) for p in processes)
+    return {
+        "processes": len(processes),
+        "cpu_s": round(sum(p.get("cpu_s", 0.0) for p in processes), 3),
+        "cpu_percent_max": busiest,
+        "saturated": busiest >= GENERATOR_BUSY_PERCENT,
+    }
+
+
 def write_report(
     out_dir: Path,
     records: Sequence[StreamRecord],
     *,
     meta: dict[str, Any] | None = None,
+    generator: dict[str, Any] | None = None,
     slos: Sequence[SLO] = (),
     metrics_before: str | None = None,
     metrics_after: str | None = None,
@@ -383,6 +408,8 @@ def write_report(
     """Write ``summary.json``, ``summary.md`` and the plots into ``out_dir``; return the summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(records, meta=meta)
+    if generator:
+        summary["load_generator"] = generator
     prom = None
     if metrics_before is not None and metrics_after is not None:
         try:

@@ -8,6 +8,7 @@ in time (shape duration + per-request timeout + a grace period, then killed) and
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit
 from koserve.errors import ConfigError, KoserveError
 from koserve.loadtest.metrics import read_records
 from koserve.loadtest.options import to_locust_flags
-from koserve.loadtest.report import SLO, write_report
+from koserve.loadtest.report import SLO, load_generator_usage, write_report
 from koserve.loadtest.shapes import SHAPE_KINDS, build_shape
 
 USER_CLASSES = {"grpc": "TritonGrpcUser", "http": "TritonHttpUser", "openai": "OpenAIChatUser"}
@@ -248,13 +249,20 @@ def run_loadtest(cfg: LoadTestConfig, *, echo: bool = False) -> LoadTestResult:
     for err in (before_err, after_err):
         if err:
             meta.setdefault("metrics_scrape_errors", []).append(err)
+    processes = []
+    for path in sorted(records_dir.glob("process-*.json")):
+        try:
+            processes.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue
     summary = write_report(
-        out, records, meta=meta, slos=cfg.slos, metrics_before=before, metrics_after=after, plots=cfg.plots
+        out, records, meta=meta, generator=load_generator_usage(processes), slos=cfg.slos,
+        metrics_before=before, metrics_after=after, plots=cfg.plots,
     )
     summary_cfg = asdict(cfg)
     summary_cfg["out_dir"] = str(cfg.out_dir)
     summary_cfg["slos"] = [s.text for s in cfg.slos]
-    (out / "config.json").write_text(__import__("json").dumps(summary_cfg, indent=2, ensure_ascii=False) + "\n")
+    (out / "config.json").write_text(json.dumps(summary_cfg, indent=2, ensure_ascii=False) + "\n")
     return LoadTestResult(out, summary, returncode, killed)
 
 

@@ -141,6 +141,29 @@ def _prepare_context(environment, runner=None, **_kw) -> None:
     log.info("koserve load context ready in %.2fs", time.perf_counter() - t0)
 
 
+@events.test_start.add_listener
+def _cpu_start(environment, **_kw) -> None:
+    ctx = _contexts.get(id(environment))
+    if ctx is not None:
+        ctx.cpu_start = (time.process_time(), time.monotonic())
+
+
+@events.test_stop.add_listener
+def _cpu_stop(environment, **_kw) -> None:
+    """Write this process's CPU use during the test (``process-<pid>.json``): a saturated load generator
+    measures itself, not the server."""
+    ctx = _contexts.get(id(environment))
+    start = getattr(ctx, "cpu_start", None)
+    if ctx is None or start is None or not ctx.opts.records_dir:
+        return
+    cpu, wall = time.process_time() - start[0], time.monotonic() - start[1]
+    info = {"pid": os.getpid(), "cpu_s": round(cpu, 3), "wall_s": round(wall, 3),
+            "cpu_percent": round(100.0 * cpu / wall, 1) if wall > 0 else None, "requests": ctx.started}
+    path = os.path.join(ctx.opts.records_dir, f"process-{os.getpid()}.json")
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(info, fh)
+
+
 @events.quitting.add_listener
 def _close_writers(environment, **_kw) -> None:
     ctx = _contexts.pop(id(environment), None)

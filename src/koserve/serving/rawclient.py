@@ -89,10 +89,12 @@ def grpc_stream(
     output: str = "text_output",
     cancel_after: int | None = None,
     client=None,
+    on_piece=None,
 ) -> StreamResult:
     """One request over gRPC ``stream_infer``; collects ``output`` until the final response (or ``timeout``).
 
-    ``cancel_after``: close the stream (cancelling the request) after that many responses.
+    ``cancel_after``: close the stream (cancelling the request) after that many responses. ``on_piece(text)`` is
+    called for each piece as it arrives.
     """
     import tritonclient.grpc as grpcclient  # noqa: PLC0415
 
@@ -133,6 +135,8 @@ def grpc_stream(
                 res.raw.append(raw)
                 res.pieces.append(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
                 res.times.append(at - t0)
+                if on_piece is not None:
+                    on_piece(res.pieces[-1])
             final = response.parameters.get("triton_final_response")
             count += 1
             if final is not None and final.bool_param:

@@ -51,37 +51,55 @@ class BenchRow:
     family: str
     tokens: int
     chars: int
-    detokenizer_us: float  # median over the repeats
+    detokenizer_us: float  # median over timed blocks
     stop_matcher_us: float
-    detokenizer_best_us: float  # fastest repeat: least disturbed by other work on a shared machine
+    detokenizer_best_us: float  # fastest block: least disturbed by other work on a shared machine
     stop_matcher_best_us: float
 
 
-def _time_detokenizer(tokenizer: TextTokenizer, ids: list[int]) -> tuple[float, list[str]]:
+BLOCK = 128  # tokens per timed block
+
+
+def _time_detokenizer(tokenizer: TextTokenizer, ids: list[int]) -> tuple[list[float], list[str]]:
+    """µs per token of each block of :data:`BLOCK` consecutive ids (one stream throughout), and the deltas."""
     detok = IncrementalDetokenizer(tokenizer)
     add = detok.add
-    start = time.perf_counter_ns()
-    deltas = [add(i) for i in ids]
-    deltas.append(detok.finish())
-    elapsed = time.perf_counter_ns() - start
-    return elapsed / 1000 / len(ids), deltas
+    clock = time.perf_counter_ns
+    deltas: list[str] = []
+    per_token: list[float] = []
+    for start in range(0, len(ids), BLOCK):
+        block = ids[start : start + BLOCK]
+        t0 = clock()
+        for i in block:
+            deltas.append(add(i))
+        if start + BLOCK >= len(ids):
+            deltas.append(detok.finish())
+        per_token.append((clock() - t0) / 1000 / len(block))
+    return per_token, deltas
 
 
-def _time_matcher(deltas: list[str], n_tokens: int) -> float:
+def _time_matcher(deltas: list[str]) -> list[float]:
+    """µs per token of feeding the per-token deltas to a StopStringMatcher, by block of :data:`BLOCK` tokens."""
     matcher = StopStringMatcher(STOP_STRINGS)
     feed = matcher.feed
-    start = time.perf_counter_ns()
-    for d in deltas:
-        feed(d)
-    matcher.finish()
-    elapsed = time.perf_counter_ns() - start
-    return elapsed / 1000 / n_tokens
+    clock = time.perf_counter_ns
+    per_token: list[float] = []
+    n_tokens = len(deltas) - 1  # the last delta is finish()'s
+    for start in range(0, n_tokens, BLOCK):
+        block = deltas[start : start + BLOCK] if start + BLOCK < n_tokens else deltas[start:]
+        t0 = clock()
+        for d in block:
+            feed(d)
+        if start + BLOCK >= n_tokens:
+            matcher.finish()
+        per_token.append((clock() - t0) / 1000 / min(BLOCK, n_tokens - start))
+    return per_token
 
 
 def run_bench(tokenizers: dict[str, TextTokenizer], lengths=DEFAULT_LENGTHS, repeats: int = 7) -> list[BenchRow]:
-    """Median over ``repeats`` of µs per token for each tokenizer and output length.
-
-    Lengths are interleaved within each repeat so that drift on a shared machine hits all of them alike.
+    """µs per token for each tokenizer and output length: median (and minimum) over all blocks of :data:`BLOCK`
+    tokens of all ``repeats`` runs. Per-block timing keeps a time slice lost to another process on a shared
+    machine from skewing a whole run; a cost that grew with the output would show in the later blocks.
     """
     rows = []
     for family, tokenizer in tokenizers.items():
@@ -97,8 +115,8 @@ def run_bench(tokenizers: dict[str, TextTokenizer], lengths=DEFAULT_LENGTHS, rep
                     us, deltas = _time_detokenizer(tokenizer, ids)
                     if "".join(deltas) != expected[length]:
                         raise AssertionError(f"{family}: streamed text differs from decode(ids)")
-                    detok_us[length].append(us)
-                    matcher_us[length].append(_time_matcher(deltas, len(ids)))
+                    detok_us[length].extend(us)
+                    matcher_us[length].extend(_time_matcher(deltas))
         finally:
             if gc_was_enabled:
                 gc.enable()

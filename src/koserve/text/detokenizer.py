@@ -67,23 +67,22 @@ class IncrementalDetokenizer:
         return self._text
 
     def add(self, ids: int | Iterable[int]) -> str:
-        """Add generated ids (an int, a sequence or a 1-D numpy array) and return the text they complete."""
+        """Add generated ids (an int, a sequence or a numpy array) and return the text they complete."""
         if self._finished:
             raise RuntimeError("IncrementalDetokenizer.add() after finish()")
         if isinstance(ids, int):
             ids = (ids,)
-        elif hasattr(ids, "tolist"):
-            ids = ids.tolist()
-            if isinstance(ids, int):
-                ids = (ids,)
-        out = []
+        elif hasattr(ids, "ravel"):  # numpy: any shape, e.g. output_ids [1, n]
+            ids = ids.ravel().tolist()
+        else:
+            ids = [i if type(i) is int else int(i) for i in ids]
         vocab_size = self._vocab_size
-        byte_values = self._byte_values
-        for token_id in ids:
-            if type(token_id) is not int:
-                token_id = int(token_id)
+        for token_id in ids:  # all checked first: a bad id leaves the stream untouched
             if not 0 <= token_id < vocab_size:
                 raise InvalidRequestError(f"token id {token_id} is outside the vocabulary [0, {vocab_size})")
+        out = []
+        byte_values = self._byte_values
+        for token_id in ids:
             if byte_values:
                 if token_id in self._skipped:
                     continue

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Streaming throughput / latency of koserve's Triton models on CPU, with the replay engine at zero delay.
+
+For 1, 16 and 64 concurrent gRPC streams it measures, through ``ensemble``, ``tensorrt_llm_bls`` and — in the same
+run, as the ceiling — the engine model ``tensorrt_llm`` called directly: streamed tokens/s (all streams), TTFT and
+inter-token gap (p50 / p99). Then a stability run: N back-to-back 64-stream runs through ensemble and BLS, every
+stream with a timeout, checking the server is alive and every stream completed with the exact text.
+
+Not a timed test: it prints figures (docs/readme/serving.md quotes them). Client and server share the machine's
+cores, so figures are relative. Usage: python scripts/bench_serving.py [--tokens 100] [--stability-runs 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+
+
+def pct(values, q):
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values), q))
+
+
+def one_stream(url, model, tokens, timeout, barrier):
+    from koserve.serving.rawclient import grpc_stream, text_inputs
+
+    if model == "tensorrt_llm":
+        inputs = {
+            "input_ids": np.array([[128000, 9906, 1917]], dtype=np.int32),
+            "input_lengths": np.array([[3]], dtype=np.int32),
+            "request_output_len": np.array([[tokens]], dtype=np.int32),
+            "streaming": np.array([[True]], dtype=np.bool_),
+        }
+        output = "output_ids"
+    else:
+        inputs, output = text_inputs("네 이름은 뭐야?", tokens), "text_output"
+    barrier.wait(timeout=60)
+    return grpc_stream(url, model, inputs, request_id=uuid.uuid4().hex, timeout=timeout, output=output)
+
+
+def run(url, model, streams, tokens, timeout):
+    barrier = threading.Barrier(streams + 1)
+    results = [None] * streams
+
+    def worker(i):
+        try:
+            results[i] = one_stream(url, model, tokens, timeout, barrier)
+        except Exception as exc:  # noqa: BLE001
+            results[i] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(streams)]
+    for t in threads:
+        t.start()
+    barrier.wait(timeout=60)
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join(timeout=timeout + 30)
+    wall = time.perf_counter() - t0
+    hung = sum(t.is_alive() for t in threads)
+    ok = [r for r in results if r is not None and not isinstance(r, Exception) and r.error is None]
+    errors = [str(r) if isinstance(r, Exception) else (r.error if r is not None else "no result")
+              for r in results if r is None or isinstance(r, Exception) or r.error is not None]
+    pieces = sum(len(r.pieces) for r in ok)
+    ttfts = [r.ttft for r in ok if r.ttft is not None]
+    gaps = [b - a for r in ok for a, b in zip(r.times, r.times[1:])]
+    return {
+        "model": model, "streams": streams, "ok": len(ok), "errors": errors[:3], "n_errors": len(errors),
+        "hung": hung, "wall_s": wall, "responses": pieces,
+        "tokens_per_s": len(ok) * tokens / wall if wall > 0 else float("nan"),
+        "ttft_p50_ms": pct(ttfts, 50) * 1e3, "ttft_p99_ms": pct(ttfts, 99) * 1e3,
+        "gap_p50_ms": pct(gaps, 50) * 1e3, "gap_p99_ms": pct(gaps, 99) * 1e3,
+        "texts": {r.text for r in ok} if model != "tensorrt_llm" else set(),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="akallama-70b")
+    ap.add_argument("--tokens", type=int, default=100, help="tokens per stream (the replay text is longer)")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--stability-runs", type=int, default=10)
+    ap.add_argument("--timeout", type=float, default=120.0, help="per-stream timeout (a hang fails the run)")
+    ap.add_argument("--stability-models", nargs="+", default=["ensemble", "tensorrt_llm_bls"])
+    ap.add_argument("--bls-threads", type=int, help="KOSERVE_BLS_THREADS for the server (BLS thread pool size)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+
+    import os
+
+    from koserve.serving.stack import serve_cpu
+
+    if args.bls_threads:
+        os.environ["KOSERVE_BLS_THREADS"] = str(args.bls_threads)
+
+    rows, stability = [], []
+    with serve_cpu(args.profile, "replay", replay_delay_ms=0.0, max_batch_size=64) as ep:
+        print(f"server up: {ep.grpc_url} (replay, zero delay, {args.profile})", flush=True)
+        run(ep.grpc_url, "ensemble", 4, 10, args.timeout)  # warm-up
+        for streams in args.concurrency:
+            for model in ("tensorrt_llm", "ensemble", "tensorrt_llm_bls"):
+                row = run(ep.grpc_url, model, streams, args.tokens, args.timeout)
+                rows.append(row)
+                print(f"{model:17s} x{streams:3d}: {row['tokens_per_s']:7.0f} tok/s  TTFT p50 {row['ttft_p50_ms']:7.1f} "
+                      f"p99 {row['ttft_p99_ms']:7.1f} ms  gap p50 {row['gap_p50_ms']:6.2f} p99 {row['gap_p99_ms']:7.2f} "
+                      f"ms  ok {row['ok']}/{streams} hung {row['hung']}", flush=True)
+        expected = None
+        for i in range(args.stability_runs):
+            for model in args.stability_models:
+                row = run(ep.grpc_url, model, 64, args.tokens, args.timeout)
+                alive = ep.server.is_alive()
+                texts = row["texts"]
+                expected = expected or (next(iter(texts)) if len(texts) == 1 else None)
+                exact = len(texts) == 1 and next(iter(texts)) == expected
+                stability.append({"run": i, "model": model, "ok": row["ok"], "hung": row["hung"], "alive": alive,
+                                  "exact": exact, "tokens_per_s": row["tokens_per_s"], "errors": row["errors"]})
+                print(f"stability {i + 1:2d}/{args.stability_runs} {model:17s}: ok {row['ok']}/64 hung {row['hung']} "
+                      f"alive {alive} same-text {exact} {row['tokens_per_s']:.0f} tok/s", flush=True)
+                if not alive:
+                    print("SERVER DIED:\n" + ep.server.log_tail(30))
+                    break
+            if not ep.server.is_alive():
+                break
+
+    print("\n| path | streams | tokens/s | TTFT p50 / p99 (ms) | gap p50 / p99 (ms) |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['streams']} | {r['tokens_per_s']:.0f} | {r['ttft_p50_ms']:.1f} / "
+              f"{r['ttft_p99_ms']:.1f} | {r['gap_p50_ms']:.2f} / {r['gap_p99_ms']:.2f} |")
+    by = {(r["model"], r["streams"]): r for r in rows}
+    top = max(args.concurrency)
+    direct = by.get(("tensorrt_llm", top))
+    if direct and all((m, top) in by for m in ("ensemble", "tensorrt_llm_bls")):
+        for model in ("ensemble", "tensorrt_llm_bls"):
+            r = by[(model, top)]
+            print(f"{model} at {top} streams: {r['tokens_per_s'] / direct['tokens_per_s']:.2f} x direct tokens/s "
+                  f"(target >= 0.8), p99 gap {r['gap_p99_ms'] / max(direct['gap_p99_ms'], 1e-9):.2f} x direct "
+                  f"(target <= 2)")
+    good = all(s["ok"] == 64 and s["hung"] == 0 and s["alive"] and s["exact"] for s in stability)
+    print(f"stability: {len(stability)} runs of 64 streams, all complete, exact and server alive: {good}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"rows": [{k: v for k, v in r.items() if k != "texts"} for r in rows],
+                       "stability": stability}, fh, indent=2)
+    return 0 if good else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
