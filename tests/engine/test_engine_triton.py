@@ -13,7 +13,7 @@ import pytest
 
 from koserve.fixtures import tokenizer_dir
 from koserve.serving.engine.replay import BUILTIN_REPLAY_TEXT, load_replay_tokens
-from koserve.serving.engine.types import to_word_list
+from koserve.text.stop_words import to_word_list
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 

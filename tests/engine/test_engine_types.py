@@ -10,24 +10,24 @@ import pytest
 from koserve.errors import ConfigError, InvalidRequestError
 from koserve.serving.engine import EngineOutput, EngineRequest, EngineSettings, FinishReason
 from koserve.serving.engine.triton import output_arrays, parse_triton_request
-from koserve.serving.engine.types import parse_word_list, to_word_list
+from koserve.text.stop_words import parse_word_list, to_word_list
 
 
 def test_word_list_round_trip_and_padding():
-    words = ((5, 6), (7,), (8, 9, 10))
+    words = [[5, 6], [7], [8, 9, 10]]
     arr = to_word_list(words)
     assert arr.dtype == np.int32 and arr.shape == (2, 6)
     assert arr[1].tolist() == [2, 3, 6, -1, -1, -1]
     assert parse_word_list(arr) == words
     assert parse_word_list(arr[None]) == words  # [1, 2, N] as the ensemble sends it
-    assert parse_word_list(np.array([[0], [-1]], dtype=np.int32)) == ()  # "no words" padding
+    assert parse_word_list(np.array([[0], [-1]], dtype=np.int32)) == []  # "no words" padding
 
 
 @pytest.mark.parametrize(
     "arr, needle",
     [
         (np.zeros((3, 4), np.int32), "shape [2, N]"),
-        (np.array([[1, 2], [3, -1]], np.int32), "offsets must be increasing and <= 2"),
+        (np.array([[1, 2], [3, -1]], np.int32), "offsets must increase within [1, 2]"),
         (np.array([[1.0, 2.0], [1.0, 2.0]], np.float32), "integers"),
     ],
 )

@@ -137,13 +137,18 @@ def bad_words_list(tokenizer: TextTokenizer, words: Iterable[str | bytes] | None
     return to_word_list(_word_entries(tokenizer, words, "bad word"))
 
 
-def parse_word_list(array) -> list[list[int]]:
-    """Inverse of :func:`to_word_list`: ``[2, N]`` (or ``[1, 2, N]``) → token-id sequences. Validates the layout."""
+def parse_word_list(array, name: str = "word list") -> list[list[int]]:
+    """Inverse of :func:`to_word_list`: ``[2, N]`` (or ``[1, 2, N]``) → token-id sequences. Validates the layout.
+
+    Offsets padded with -1 end the list, so an all-padding list (``[[0], [-1]]``) means "no words".
+    """
     arr = np.asarray(array)
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 2 or arr.shape[0] != 2:
-        raise InvalidRequestError(f"word list must have shape [2, N], got {list(arr.shape)}")
+        raise InvalidRequestError(f"{name} must have shape [2, N] (or [1, 2, N]), got {list(np.shape(array))}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise InvalidRequestError(f"{name} must hold integers, got dtype {arr.dtype}")
     ids, ends = arr[0].tolist(), arr[1].tolist()
     entries: list[list[int]] = []
     previous = 0
@@ -151,7 +156,7 @@ def parse_word_list(array) -> list[list[int]]:
         if end < 0:
             break
         if not previous < end <= len(ids):
-            raise InvalidRequestError(f"word list offsets must increase within [1, {len(ids)}], got {ends}")
+            raise InvalidRequestError(f"{name} offsets must increase within [1, {len(ids)}], got {ends}")
         entries.append(ids[previous:end])
         previous = end
     return entries

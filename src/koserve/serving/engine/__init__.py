@@ -12,8 +12,6 @@ from koserve.serving.engine.types import (
     EngineOutput,
     EngineRequest,
     FinishReason,
-    parse_word_list,
-    to_word_list,
 )
 
 __all__ = [
@@ -26,8 +24,6 @@ __all__ = [
     "FinishReason",
     "RequestHandle",
     "create_engine",
-    "parse_word_list",
-    "to_word_list",
 ]
 
 

@@ -22,7 +22,8 @@ import numpy as np
 from koserve.errors import ConfigError, InvalidRequestError
 from koserve.serving.engine.scheduler import Engine, EngineBusyError, EngineClosedError
 from koserve.serving.engine.settings import EngineSettings, create_engine
-from koserve.serving.engine.types import EngineOutput, EngineRequest, FinishReason, parse_word_list
+from koserve.serving.engine.types import EngineOutput, EngineRequest, FinishReason
+from koserve.text.stop_words import parse_word_list
 
 GetTensor = Callable[[str], "np.ndarray | None"]
 
@@ -53,6 +54,12 @@ def _scalar(get: GetTensor, name: str, kind: str, default=None):
         raise InvalidRequestError(f"{name} has dtype {arr.dtype}; expected {kind}")
     value = arr.reshape(-1)[0].item()
     return bool(value) if kind == "bool" else value
+
+
+def _word_tuples(array, name: str) -> tuple[tuple[int, ...], ...]:
+    if array is None:
+        return ()
+    return tuple(tuple(word) for word in parse_word_list(array, name))
 
 
 def parse_triton_request(
@@ -120,8 +127,8 @@ def parse_triton_request(
         max_new_tokens=int(out_len),
         end_ids=(int(end_id),) if end_id is not None else tuple(default_end_ids),
         pad_id=_scalar(get, "pad_id", "int"),
-        stop_words=parse_word_list(stop_words, "stop_words_list") if stop_words is not None else (),
-        bad_words=parse_word_list(bad_words, "bad_words_list") if bad_words is not None else (),
+        stop_words=_word_tuples(stop_words, "stop_words_list"),
+        bad_words=_word_tuples(bad_words, "bad_words_list"),
         temperature=float(temperature),
         top_k=int(top_k),
         top_p=float(top_p),

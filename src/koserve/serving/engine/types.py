@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from koserve.errors import InvalidRequestError
 
@@ -87,47 +86,3 @@ class EngineOutput:
     log_probs: list[float] | None = None  # one per token in token_ids, when return_log_probs
     cum_log_prob: float | None = None  # sum over all tokens generated so far, when return_log_probs
     error: str | None = None
-
-
-def parse_word_list(array, name: str = "word list") -> tuple[tuple[int, ...], ...]:
-    """Token sequences from TensorRT-LLM's word-list format.
-
-    ``array`` is ``[2, N]`` (or ``[1, 2, N]``): row 0 holds the words' ids concatenated, row 1 the cumulative end
-    offsets, padded with -1 (row 0 with anything). An all-padding list means "no words".
-    """
-    arr = np.asarray(array)
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 2 or arr.shape[0] != 2:
-        raise InvalidRequestError(f"{name} must have shape [2, N] (or [1, 2, N]), got {list(np.asarray(array).shape)}")
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise InvalidRequestError(f"{name} must hold integers, got dtype {arr.dtype}")
-    ids, offsets = arr[0].tolist(), arr[1].tolist()
-    words: list[tuple[int, ...]] = []
-    start = 0
-    for end in offsets:
-        if end < 0:
-            break
-        if end < start or end > len(ids):
-            raise InvalidRequestError(
-                f"{name} offsets must be increasing and <= {len(ids)} (the number of ids), got {offsets}"
-            )
-        if end > start:
-            words.append(tuple(ids[start:end]))
-        start = end
-    return tuple(words)
-
-
-def to_word_list(words: list[list[int]] | tuple[tuple[int, ...], ...]) -> np.ndarray:
-    """The inverse of :func:`parse_word_list`: an int32 ``[2, N]`` array (tests and tools use it)."""
-    flat: list[int] = []
-    offsets: list[int] = []
-    for word in words:
-        flat.extend(int(t) for t in word)
-        offsets.append(len(flat))
-    width = max(len(flat), len(offsets), 1)
-    out = np.zeros((2, width), dtype=np.int32)
-    out[1, :] = -1
-    out[0, : len(flat)] = flat
-    out[1, : len(offsets)] = offsets
-    return out
