@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
+import time
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -48,9 +50,30 @@ ENGINE_SAMPLING = {
     "beam_width": ("beam_width", np.int32),
     "random_seed": ("random_seed", np.uint64),
 }
-CANCEL_POLL_S = 0.05
+CANCEL_POLL_S = 0.25
 _done = object()
 _ids = itertools.count()
+
+
+class _LockedSender:
+    """The response sender with its IPC calls serialised by ``lock`` and ``is_cancelled`` rate-limited."""
+
+    def __init__(self, sender, lock):
+        self._sender, self._lock = sender, lock
+        self._checked = time.monotonic()
+        self._cancelled = False
+
+    def send(self, *args, **kwargs):
+        with self._lock:
+            return self._sender.send(*args, **kwargs)
+
+    def is_cancelled(self, force: bool = False) -> bool:
+        now = time.monotonic()
+        if not self._cancelled and (force or now - self._checked >= CANCEL_POLL_S):
+            self._checked = now
+            with self._lock:
+                self._cancelled = bool(self._sender.is_cancelled())
+        return self._cancelled
 
 
 def _next(iterator):
@@ -71,6 +94,9 @@ class BlsModel:
         self.pool = ThreadPoolExecutor(max_workers=max_threads or int(os.environ.get("KOSERVE_BLS_THREADS", "256")),
                                        thread_name_prefix="bls")
         self._background: set[asyncio.Task] = set()
+        # Calls into the python backend's IPC (exec, send, is_cancelled) from several threads at once corrupted
+        # Triton 2.51's heap under 64-stream load; serialise them (the blocking next() stays outside the lock).
+        self.ipc = threading.Lock()
 
     # -- engine request ------------------------------------------------------------------------------------
     def engine_request(self, req: GenerationRequest, prepared: EngineInputs, request_id: str):
@@ -119,7 +145,7 @@ class BlsModel:
 
     async def serve(self, request) -> None:
         pb = self.pb
-        sender = request.get_response_sender()
+        sender = _LockedSender(request.get_response_sender(), self.ipc)
         final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         try:
             req = parse_generation_request(read_inputs(pb, request, INPUT_NAMES))
@@ -142,9 +168,7 @@ class BlsModel:
         loop = asyncio.get_running_loop()
         final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         stream = TextStream(self.pre.tokenizer, self.pre.stop_words(req.stop_words))
-        iterator = await loop.run_in_executor(
-            self.pool, lambda: self.engine_request(req, prepared, inner_id).exec(decoupled=True)
-        )
+        iterator = await loop.run_in_executor(self.pool, self._exec, self.engine_request(req, prepared, inner_id))
         pieces: list[str] = [req.text] if not req.exclude_input_in_output else []
         log_probs: list[np.ndarray] = []
         cum_log_prob = None
@@ -223,7 +247,7 @@ class BlsModel:
 
         def work():
             try:
-                for _ in self.stop_request(inner_id).exec(decoupled=True):
+                for _ in self._exec(self.stop_request(inner_id)):
                     pass
             except Exception:  # noqa: BLE001 - an engine without `stop` support: the drain below still ends
                 pass
@@ -237,6 +261,10 @@ class BlsModel:
                     break
 
         self.pool.submit(work)
+
+    def _exec(self, inference_request):
+        with self.ipc:
+            return inference_request.exec(decoupled=True)
 
     def finalize(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
