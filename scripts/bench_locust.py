@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                     cfg = LoadTestConfig(url=url, out_dir=out, protocol=protocol, profile=args.profile,
                                          prompts="short", osl=osl, concurrency=conc, duration=args.duration,
                                          request_timeout=20, metrics_url=None, plots=False)
-                    if not ep.server.is_alive():
-                        print(f"tritonserver died; stopping (log: {ep.log_path}):\n{ep.server.log_tail(8)}",
+                    if not (ep.server.is_alive() and ep.server.is_ready()):
+                        print(f"tritonserver died or hangs; stopping (log: {ep.log_path}):\n{ep.server.log_tail(8)}",
                               file=sys.stderr)
                         break
                     t0 = time.monotonic()

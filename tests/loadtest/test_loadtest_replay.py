@@ -1,7 +1,7 @@
 """`koserve loadtest` end to end: locust (a real subprocess) against real tritonservers running the koserve model
 repository with the replay engine, which streams a fixed Korean token sequence at REPLAY_DELAY_MS per token.
 
-Tolerances (2 shared cores): ITL p50 within ±5 ms of the 20 ms pace; TTFT p50 between one pace and pace + 100 ms.
+Tolerances (2 shared cores): ITL p50 within ±5 ms of the 20 ms pace; TTFT p50 between one pace and pace + 200 ms.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def test_grpc_ensemble_fixed_concurrency_report(tmp_path, replay_llama3, replay_
     out = tmp_path / "report"
     code, s, records = run(
         out, replay_llama3.grpc_url, "--protocol", "grpc", "--model", "ensemble", "--profile", "akallama-70b",
-        "--prompts", "all", "--osl", str(osl), "--shape", "fixed", "--concurrency", "4", "--duration", "8",
+        "--prompts", "all", "--osl", str(osl), "--shape", "fixed", "--concurrency", "4", "--duration", "6",
         "--metrics-url", replay_llama3.metrics_url, "--slo", "ttft_p99=5s,itl_p99=250ms,error_rate=0",
     )
     assert code == 0, (out / "locust.log").read_text()[-3000:]
@@ -64,7 +64,7 @@ def test_grpc_ensemble_fixed_concurrency_report(tmp_path, replay_llama3, replay_
 
     # timing follows the replay pace
     assert abs(s["itl_ms"]["p50"] - PACE_MS) <= ITL_TOLERANCE_MS, s["itl_ms"]
-    assert PACE_MS * 0.9 <= s["ttft_ms"]["p50"] <= PACE_MS + 100, s["ttft_ms"]
+    assert PACE_MS * 0.9 <= s["ttft_ms"]["p50"] <= PACE_MS + 200, s["ttft_ms"]
     expected_e2e = s["ttft_ms"]["p50"] + (osl - 1) * PACE_MS
     assert abs(s["e2e_ms"]["p50"] - expected_e2e) <= 0.25 * expected_e2e, s["e2e_ms"]
     # 4 streams, each ~1000/PACE tokens/s at most
@@ -104,21 +104,21 @@ def test_http_bls_request_budget_and_missed_slo(tmp_path, replay_llama3, replay_
 def test_poisson_arrivals_and_step_ramp(tmp_path, replay_llama3):
     code, s, records = run(
         tmp_path / "poisson", replay_llama3.grpc_url, "--shape", "poisson", "--rate", "6", "--concurrency", "16",
-        "--duration", "6", "--osl", "8", "--metrics-url", "none", "--no-plots",
+        "--duration", "5", "--osl", "8", "--metrics-url", "none", "--no-plots",
     )
     assert code == 0 and s["failed"] == 0
-    assert 12 <= len(records) <= 70  # 36 expected; Poisson counts vary
+    assert 10 <= len(records) <= 60  # 30 expected; Poisson counts vary
     t0 = records[0].start
     assert sum(r.start - t0 < 0.3 for r in records) <= 8  # arrivals are spread, not a burst of 16
 
     code, s, records = run(
         tmp_path / "step", replay_llama3.grpc_url, "--shape", "step", "--concurrency", "1", "--step-users", "2",
-        "--step-duration", "2", "--max-users", "5", "--duration", "7", "--osl", "8", "--metrics-url", "none",
+        "--step-duration", "2", "--max-users", "5", "--duration", "6", "--osl", "8", "--metrics-url", "none",
         "--no-plots",
     )
     assert code == 0 and s["failed"] == 0
     assert [r.concurrency for r in records[:3]] == [1, 1, 1]  # one user first
-    late = [r.concurrency for r in records if r.start - records[0].start > 4.5]
+    late = [r.concurrency for r in records if r.start - records[0].start > 4.2]
     assert late and max(late) == 5 and s["max_concurrency"] == 5  # 1, 3, then the ceiling of 5
 
 
@@ -201,3 +201,13 @@ def test_openai_gateway_user(tmp_path, gateway, replay_ids, token_counter):
     assert {r.output_chars for r in records} == {len(text)}
     assert abs(s["itl_ms"]["p50"] - PACE_MS) <= ITL_TOLERANCE_MS
     assert (tmp_path / "r" / "metrics-after.prom").is_file()  # the gateway's own /metrics
+
+
+def test_server_error_messages_are_reported(tmp_path, replay_llama3):
+    code, s, records = run(
+        tmp_path / "r", replay_llama3.grpc_url, "--osl", "100000", "--concurrency", "2", "--duration", "10",
+        "--max-requests", "4", "--metrics-url", "none", "--no-plots", "--slo", "error_rate=0",
+    )
+    assert code == 1 and len(records) == 4 and s["failed"] == 4
+    message = s["errors"][0]["message"]
+    assert "100000" in message or "max_tokens" in message, message  # the server's own words
