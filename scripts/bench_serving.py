@@ -92,6 +92,9 @@ def main() -> int:
     ap.add_argument("--bls-threads", type=int, help="KOSERVE_BLS_THREADS for the server (BLS thread pool size)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server on SIGTERM too
 
     import os
 

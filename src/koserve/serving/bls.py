@@ -94,8 +94,7 @@ class BlsModel:
         self.pool = ThreadPoolExecutor(max_workers=max_threads or int(os.environ.get("KOSERVE_BLS_THREADS", "256")),
                                        thread_name_prefix="bls")
         self._background: set[asyncio.Task] = set()
-        # Calls into the python backend's IPC (exec, send, is_cancelled) from several threads at once corrupted
-        # Triton 2.51's heap under 64-stream load; serialise them (the blocking next() stays outside the lock).
+        # serialises send / is_cancelled of all streams (they run on the event loop thread anyway)
         self.ipc = threading.Lock()
 
     # -- engine request ------------------------------------------------------------------------------------
@@ -263,8 +262,8 @@ class BlsModel:
         self.pool.submit(work)
 
     def _exec(self, inference_request):
-        with self.ipc:
-            return inference_request.exec(decoupled=True)
+        # exec(decoupled=True) waits for the engine's first response: never hold a lock around it
+        return inference_request.exec(decoupled=True)
 
     def finalize(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
