@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export KOSERVE_CACHE ?= $(CURDIR)/.cache/koserve
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup fixtures test demo bench clean lint
+.PHONY: setup fixtures test demo bench bench-text bench-serving bench-locust clean
 
 # Reinstall only when pyproject.toml changed since the last install.
 $(VENV)/.installed: pyproject.toml
@@ -27,8 +27,17 @@ test: fixtures
 demo: fixtures
 	$(BIN)/koserve demo $(DEMO_ARGS)
 
-bench: fixtures
+# Benchmarks print figures (README quotes them); they are not tests.
+bench: bench-text bench-serving bench-locust
+
+bench-text: fixtures
 	$(BIN)/python scripts/bench_text.py
+
+bench-serving: fixtures
+	$(BIN)/python scripts/bench_serving.py $(BENCH_ARGS)
+
+bench-locust: fixtures
+	$(BIN)/python scripts/bench_locust.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .hypothesis
