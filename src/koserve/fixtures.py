@@ -198,10 +198,35 @@ def prepare_tokenizers(force: bool = False, log=print) -> dict[str, Path]:
     return result
 
 
+# Bump when the tiny checkpoints change, so caches built by an older koserve are rebuilt.
+TINY_MODEL_VERSION = "2"
+_TINY_MARKER = "KOSERVE_TINY_RANDOM_MODEL.txt"
+
+
+def _is_hangul_text(text: str) -> bool:
+    stripped = text.strip(" ")
+    return bool(stripped) and all("\uac00" <= ch <= "\ud7a3" for ch in stripped)
+
+
+def hangul_token_ids(tokenizer_json: Path) -> list[int]:
+    """Ids of the tokens that decode, on their own, to whole Hangul syllables (optionally after one space)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    ids = []
+    for piece, token_id in tok.get_vocab(with_added_tokens=False).items():
+        text = tok.decode([token_id]) if not piece.startswith("▁") else " " + piece[1:]
+        if _is_hangul_text(text):
+            ids.append(token_id)
+    return sorted(ids)
+
+
 def build_tiny_model(family: Family, out_dir: Path, seed: int = 0) -> Path:
     """Save a tiny random-weight ``LlamaForCausalLM`` with the real ``family`` tokenizer into ``out_dir``.
 
     Random weights produce no meaningful text; they exercise the real vocabulary, tensor shapes and the serving path.
+    One hidden feature is made constant and wired to the tokens that are whole Hangul syllables, so the sampled
+    "answers" are (meaningless) Korean rather than a mix of every script in the vocabulary.
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -211,6 +236,12 @@ def build_tiny_model(family: Family, out_dir: Path, seed: int = 0) -> Path:
     config = LlamaConfig(vocab_size=vocab, tie_word_embeddings=False, **_TINY_SHAPE, **_TINY_FAMILY[family])
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        # Feature 0 of every embedding is 1.0: it dominates the residual stream, so after the final RMSNorm it is a
+        # large positive constant, and lm_head turns it into a logit bonus for the Hangul tokens only.
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        model.lm_head.weight[:, 0] = 0.0
+        model.lm_head.weight[hangul_token_ids(tok_dir / "tokenizer.json"), 0] = 1.0
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     model.save_pretrained(tmp, safe_serialization=True)
     GenerationConfig(
@@ -218,7 +249,8 @@ def build_tiny_model(family: Family, out_dir: Path, seed: int = 0) -> Path:
     ).save_pretrained(tmp)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(tok_dir / name, tmp / name)
-    (tmp / "KOSERVE_TINY_RANDOM_MODEL.txt").write_text(
+    (tmp / _TINY_MARKER).write_text(
+        f"version {TINY_MODEL_VERSION}\n"
         "Random weights built by `koserve setup fixtures`: output is not meaningful text.\n"
     )
     if out_dir.exists():
@@ -232,7 +264,9 @@ def prepare_tiny_models(force: bool = False, log=print) -> dict[str, Path]:
     result: dict[str, Path] = {}
     for family in FAMILIES:
         dest = cache_dir() / "models" / f"tiny-{family}"
-        if force or not (dest / "config.json").is_file() or not (dest / "tokenizer.json").is_file():
+        marker = dest / _TINY_MARKER
+        current = marker.is_file() and marker.read_text().startswith(f"version {TINY_MODEL_VERSION}\n")
+        if force or not current or not (dest / "tokenizer.json").is_file():
             log(f"building tiny random-weight {family} checkpoint ...")
             dest.parent.mkdir(parents=True, exist_ok=True)
             build_tiny_model(family, dest)

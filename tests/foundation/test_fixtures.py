@@ -39,3 +39,21 @@ def test_tiny_models_are_complete_checkpoint_folders():
         config = json.loads((folder / "config.json").read_text())
         assert config["vocab_size"] == vocab and config["num_hidden_layers"] == 2
         assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+
+
+def test_tiny_models_sample_hangul_tokens():
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from koserve.fixtures import hangul_token_ids
+
+    for family in ("llama3", "llama2"):
+        folder = tiny_model_dir(family)
+        hangul = set(hangul_token_ids(folder / "tokenizer.json"))
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        prompt = torch.tensor([Tokenizer.from_file(str(folder / "tokenizer.json")).encode("안녕").ids])
+        torch.manual_seed(0)
+        out = model.generate(prompt, do_sample=True, temperature=0.9, top_p=0.9, max_new_tokens=40)
+        new = out[0, prompt.shape[1]:].tolist()
+        assert len(new) == 40
+        assert sum(t in hangul for t in new) >= 36, new
