@@ -5,7 +5,7 @@
         --shape fixed --concurrency 8 --shape-duration 60 --records-dir out/records
 
 The users, shape and options live in ``koserve.loadtest`` (``koserve loadtest`` runs the same
-definitions headless and writes a report); see docs/readme/loadtest.md.
+definitions headless and writes a report); see docs/loadtest.md.
 """
 
 from koserve.loadtest.locustfile import *  # noqa: F401,F403 - users, shape and option hook

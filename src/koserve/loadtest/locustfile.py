@@ -6,7 +6,7 @@
 
 Pick the user class by name (TritonGrpcUser, TritonHttpUser, OpenAIChatUser); every request is
 reported as the locust events ttft, itl, e2e, output_tokens and output_tokens_per_s (see
-docs/readme/loadtest.md). `koserve loadtest` runs this file headless and writes a report.
+docs/loadtest.md). `koserve loadtest` runs this file headless and writes a report.
 """
 
 from locust import events
