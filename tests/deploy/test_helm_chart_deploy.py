@@ -461,6 +461,17 @@ def test_engine_build_job(chart, kit):
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
 
 
+def test_engine_build_job_extra_env_reaches_the_script(chart, kit):
+    files, sets = TOGGLES["build-job"]
+    sets = (*sets, "models.akallama-70b.build.extraEnv[0].name=TRTLLM_EXAMPLES",
+            "models.akallama-70b.build.extraEnv[0].value=/models/TensorRT-LLM/examples")
+    env = {e["name"]: e.get("value") for e in kit.containers(chart.template(files, sets).one("Job"))["build"]["env"]}
+    assert env["TRTLLM_EXAMPLES"] == "/models/TensorRT-LLM/examples" and env["RECIPE"] == "akallama-70b-fp8-h100-tp4"
+    # An unquoted number would be an invalid EnvVar: the schema says so before Kubernetes does.
+    error = chart.template_error(files, (*sets[:-1], "models.akallama-70b.build.extraEnv[0].value=1"))
+    assert "extraEnv/0/value" in error
+
+
 @pytest.mark.parametrize("values_file,profile", [("values-akallama-70b-fp8-tp4.yaml", "akallama-70b"),
                                                  ("values-komt-13b-fp8-tp1.yaml", "komt-13b")])
 def test_helm_test_pod_chats_in_korean(chart, kit, values_file, profile):
