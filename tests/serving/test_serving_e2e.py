@@ -85,20 +85,6 @@ def test_bls_is_exact_without_request_id(triton_replay, replay_text_file):
     assert streamed.text == expected
 
 
-def test_ensemble_without_request_id_sends_only_whole_characters(triton_replay, replay_text_file):
-    """Documented limit: without a request id the ensemble decodes each response alone — whole characters, no
-    U+FFFD, but characters split across responses may be missing, and a Llama-2 answer may start with a space."""
-    expected = expected_replay_text(triton_replay, replay_text_file.read_text(encoding="utf-8"))
-    streamed = grpc_stream(triton_replay.grpc_url, "ensemble", text_inputs(PROMPT, 300, stream=True))
-    assert_clean_pieces(streamed)
-    # a stop word split across responses ("##" + "#") is not recognised without an id: look before it
-    text = streamed.text.lstrip(" ").split("#")[0]
-    # every character that did arrive is in order: the text is a subsequence of the expected one
-    it = iter(expected)
-    assert all(ch in it for ch in text)
-    assert len(text) >= 0.5 * len(expected)
-
-
 def test_concurrent_streams_are_each_exact(triton_replay, replay_text_file):
     expected = expected_replay_text(triton_replay, replay_text_file.read_text(encoding="utf-8"))
     jobs = [(m, i) for m in TEXT_MODELS for i in range(6)]
@@ -230,22 +216,49 @@ def slow_server(triton_servers):
     return triton_servers("akallama-70b", "replay", replay_delay_ms=30, max_batch_size=1)
 
 
-@pytest.mark.parametrize("model", ["tensorrt_llm_bls", "tensorrt_llm"])
-def test_cancelled_stream_stops_the_engine(slow_server, model):
-    if model == "tensorrt_llm":
-        inputs = {
-            "input_ids": np.array([[128000, 9906]], dtype=np.int32),
-            "input_lengths": np.array([[2]], dtype=np.int32),
-            "request_output_len": np.array([[150]], dtype=np.int32),
-            "streaming": np.array([[True]], dtype=np.bool_),
-        }
-        output = "output_ids"
-    else:
-        inputs, output = text_inputs(PROMPT, 150), "text_output"
-    first = grpc_stream(slow_server.grpc_url, model, inputs, request_id=rid(), output=output, cancel_after=3)
-    assert first.error is None and len(first.pieces) >= 1
+def _engine_inputs(tokens: int) -> dict:
+    return {
+        "input_ids": np.array([[128000, 9906]], dtype=np.int32),
+        "input_lengths": np.array([[2]], dtype=np.int32),
+        "request_output_len": np.array([[tokens]], dtype=np.int32),
+        "streaming": np.array([[True]], dtype=np.bool_),
+    }
+
+
+def _assert_engine_free(server):
     # 150 tokens x 30 ms = 4.5 s if the engine kept going; a stopped engine takes the next request at once
     t0 = time.perf_counter()
-    nxt = grpc_stream(slow_server.grpc_url, "tensorrt_llm_bls", text_inputs(PROMPT, 2), request_id=rid(), timeout=30)
+    nxt = grpc_stream(server.grpc_url, "tensorrt_llm_bls", text_inputs(PROMPT, 2), request_id=rid(), timeout=30)
     assert nxt.error is None and nxt.text
     assert time.perf_counter() - t0 < 2.0, "the cancelled request kept the engine busy"
+
+
+def test_cancelled_engine_stream_stops_the_engine(slow_server):
+    first = grpc_stream(slow_server.grpc_url, "tensorrt_llm", _engine_inputs(150), request_id=rid(),
+                        output="output_ids", cancel_after=3)
+    assert first.error is None and len(first.pieces) >= 1
+    _assert_engine_free(slow_server)
+
+
+@pytest.mark.parametrize("model", TEXT_MODELS)
+def test_client_cancel_with_stop_request_stops_the_engine(slow_server, model):
+    """What the koserve client does on cancel: close the stream and send tensorrt_llm a TensorRT-LLM `stop` for its
+    request id — through the ensemble and through the BLS (which gives the engine request the client's id)."""
+    request_id = rid()
+    first = grpc_stream(slow_server.grpc_url, model, text_inputs(PROMPT, 150), request_id=request_id, cancel_after=3)
+    assert first.error is None and len(first.pieces) >= 1
+    stop = {**_engine_inputs(1), "stop": np.array([[True]], dtype=np.bool_)}
+    stopped = grpc_stream(slow_server.grpc_url, "tensorrt_llm", stop, request_id=request_id, output="output_ids")
+    assert stopped.error is None
+    _assert_engine_free(slow_server)
+
+
+def test_bls_cancel_polling_stops_the_engine(triton_servers, monkeypatch):
+    """With cancel_poll_s > 0 the BLS notices a client that went away by itself (off by default: see
+    docs/readme/serving.md, Stability)."""
+    monkeypatch.setenv("KOSERVE_BLS_CANCEL_POLL_S", "0.1")  # read by the BLS stub of the server started here
+    server = triton_servers("akallama-70b", "replay", replay_delay_ms=29, max_batch_size=1)
+    first = grpc_stream(server.grpc_url, "tensorrt_llm_bls", text_inputs(PROMPT, 150), request_id=rid(),
+                        cancel_after=3)
+    assert first.error is None and len(first.pieces) >= 1
+    _assert_engine_free(server)

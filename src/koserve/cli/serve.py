@@ -29,10 +29,15 @@ def build_server(args):
         unique_shm_prefix,
     )
 
+    from koserve.serving.tritonserver import default_stop_grace
+
     repo = Path(args.repo).expanduser().resolve()
     if not repo.is_dir():
         raise ConfigError(f"--repo {repo} does not exist (render one with `koserve repo render`)")
     extra = tuple(a for a in args.extra if a != "--") if args.extra else ()
+    grace = args.stop_grace if args.stop_grace is not None else default_stop_grace(extra)
+    if grace < 0:
+        raise ConfigError(f"--stop-grace must be >= 0 seconds, got {grace}")
     info = read_repo_info(repo)
     gpu = args.gpu if args.gpu is not None else _is_gpu_repo(repo, info)
     if not gpu:
@@ -42,6 +47,7 @@ def build_server(args):
                 metrics_port=args.metrics_port, log_verbose=args.log_verbose, extra_args=extra,
             ),
             echo=not args.quiet,
+            stop_grace=grace,
         )
     world = args.world_size or int(info.get("world_size") or 1)
     prefix = unique_shm_prefix("r")
@@ -54,7 +60,7 @@ def build_server(args):
     return TritonServer(
         cmd, dict(os.environ), http_url=f"http://{host}:{http}", grpc_url=f"{host}:{grpc}",
         metrics_url=f"http://{host}:{metrics}/metrics",
-        shm_prefixes=tuple(f"{prefix}{r}_" for r in range(world)), echo=not args.quiet,
+        shm_prefixes=tuple(f"{prefix}{r}_" for r in range(world)), echo=not args.quiet, stop_grace=grace,
     )
 
 
@@ -91,7 +97,8 @@ def register(subparsers) -> None:
         help="run tritonserver on a rendered model repository",
         description="CPU repositories run the tritonserver bundled in nvidia-pytriton; GPU repositories run "
         "`mpirun -n TP*PP` tritonserver ranks (TensorRT-LLM's launch pattern). Waits on the server; "
-        "arguments after `--` go to tritonserver.",
+        "arguments after `--` go to tritonserver (on GPU to rank 0 only: ranks > 0 serve no endpoints and load "
+        "only tensorrt_llm, so frontend/model flags there would conflict).",
     )
     p.add_argument("--repo", required=True, help="rendered repository (koserve repo render)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
@@ -104,6 +111,11 @@ def register(subparsers) -> None:
     g.add_argument("--cpu", dest="gpu", action="store_false", help="force the CPU (pytriton wheel) path")
     p.add_argument("--world-size", type=int, help="GPU: ranks (default TP*PP from the rendered repository)")
     p.add_argument("--tritonserver", help="GPU: tritonserver binary (default /opt/tritonserver/bin/tritonserver)")
+    p.add_argument(
+        "--stop-grace", type=float, default=None, metavar="SECONDS",
+        help="on SIGTERM/Ctrl-C: seconds between SIGTERM to tritonserver and SIGKILL, so in-flight streams can "
+        "finish (default: --exit-timeout-secs given after `--` + 5, else 15)",
+    )
     p.add_argument("--log-verbose", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="do not echo the server log")
     p.add_argument("--print-command", action="store_true", help="print the command line and exit")

@@ -7,15 +7,17 @@ Each adapter subclasses one of these and sets ``pb = triton_python_backend_utils
 from __future__ import annotations
 
 import json
+import logging
 
 from koserve.errors import KoserveError
 from koserve.serving.postprocess import StreamRegistry, tokens_of
 from koserve.serving.preprocess import Preprocessor
 from koserve.serving.settings import ModelSettings
+from koserve.serving.startsignal import StartReceiver, StartSender
 from koserve.serving.triton_io import bytes_tensor, error_response, read_inputs
 
 PREPROCESSING_INPUTS = (
-    "QUERY", "REQUEST_OUTPUT_LEN", "BAD_WORDS_DICT", "STOP_WORDS_DICT", "END_ID", "PAD_ID",
+    "QUERY", "REQUEST_OUTPUT_LEN", "BAD_WORDS_DICT", "STOP_WORDS_DICT", "END_ID", "PAD_ID", "STREAM",
     *Preprocessor.SAMPLING_TENSORS.values(),
 )
 
@@ -25,17 +27,27 @@ class PreprocessingModel:
 
     def initialize(self, args):
         self.preprocessor = Preprocessor(ModelSettings.from_model_config(json.loads(args["model_config"])))
+        self.start_sender = StartSender()
 
     def execute(self, requests):
         pb = self.pb
         responses = []
         for request in requests:
             try:
-                outputs = self.preprocessor.preprocessing_outputs(read_inputs(pb, request, PREPROCESSING_INPUTS))
+                request_id = request.request_id() or ""
+                outputs = self.preprocessor.preprocessing_outputs(
+                    read_inputs(pb, request, PREPROCESSING_INPUTS), request_id=request_id
+                )
+                self.start_sender.started(request_id)  # before the engine can answer: postprocessing resets the id
                 responses.append(pb.InferenceResponse([pb.Tensor(k, v) for k, v in outputs.items()]))
             except (KoserveError, ValueError) as exc:
                 responses.append(error_response(pb, str(exc)))
+            except Exception as exc:  # noqa: BLE001 - answer, keep serving
+                responses.append(error_response(pb, f"preprocessing: {type(exc).__name__}: {exc}", invalid=False))
         return responses
+
+    def finalize(self):
+        self.start_sender.close()
 
 
 class PostprocessingModel:
@@ -50,19 +62,33 @@ class PostprocessingModel:
             idle_timeout_s=settings.stream_idle_timeout_s,
             max_streams=settings.max_streams,
         )
+        try:
+            self.start_receiver = StartReceiver()
+        except OSError as exc:  # another postprocessing of this server holds it: ids are then never reset
+            logging.getLogger("koserve").warning("postprocessing: no request-start channel (%s)", exc)
+            self.start_receiver = None
 
     def execute(self, requests):
         pb = self.pb
         responses = []
+        if self.start_receiver is not None:
+            for request_id in self.start_receiver.take():
+                self.registry.reset(request_id)
         for request in requests:
             try:
                 inputs = read_inputs(pb, request, ("TOKENS_BATCH", "SEQUENCE_LENGTH"))
                 ids = tokens_of(inputs["TOKENS_BATCH"], inputs["SEQUENCE_LENGTH"])
                 text = self.registry.decode(request.request_id(), ids)
                 responses.append(pb.InferenceResponse([bytes_tensor(pb, "OUTPUT", text)]))
-            except (KoserveError, ValueError) as exc:
-                responses.append(error_response(pb, str(exc)))
+            except (KoserveError, ValueError) as exc:  # e.g. a token id outside the vocabulary: not the client's
+                responses.append(error_response(pb, f"postprocessing: {exc}", invalid=False))
+            except Exception as exc:  # noqa: BLE001
+                responses.append(error_response(pb, f"postprocessing: {type(exc).__name__}: {exc}", invalid=False))
         return responses
+
+    def finalize(self):
+        if self.start_receiver is not None:
+            self.start_receiver.close()
 
 
 class BlsTritonModel:

@@ -8,9 +8,10 @@ The ``postprocessing`` model of the ensemble cannot know when a stream ends (Tri
 nor which request a response belongs to, except through the client's request id, which every composing model sees.
 :class:`StreamRegistry` therefore keeps one :class:`TextStream` per request id, evicts streams idle for
 ``idle_timeout_s`` (and the least recently used beyond ``max_streams``), and for responses without a request id
-decodes each response alone — still whole characters only, spaces kept, but a character split across two
-responses is lost (never sent as partial UTF-8 or U+FFFD). This relies on ONE postprocessing instance (responses of
-a stream then arrive in order; measured on Triton 2.51).
+decodes each response alone (whole characters only, never partial UTF-8 or U+FFFD). ``preprocessing`` makes the
+engine stream a request only when it has an id, so a response without an id carries the whole answer and decoding it
+alone is exact. A new request with an id resets that id's stream (:mod:`koserve.serving.startsignal`). This relies on
+ONE postprocessing instance (responses of a stream then arrive in order; measured on Triton 2.51).
 """
 
 from __future__ import annotations
@@ -51,9 +52,12 @@ class TextStream:
     def finish(self) -> str:
         if self.matcher.stopped:
             return ""
-        # What is still held at the end is an incomplete character (generation stopped mid-character): drop it
-        # rather than send U+FFFD — the same text the ensemble's postprocessing (which never sees the end) gives.
-        tail = self.detokenizer.finish().replace(REPLACEMENT, "")
+        # Text still held back at the end is the text of the last token(s) ending in an incomplete character
+        # (generation stopped mid-character, e.g. max_tokens): drop all of it — never U+FFFD — exactly what the
+        # ensemble's postprocessing (which never sees the end) gives. With Llama-3 that token may also carry a space.
+        tail = self.detokenizer.finish()
+        if tail.endswith(REPLACEMENT):
+            tail = ""
         return self.matcher.feed(tail) + self.matcher.finish()
 
 
@@ -90,8 +94,6 @@ class StreamRegistry:
         self._streams: OrderedDict[str, TextStream] = OrderedDict()
         self._lock = threading.Lock()
         self._last_sweep = time.monotonic()
-        anchor = tokenizer.encode("a", add_special_tokens=False)
-        self._anchor = anchor[-1:] if anchor else []
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -114,6 +116,11 @@ class StreamRegistry:
                 self._sweep(now)
         return stream.add(ids)
 
+    def reset(self, request_id: str) -> None:
+        """A new request with this id starts: forget the stream the id had (see :mod:`koserve.serving.startsignal`)."""
+        with self._lock:
+            self._streams.pop(request_id, None)
+
     def _sweep(self, now: float) -> None:
         self._last_sweep = now
         limit = now - self.idle_timeout_s
@@ -124,13 +131,8 @@ class StreamRegistry:
             del self._streams[key]
 
     def decode_alone(self, ids) -> str:
-        """Decode one response with no history: whole characters only, a leading space kept (Llama-2)."""
-        detok = IncrementalDetokenizer(self.tokenizer)
-        if self._anchor:
-            detok.add(self._anchor)
-        text = detok.add(ids) + detok.finish()  # alone: flush what this response holds (e.g. a "\n" byte token)
-        text = text.replace(REPLACEMENT, "")
-        if self.stop_strings:
-            matcher = StopStringMatcher(self.stop_strings)
-            text = matcher.feed(text) + matcher.finish()
-        return text
+        """Decode one response with no history, as a whole answer (``preprocessing`` has the engine answer requests
+        without an id in one response): the same text a request with an id gets, never U+FFFD for an incomplete
+        last character."""
+        stream = TextStream(self.tokenizer, self.stop_strings)
+        return stream.add(ids) + stream.finish()

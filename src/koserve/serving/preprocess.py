@@ -149,10 +149,17 @@ class Preprocessor:
         )
 
     # -- the preprocessing model ---------------------------------------------------------------------------
-    def preprocessing_outputs(self, inputs: dict[str, np.ndarray | None]) -> dict[str, np.ndarray]:
+    def preprocessing_outputs(
+        self, inputs: dict[str, np.ndarray | None], request_id: str = ""
+    ) -> dict[str, np.ndarray]:
         """NVIDIA-compatible ``preprocessing``: QUERY, REQUEST_OUTPUT_LEN, STOP_WORDS_DICT, BAD_WORDS_DICT, END_ID,
         PAD_ID (+ sampling inputs, validated only) → INPUT_ID, REQUEST_INPUT_LEN, STOP_WORDS_IDS, BAD_WORDS_IDS,
-        OUT_END_ID, OUT_PAD_ID, each with a batch dimension of 1."""
+        OUT_END_ID, OUT_PAD_ID, each with a batch dimension of 1.
+
+        Plus ``STREAM`` → ``OUT_STREAMING`` (the engine's ``streaming``): true only when the client asked to stream
+        **and** set a request id. ``postprocessing`` can follow a stream only by its request id; without one the
+        engine answers in one response, which is decoded exactly (rather than streaming pieces from which a
+        character split across two responses would be lost)."""
         check_batch_one({k: v for k, v in inputs.items() if v is not None})
         text = text_value(inputs.get("QUERY"), "text_input")
         max_tokens = scalar(inputs.get("REQUEST_OUTPUT_LEN"), "max_tokens", "int")
@@ -168,7 +175,9 @@ class Preprocessor:
             end_id=scalar(inputs.get("END_ID"), "end_id", "int"),
             pad_id=scalar(inputs.get("PAD_ID"), "pad_id", "int"),
         )
+        stream = scalar(inputs.get("STREAM"), "stream", "bool")
         return {
+            "OUT_STREAMING": np.array([[bool(stream) and bool(request_id)]], dtype=np.bool_),
             "INPUT_ID": prepared.input_ids[None, :],
             "REQUEST_INPUT_LEN": np.array([[prepared.input_len]], dtype=np.int32),
             "STOP_WORDS_IDS": prepared.stop_words_list[None, :, :],

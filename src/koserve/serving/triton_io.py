@@ -25,5 +25,14 @@ def bytes_tensor(pb, name: str, texts: list[str] | str, shape: tuple[int, ...] |
     return pb.Tensor(name, arr)
 
 
-def error_response(pb, message: str):
-    return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message))
+def triton_error(pb, message: str, *, invalid: bool = True, code: str | None = None):
+    """A ``pb_utils.TritonError`` with a status code: ``INVALID_ARG`` for request problems (HTTP 400, gRPC
+    INVALID_ARGUMENT on unary calls), else ``code`` (``INTERNAL``, ``UNAVAILABLE``, …; default ``INTERNAL``)."""
+    name = "INVALID_ARG" if invalid else (code or "INTERNAL")
+    value = getattr(pb.TritonError, name, None)
+    return pb.TritonError(message) if value is None else pb.TritonError(message, value)
+
+
+def error_response(pb, message: str, *, invalid: bool = True, code: str | None = None):
+    """An error response; see :func:`triton_error` for the code."""
+    return pb.InferenceResponse(output_tensors=[], error=triton_error(pb, message, invalid=invalid, code=code))

@@ -176,6 +176,9 @@ class ServerOptions:
     log_verbose: int = 0
     extra_args: tuple[str, ...] = ()
     shm_prefix: str = field(default_factory=unique_shm_prefix)
+    # python backend `thread-pool-size` (parent-side threads that hand the stubs' responses to Triton). None:
+    # Triton's default. 1 was measured (docs/readme/serving.md): no more stable, so not the default.
+    python_thread_pool_size: int | None = None
 
     def resolve_ports(self) -> None:
         missing = [n for n in ("http_port", "grpc_port", "metrics_port") if not getattr(self, n)]
@@ -202,6 +205,8 @@ def cpu_command(dist: TritonDistribution, backend_dir: Path, opts: ServerOptions
         f"--backend-config=python,shm-region-prefix-name={opts.shm_prefix}",
         f"--log-verbose={opts.log_verbose}",
     ]
+    if opts.python_thread_pool_size and not any("thread-pool-size" in a for a in opts.extra_args):
+        cmd.append(f"--backend-config=python,thread-pool-size={opts.python_thread_pool_size}")
     if dist.cache_dir is not None:
         cmd.append(f"--cache-directory={dist.cache_dir}")
     if opts.model_control_mode:
@@ -209,6 +214,24 @@ def cpu_command(dist: TritonDistribution, backend_dir: Path, opts: ServerOptions
     cmd += [f"--load-model={m}" for m in opts.load_models]
     cmd += list(opts.extra_args)
     return cmd
+
+
+# extra tritonserver flags that also go to ranks > 0 (process-wide, no endpoint or model in them); every other extra
+# argument reaches rank 0 only: ranks > 0 serve no HTTP/gRPC/metrics and load only tensorrt_llm, so endpoint, model
+# repository or model-control flags there would conflict with the flags those ranks need.
+ALL_RANK_FLAGS = ("--exit-timeout-secs", "--log-verbose", "--log-info", "--log-warning", "--log-error", "--log-format")
+
+
+def split_rank_args(extra_args) -> tuple[list[str], list[str]]:
+    """``(rank 0 args, args for every other rank)`` from the extra tritonserver arguments."""
+    items, others = list(extra_args), []
+    for i, arg in enumerate(items):
+        key = arg.split("=", 1)[0]
+        if key in ALL_RANK_FLAGS:
+            others.append(arg)
+            if "=" not in arg and i + 1 < len(items) and not items[i + 1].startswith("--"):
+                others.append(items[i + 1])
+    return items, others
 
 
 def gpu_command(
@@ -232,6 +255,7 @@ def gpu_command(
     """
     if world_size < 1:
         raise ConfigError(f"world size must be >= 1, got {world_size}")
+    rank0_args, other_rank_args = split_rank_args(extra_args)
     cmd = [mpirun, "--allow-run-as-root"]
     for rank in range(world_size):
         part = [
@@ -245,18 +269,46 @@ def gpu_command(
                 f"--http-address={host}", f"--grpc-address={host}", f"--metrics-address={host}",
                 f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}",
             ]
-            part += list(extra_args)
+            part += rank0_args
         else:
             part += [
                 "--model-control-mode=explicit", "--load-model=tensorrt_llm",
                 "--allow-http=false", "--allow-grpc=false", "--allow-metrics=false",
             ]
+            part += other_rank_args
         if log_file_dir is not None:
             part.append(f"--log-file={log_file_dir / f'triton_rank{rank}.log'}")
         cmd += part
         if rank != world_size - 1:
             cmd.append(":")
     return cmd
+
+
+DEFAULT_STOP_GRACE_S = 15.0
+
+
+def exit_timeout_from_args(args: tuple[str, ...] | list[str]) -> float | None:
+    """The ``--exit-timeout-secs`` value in tritonserver arguments (``--exit-timeout-secs=N`` or ``... N``)."""
+    value = None
+    items = list(args)
+    for i, arg in enumerate(items):
+        if arg.startswith("--exit-timeout-secs="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--exit-timeout-secs" and i + 1 < len(items):
+            value = items[i + 1]
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"--exit-timeout-secs must be a number of seconds, got {value!r}") from None
+
+
+def default_stop_grace(extra_args: tuple[str, ...] | list[str] = ()) -> float:
+    """Seconds between SIGTERM and SIGKILL: tritonserver's ``--exit-timeout-secs`` (how long it lets in-flight
+    requests finish after SIGTERM; Triton's default is 30) + 5 when given, else 15."""
+    exit_timeout = exit_timeout_from_args(extra_args)
+    return DEFAULT_STOP_GRACE_S if exit_timeout is None else exit_timeout + 5.0
 
 
 def _http_ready(url: str, timeout: float = 1.0) -> bool:
@@ -285,8 +337,10 @@ class TritonServer:
         shm_prefixes: tuple[str, ...],
         log_path: Path | None = None,
         echo: bool = False,
+        stop_grace: float | None = None,
     ):
         self.cmd = cmd
+        self.stop_grace = default_stop_grace(cmd) if stop_grace is None else float(stop_grace)
         self.env = env
         self.http_url = http_url
         self.grpc_url = grpc_url
@@ -304,7 +358,9 @@ class TritonServer:
         self._tail_thread: threading.Thread | None = None
 
     @classmethod
-    def cpu(cls, opts: ServerOptions, *, log_path: Path | None = None, echo: bool = False) -> "TritonServer":
+    def cpu(
+        cls, opts: ServerOptions, *, log_path: Path | None = None, echo: bool = False, stop_grace: float | None = None
+    ) -> "TritonServer":
         """A server for a CPU repository, using the pytriton wheel's tritonserver."""
         repo = Path(opts.model_repository)
         if not repo.is_dir():
@@ -322,6 +378,7 @@ class TritonServer:
             shm_prefixes=(opts.shm_prefix,),
             log_path=log_path,
             echo=echo,
+            stop_grace=stop_grace,
         )
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -378,8 +435,10 @@ class TritonServer:
         if self.is_alive():
             self._signal_group(signal.SIGTERM)
 
-    def stop(self, grace: float = 15.0) -> int | None:
-        """SIGTERM the process group, SIGKILL after ``grace`` seconds; remove the shm regions it leaked."""
+    def stop(self, grace: float | None = None) -> int | None:
+        """SIGTERM the process group, SIGKILL after ``grace`` seconds (default: ``self.stop_grace``, see
+        :func:`default_stop_grace`) so in-flight streams can finish; remove the shm regions it leaked."""
+        grace = self.stop_grace if grace is None else grace
         proc = self.process
         code = None
         if proc is not None:
