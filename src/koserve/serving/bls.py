@@ -24,13 +24,11 @@ How the engine is called (``engine_transport`` parameter):
   Measured unstable under 64-stream load on Triton 2.51 (the stub aborts with ``malloc(): unaligned ... chunk``):
   kept for servers without a gRPC endpoint only. See docs/readme/serving.md.
 
-Cancellation: Triton 2.51 does not pass a client's cancellation through a BLS model. The engine request carries the
-client's request id (when it set one), so a TensorRT-LLM ``stop`` request for that id — what the koserve client sends
-``tensorrt_llm`` when it cancels — stops generation, as through ``ensemble``. Optionally (``cancel_poll_s`` > 0:
-parameter, or ``KOSERVE_BLS_CANCEL_POLL_S``) the BLS also polls its own request's ``is_cancelled()`` that often and
-cancels the engine call itself when any client goes away. Off by default: with polling on, HTTP ``generate_stream``
-clients at 64 streams crashed Triton 2.51 (heap corruption) in 2 of 2 runs, with it off 0 of 8 (gRPC clients: 0 of
-10 with it on). See docs/readme/serving.md.
+Cancellation: Triton 2.51 does not pass a client's cancellation through a BLS model, so the BLS polls its own
+request's ``is_cancelled()`` every ``cancel_poll_s`` (parameter or ``KOSERVE_BLS_CANCEL_POLL_S``; default 0.25 s, 0 =
+off) while it waits for the engine and after each engine response, and cancels its engine call when the client went
+away. The engine request also carries the client's request id (when it set one), so a TensorRT-LLM ``stop`` request
+for that id stops generation too, as through ``ensemble``.
 """
 
 from __future__ import annotations
@@ -382,7 +380,7 @@ class BlsModel:
         if transport == "grpc" and url is None:
             transport = "bls"  # no gRPC endpoint on this server (e.g. --allow-grpc=false)
         self.transport = transport
-        poll = os.environ.get("KOSERVE_BLS_CANCEL_POLL_S") or params.get("cancel_poll_s") or "0"
+        poll = os.environ.get("KOSERVE_BLS_CANCEL_POLL_S") or params.get("cancel_poll_s") or str(CANCEL_POLL_S)
         try:
             self.cancel_poll_s = max(0.0, float(poll))
         except ValueError:
