@@ -6,7 +6,7 @@ run, as the ceiling — the engine model ``tensorrt_llm`` called directly: strea
 inter-token gap (p50 / p99). Then a stability run: N back-to-back 64-stream runs through ensemble and BLS, every
 stream with a timeout, checking the server is alive and every stream completed with the exact text.
 
-Not a timed test: it prints figures (docs/readme/serving.md quotes them). Client and server share the machine's
+Not a timed test: it prints figures (docs/serving.md quotes them). Client and server share the machine's
 cores, so figures are relative. Usage: python scripts/bench_serving.py [--tokens 100] [--stability-runs 10]
 """
 

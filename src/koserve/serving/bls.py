@@ -22,7 +22,7 @@ How the engine is called (``engine_transport`` parameter):
 - ``bls``: Triton's python-backend BLS (``pb_utils.InferenceRequest.exec(decoupled=True)``), the blocking ``next()``
   of its response iterator in a thread pool, a TensorRT-LLM ``stop`` request to end a running engine request.
   Measured unstable under 64-stream load on Triton 2.51 (the stub aborts with ``malloc(): unaligned ... chunk``):
-  kept for servers without a gRPC endpoint only. See docs/readme/serving.md.
+  kept for servers without a gRPC endpoint only. See docs/serving.md.
 
 Cancellation: Triton 2.51 does not pass a client's cancellation through a BLS model, so the BLS polls its own
 request's ``is_cancelled()`` every ``cancel_poll_s`` (parameter or ``KOSERVE_BLS_CANCEL_POLL_S``; default 0.25 s, 0 =

@@ -177,7 +177,7 @@ class ServerOptions:
     extra_args: tuple[str, ...] = ()
     shm_prefix: str = field(default_factory=unique_shm_prefix)
     # python backend `thread-pool-size` (parent-side threads that hand the stubs' responses to Triton). None:
-    # Triton's default. 1 was measured (docs/readme/serving.md): no more stable, so not the default.
+    # Triton's default. 1 was measured (docs/serving.md): no more stable, so not the default.
     python_thread_pool_size: int | None = None
 
     def resolve_ports(self) -> None:
