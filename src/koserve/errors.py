@@ -11,3 +11,12 @@ class ConfigError(KoserveError):
 
 class InvalidRequestError(KoserveError, ValueError):
     """A request parameter is out of range or malformed."""
+
+
+def validation_error_message(what: str, exc) -> str:
+    """A pydantic ``ValidationError`` as ``invalid <what>:`` and one ``field.path: message`` line per error."""
+    lines = [f"invalid {what}:"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)

@@ -17,7 +17,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from koserve.errors import ConfigError
+from koserve.errors import ConfigError, validation_error_message
 from koserve.profiles import ModelProfile, load_profile
 
 Precision = Literal["bf16", "fp8", "int4_awq", "int4_wo", "int8_wo"]
@@ -272,22 +272,13 @@ def builtin_recipe_names() -> list[str]:
     return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
 
 
-def _format_validation_error(source: str, exc: ValidationError) -> str:
-    lines = [f"invalid recipe {source}:"]
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {where}: {msg}")
-    return "\n".join(lines)
-
-
 def parse_recipe(data: object, source: str = "<recipe>") -> EngineRecipe:
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {source} must be a mapping, got {type(data).__name__}")
     try:
         recipe = EngineRecipe.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(source, exc)) from None
+        raise ConfigError(validation_error_message(f"recipe {source}", exc)) from None
     try:
         recipe.model_profile
     except ConfigError as exc:

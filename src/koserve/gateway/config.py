@@ -24,7 +24,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from koserve.errors import ConfigError
+from koserve.errors import ConfigError, validation_error_message
 
 API_KEYS_ENV = "KOSERVE_API_KEYS"
 
@@ -87,15 +87,7 @@ def parse_model_spec(spec: str) -> ModelRoute:
     try:
         return ModelRoute.model_validate(fields)
     except ValidationError as exc:
-        raise ConfigError(_errors(f"--model {spec!r}", exc)) from None
-
-
-def _errors(source: str, exc: ValidationError) -> str:
-    lines = [f"invalid gateway configuration in {source}:"]
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {where}: {err['msg']}")
-    return "\n".join(lines)
+        raise ConfigError(validation_error_message(f"gateway configuration in --model {spec!r}", exc)) from None
 
 
 def api_keys_from_env(environ: dict[str, str] | None = None) -> list[str]:
@@ -127,7 +119,7 @@ def load_config(path: str | Path | None = None, *, model_specs: list[str] | None
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_errors(str(path or "options"), exc)) from None
+        raise ConfigError(validation_error_message(f"gateway configuration in {path or 'options'}", exc)) from None
     from koserve.profiles import load_profile  # noqa: PLC0415
 
     for route in config.models:

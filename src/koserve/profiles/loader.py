@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from koserve.errors import ConfigError
+from koserve.errors import ConfigError, validation_error_message
 from koserve.profiles.schema import ModelProfile
 
 _DATA = Path(__file__).parent / "data"
@@ -17,14 +17,6 @@ _DATA = Path(__file__).parent / "data"
 def builtin_profile_names() -> list[str]:
     """Names of the profiles shipped with koserve."""
     return sorted(p.stem for p in _DATA.glob("*.yaml"))
-
-
-def _format_validation_error(source: str, exc: ValidationError) -> str:
-    lines = [f"invalid profile {source}:"]
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {where}: {err['msg']}")
-    return "\n".join(lines)
 
 
 @lru_cache(maxsize=32)
@@ -40,7 +32,7 @@ def _load_file(path: Path) -> ModelProfile:
     try:
         return ModelProfile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(str(path), exc)) from None
+        raise ConfigError(validation_error_message(f"profile {path}", exc)) from None
 
 
 def load_profile(name_or_path: str | Path | ModelProfile) -> ModelProfile:
