@@ -1,6 +1,5 @@
 """read_engine_limits against a config.json shaped like TensorRT-LLM 1.2's trtllm-build output."""
 
-import copy
 import json
 import shutil
 from pathlib import Path

@@ -8,11 +8,11 @@ import time
 import pytest
 import torch
 
-from koserve.serving.engine import EngineBusyError, EngineRequest, FinishReason
+from koserve.serving.engine import EngineBusyError, EngineOutput, EngineRequest, FinishReason
 from koserve.serving.engine.hf import HFEngine
 
 
-def run(engine, **kw) -> "EngineOutput":  # noqa: F821
+def run(engine, **kw) -> EngineOutput:
     return engine.submit(EngineRequest(**kw)).result(timeout=60)
 
 
