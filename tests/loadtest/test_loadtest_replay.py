@@ -124,19 +124,32 @@ def test_poisson_arrivals_and_step_ramp(tmp_path, replay_llama3):
 
 def test_failures_counted_when_the_server_stops_mid_run(tmp_path, replay_komt, replay_ids, token_counter):
     osl, text = clean_length("komt-13b", replay_ids, token_counter, (40, 41, 39, 42, 43))
-    # SIGTERM, then SIGKILL after 0.5 s: under steady load a gracefully stopping Triton keeps serving new streams
-    stopper = threading.Timer(5.0, lambda: replay_komt.server.stop(grace=0.5))
-    stopper.start()
+    out = tmp_path / "r"
+    done = threading.Event()
+
+    def stop_after_some_successes():
+        # Stop once a few requests have completed (locust's start-up time varies with load, so no fixed timer):
+        # SIGTERM, then SIGKILL after 0.5 s, as under steady load a gracefully stopping Triton keeps serving.
+        deadline = time.monotonic() + 30
+        while not done.is_set() and time.monotonic() < deadline:
+            files = sorted((out / "records").glob("*.jsonl")) if (out / "records").is_dir() else []
+            if sum(r.ok for r in read_records(files)) >= 3:
+                break
+            done.wait(0.1)
+        replay_komt.server.stop(grace=0.5)
+
+    stopper = threading.Thread(target=stop_after_some_successes, daemon=True)
     t0 = time.monotonic()
+    stopper.start()
     try:
         code, s, records = run(
-            tmp_path / "r", replay_komt.http_url, "--protocol", "http", "--profile", "komt-13b", "--osl", str(osl),
-            "--concurrency", "4", "--duration", "9", "--request-timeout", "5", "--metrics-url", "none",
+            out, replay_komt.http_url, "--protocol", "http", "--profile", "komt-13b", "--osl", str(osl),
+            "--concurrency", "4", "--duration", "12", "--request-timeout", "5", "--metrics-url", "none",
             "--slo", "error_rate=0",
         )
     finally:
-        stopper.cancel()
-        stopper.join()
+        done.set()
+        stopper.join(timeout=10)
     assert time.monotonic() - t0 < 60
     assert not replay_komt.server.is_alive()
     assert code == 1  # error_rate=0 missed
