@@ -85,6 +85,12 @@ def run(url, model, streams, tokens, timeout, http_url=None):
     }
 
 
+def _pp_delay(repo) -> int:
+    from koserve.serving.render import read_repo_info
+
+    return read_repo_info(repo).get("context", {}).get("postprocessing_max_queue_delay_us", 0)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="akallama-70b")
@@ -99,6 +105,9 @@ def main() -> int:
                     help="models measured at each concurrency")
     ap.add_argument("--protocol", choices=["grpc", "http"], default="grpc",
                     help="client protocol for ensemble/BLS (http: generate_stream; the engine is always gRPC)")
+    ap.add_argument("--postprocessing-batch-delay-us", type=int, default=None,
+                    help="postprocessing dynamic batching queue delay for the server (0: none; default: the render "
+                    "default)")
     ap.add_argument("--stability-streams", type=int, default=64)
     ap.add_argument("--server-arg", action="append", default=[], help="extra tritonserver argument (repeatable)")
     ap.add_argument("--json", help="also write the results here")
@@ -118,8 +127,10 @@ def main() -> int:
 
     rows, stability = [], []
     with serve_cpu(args.profile, "replay", replay_delay_ms=0.0, max_batch_size=64,
+                   postprocessing_max_queue_delay_us=args.postprocessing_batch_delay_us,
                    extra_args=tuple(args.server_arg)) as ep:
-        print(f"server up: {ep.grpc_url} (replay, zero delay, {args.profile})", flush=True)
+        print(f"server up: {ep.grpc_url} (replay, zero delay, {args.profile}, postprocessing batch delay "
+              f"{_pp_delay(ep.repo)} us)", flush=True)
         run(ep.grpc_url, "ensemble", 4, 10, args.timeout)  # warm-up
         for streams in args.concurrency:
             for model in args.paths:

@@ -8,25 +8,26 @@ from pathlib import Path
 def _render(args) -> int:
     from koserve.serving.render import RenderOptions, render_repository
 
-    rendered = render_repository(
-        RenderOptions(
-            profile=args.profile,
-            tokenizer_dir=Path(args.tokenizer),
-            out=Path(args.out),
-            engine_dir=Path(args.engine) if args.engine else None,
-            cpu_model_dir=Path(args.cpu_model) if args.cpu_model else None,
-            replay=args.replay,
-            replay_delay_ms=args.replay_delay_ms,
-            replay_text_file=Path(args.replay_text) if args.replay_text else None,
-            max_batch_size=args.max_batch_size,
-            max_input_len=args.max_input_len,
-            max_seq_len=args.max_seq_len,
-            triton_max_queue_delay_us=args.max_queue_delay_us,
-            bls_instances=args.bls_instances,
-            preprocessing_instances=args.preprocessing_instances,
-            force=args.force,
-        )
+    opts = RenderOptions(
+        profile=args.profile,
+        tokenizer_dir=Path(args.tokenizer),
+        out=Path(args.out),
+        engine_dir=Path(args.engine) if args.engine else None,
+        cpu_model_dir=Path(args.cpu_model) if args.cpu_model else None,
+        replay=args.replay,
+        replay_delay_ms=args.replay_delay_ms,
+        replay_text_file=Path(args.replay_text) if args.replay_text else None,
+        max_batch_size=args.max_batch_size,
+        max_input_len=args.max_input_len,
+        max_seq_len=args.max_seq_len,
+        triton_max_queue_delay_us=args.max_queue_delay_us,
+        bls_instances=args.bls_instances,
+        preprocessing_instances=args.preprocessing_instances,
+        force=args.force,
     )
+    if args.postprocessing_batch_delay_us is not None:
+        opts.postprocessing_max_queue_delay_us = args.postprocessing_batch_delay_us
+    rendered = render_repository(opts)
     ctx = rendered.context
     print(
         f"rendered {rendered.kind.upper()} repository for {rendered.profile_name} at {rendered.path}\n"
@@ -64,5 +65,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-queue-delay-us", type=int, default=0, help="engine dynamic batching queue delay")
     p.add_argument("--bls-instances", type=int, default=1)
     p.add_argument("--preprocessing-instances", type=int, default=1)
+    p.add_argument("--postprocessing-batch-delay-us", type=int, default=None,
+                   help="postprocessing dynamic batching queue delay in µs (0: no dynamic batching; default "
+                   "1000, measured in docs/serving.md)")
     p.set_defaults(func=_render)
     repo.set_defaults(func=lambda args: repo.print_help() or 2)

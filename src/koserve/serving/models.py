@@ -69,6 +69,9 @@ class PostprocessingModel:
             self.start_receiver = None
 
     def execute(self, requests):
+        """One response per request, in order. With dynamic batching (render option
+        ``postprocessing_max_queue_delay_us``) one call carries engine responses of many streams, several of one
+        stream in arrival order; they are decoded strictly in list order, so each request id's text stays in order."""
         pb = self.pb
         responses = []
         if self.start_receiver is not None:

@@ -21,6 +21,7 @@ from koserve.errors import ConfigError
 
 REPO_INFO = "koserve_repo.json"
 SERVING_MODELS = ("preprocessing", "postprocessing", "ensemble", "tensorrt_llm_bls")
+DEFAULT_POSTPROCESSING_MAX_QUEUE_DELAY_US = 1000
 
 
 def templates_dir() -> Path:
@@ -55,6 +56,9 @@ class RenderOptions:
     triton_max_queue_delay_us: int = 0
     preprocessing_instances: int = 1
     postprocessing_instances: int = 1
+    # > 0: Triton's dynamic batcher on postprocessing (several engine responses per execute call); 0: none.
+    # Default 1000 µs: measured ≥ 0.8× direct-engine tokens/s at 64 streams and stable (docs/serving.md).
+    postprocessing_max_queue_delay_us: int = DEFAULT_POSTPROCESSING_MAX_QUEUE_DELAY_US
     bls_instances: int = 1
     stream_idle_timeout_s: float = 60.0
     force: bool = False
@@ -122,6 +126,11 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
             f"responses are split across processes and the per-request detokenizer breaks"
         )
 
+    if opts.postprocessing_max_queue_delay_us < 0:
+        raise ConfigError(
+            f"postprocessing_max_queue_delay_us must be >= 0, got {opts.postprocessing_max_queue_delay_us}"
+        )
+
     ctx: dict = {
         "profile_name": profile.name,
         "profile_file": str(profile_file),
@@ -129,6 +138,7 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
         "triton_max_queue_delay_us": int(opts.triton_max_queue_delay_us),
         "preprocessing_instances": opts.preprocessing_instances,
         "postprocessing_instances": opts.postprocessing_instances,
+        "postprocessing_max_queue_delay_us": int(opts.postprocessing_max_queue_delay_us),
         "bls_instances": opts.bls_instances,
         "stream_idle_timeout_s": opts.stream_idle_timeout_s,
         "engine_dir": "",

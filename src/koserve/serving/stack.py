@@ -50,6 +50,7 @@ def serve_cpu(
     max_seq_len: int | None = None,
     max_batch_size: int | None = None,
     bls_instances: int = 1,
+    postprocessing_max_queue_delay_us: int | None = None,
     workdir: Path | None = None,
     ready_timeout: float = 180.0,
     echo: bool = False,
@@ -90,6 +91,8 @@ def serve_cpu(
             bls_instances=bls_instances,
             force=True,
         )
+        if postprocessing_max_queue_delay_us is not None:  # None: the render default
+            opts.postprocessing_max_queue_delay_us = postprocessing_max_queue_delay_us
         rendered = render_repository(opts)
         server = TritonServer.cpu(
             ServerOptions(rendered.path, host=host, http_port=http_port, grpc_port=grpc_port,

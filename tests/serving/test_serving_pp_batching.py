@@ -1,0 +1,114 @@
+"""Postprocessing with Triton's dynamic batching (render option ``postprocessing_max_queue_delay_us``): the rendered
+config holds the block, ``execute`` keeps each request id's order when one call carries several engine responses,
+and a real server loads it and streams exact Korean text to concurrent ensemble streams."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import uuid
+
+import numpy as np
+import pytest
+
+from koserve.errors import ConfigError
+from koserve.fixtures import tokenizer_dir
+from koserve.serving.models import PostprocessingModel
+from koserve.serving.postprocess import StreamRegistry
+from koserve.serving.render import RenderOptions, read_repo_info, render_repository
+from koserve.serving.rawclient import grpc_stream, text_inputs
+from koserve.text import load_tokenizer
+
+KOREAN = "안녕하세요, 반갑습니다! 뷁똠햏 🤗\n다음 줄."
+
+
+def _render(tmp_path, **kw):
+    return render_repository(RenderOptions(profile="akallama-70b", tokenizer_dir=tokenizer_dir("llama3"),
+                                           out=tmp_path / "r", replay=True, force=True, **kw))
+
+
+def test_render_postprocessing_dynamic_batching_block(tmp_path):
+    body = lambda r: (r.path / "postprocessing" / "config.pbtxt").read_text().split("\nname:", 1)[1]  # no comments
+    assert "dynamic_batching" not in body(_render(tmp_path, postprocessing_max_queue_delay_us=0))
+    assert "max_queue_delay_microseconds: 1000\n" in body(_render(tmp_path))  # the default
+    r = _render(tmp_path, postprocessing_max_queue_delay_us=250)
+    text = (r.path / "postprocessing" / "config.pbtxt").read_text()
+    assert "dynamic_batching {\n  max_queue_delay_microseconds: 250\n}" in text and "{{" not in text
+    assert read_repo_info(r.path)["context"]["postprocessing_max_queue_delay_us"] == 250
+    for other in ("preprocessing", "ensemble", "tensorrt_llm_bls"):
+        assert "max_queue_delay_microseconds" not in (r.path / other / "config.pbtxt").read_text()
+    with pytest.raises(ConfigError, match="postprocessing_max_queue_delay_us"):
+        _render(tmp_path, postprocessing_max_queue_delay_us=-1)
+
+
+class _Tensor:
+    def __init__(self, name, arr):
+        self.name, self.arr = name, arr
+
+    def as_numpy(self):
+        return self.arr
+
+
+class _Request:
+    def __init__(self, request_id, ids):
+        self._id = request_id
+        self.inputs = {"TOKENS_BATCH": np.array([[ids]], dtype=np.int32),
+                       "SEQUENCE_LENGTH": np.array([[len(ids)]], dtype=np.int32)}
+
+    def request_id(self):
+        return self._id
+
+
+class _Response:
+    def __init__(self, output_tensors=(), error=None):
+        self.tensors, self.error = list(output_tensors), error
+
+
+class _FakePb:
+    Tensor = _Tensor
+    InferenceResponse = _Response
+
+    class TritonError(Exception):
+        pass
+
+    @staticmethod
+    def get_input_tensor_by_name(request, name):
+        arr = request.inputs.get(name)
+        return None if arr is None else _Tensor(name, arr)
+
+
+def test_execute_with_several_responses_per_call_keeps_each_stream_in_order():
+    tok = load_tokenizer(tokenizer_dir("llama3"))
+    ids = tok.encode(KOREAN, add_special_tokens=False)
+    model = PostprocessingModel.__new__(PostprocessingModel)
+    model.pb, model.start_receiver = _FakePb, None
+    model.registry = StreamRegistry(tok, ())
+    # one token per engine response; streams a and b interleaved, several responses of each in every call
+    pending = [(rid, [t]) for t in ids for rid in ("a", "b")]
+    texts = {"a": "", "b": ""}
+    for start in range(0, len(pending), 5):
+        batch = [_Request(rid, chunk) for rid, chunk in pending[start:start + 5]]
+        responses = model.execute(batch)
+        assert len(responses) == len(batch)
+        for req, resp in zip(batch, responses):
+            assert resp.error is None
+            texts[req.request_id()] += resp.tensors[0].arr.reshape(-1)[0].decode("utf-8")
+    assert texts == {"a": tok.decode(ids), "b": tok.decode(ids)}
+
+
+@pytest.mark.server
+def test_server_with_postprocessing_batching_streams_exact_text(triton_servers, replay_text_file):
+    ep = triton_servers("akallama-70b", "replay", replay_text_file=replay_text_file,
+                        postprocessing_max_queue_delay_us=200)
+    cfg = (ep.repo / "postprocessing" / "config.pbtxt").read_text()
+    assert "max_queue_delay_microseconds: 200" in cfg
+    tok = load_tokenizer(ep.tokenizer_dir)
+    expected = tok.decode(tok.encode(replay_text_file.read_text(encoding="utf-8"), add_special_tokens=False))
+    with cf.ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(grpc_stream, ep.grpc_url, "ensemble", text_inputs("네 이름은 뭐야?", 300),
+                               request_id=uuid.uuid4().hex, timeout=60) for _ in range(12)]
+        results = [f.result(timeout=90) for f in futures]
+    for res in results:
+        assert res.error is None, res.error
+        assert "\ufffd" not in res.text
+        assert res.text == expected
+    assert ep.server.is_ready() and "Signal (6)" not in ep.server.log_tail(200)
