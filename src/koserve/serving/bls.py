@@ -173,27 +173,39 @@ class _GrpcEngine:
     async def stream(self, tensors, outputs, request_id, is_cancelled):
         """Yield an :class:`EngineChunk` per engine response; returns early (cancelling the call) when
         ``is_cancelled`` (None: never polled) turns true; the consumer closing the generator cancels the call too."""
-        from tritonclient.grpc import InferResult  # noqa: PLC0415
-
-        poll = CANCEL_POLL_S if is_cancelled is not None else None
-
         stub = self._ensure()
         request = self.request_proto(self.model, tensors, outputs, request_id)
         call = stub.ModelStreamInfer()
+        # Cancel polling in a watchdog task (not a timeout around every read: that costs a task, a timer and a set
+        # per token). When the client went away it cancels the call; the pending read then ends.
+        gone = []
+        watchdog = None
+        if is_cancelled is not None:
+
+            async def watch():
+                while not call.done():
+                    await asyncio.sleep(CANCEL_POLL_S)
+                    if is_cancelled():
+                        gone.append(True)
+                        call.cancel()
+                        return
+
+            watchdog = asyncio.ensure_future(watch())
+        eof = _grpc_eof()
         try:
             await call.write(request)
             await call.done_writing()
-            read = None
             while True:
-                if read is None:
-                    read = asyncio.ensure_future(call.read())
-                done, _ = await asyncio.wait({read}, timeout=poll)
-                if not done:
-                    if is_cancelled():
-                        return
-                    continue
-                message, read = read.result(), None
-                if message is None or message is _grpc_eof():
+                try:
+                    message = await call.read()
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if gone and not (task is not None and task.cancelling()):
+                        return  # our watchdog cancelled the call: the client is gone
+                    raise
+                if message is None or message is eof:
+                    return
+                if gone:
                     return
                 if message.error_message:
                     raise EngineError(message.error_message, invalid=_looks_invalid(message.error_message))
@@ -205,11 +217,12 @@ class _GrpcEngine:
                         yield EngineChunk(np.zeros((0,), dtype=np.int32), final=True)
                         return
                     continue
-                result = InferResult(response)
-                yield _chunk(result.as_numpy, final)
+                yield _chunk(_proto_getter(response), final)
                 if final:
                     return
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             if not call.done():
                 call.cancel()
 
@@ -222,6 +235,35 @@ def _grpc_eof():
     import grpc  # noqa: PLC0415
 
     return grpc.aio.EOF
+
+
+_NP_DTYPES = {
+    "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "FP64": np.float64, "FP16": np.float16,
+    "BOOL": np.bool_, "UINT64": np.uint64, "UINT32": np.uint32, "INT8": np.int8, "UINT8": np.uint8,
+}
+
+
+def _proto_getter(response):
+    """``name -> numpy array or None`` for the outputs of a ``ModelInferResponse`` (raw contents, numeric types),
+    one pass over the outputs instead of ``InferResult.as_numpy``'s scan per name."""
+    raw = response.raw_output_contents
+    found = {}
+    for index, output in enumerate(response.outputs):
+        found[output.name] = (index, output)
+
+    def get(name):
+        hit = found.get(name)
+        if hit is None:
+            return None
+        index, output = hit
+        dtype = _NP_DTYPES.get(output.datatype)
+        if dtype is None or index >= len(raw):  # anything unusual: tritonclient's general decoder
+            from tritonclient.grpc import InferResult  # noqa: PLC0415
+
+            return InferResult(response).as_numpy(name)
+        return np.frombuffer(raw[index], dtype=dtype).reshape(tuple(output.shape))
+
+    return get
 
 
 def _looks_invalid(message: str) -> bool:
@@ -341,6 +383,8 @@ def _as_numpy(pb, response, name):
 class _Sender:
     """The request's response sender, with ``is_cancelled`` (an IPC round trip) rate-limited to one call per
     ``poll_s`` seconds, and never called when ``poll_s`` is 0."""
+
+    __slots__ = ("_sender", "_poll_s", "_checked", "_cancelled")
 
     def __init__(self, sender, poll_s: float = CANCEL_POLL_S):
         self._sender = sender

@@ -18,6 +18,10 @@ def read_inputs(pb, request, names: Iterable[str]) -> dict[str, np.ndarray | Non
 
 def bytes_tensor(pb, name: str, texts: list[str] | str, shape: tuple[int, ...] | None = None):
     """A BYTES tensor of UTF-8 strings (default shape ``[1, len]``; one string → ``[1, 1]``)."""
+    if isinstance(texts, str) and shape is None:  # the per-token case: no list, no reshape
+        arr = np.empty((1, 1), dtype=np.object_)
+        arr[0, 0] = texts.encode("utf-8")
+        return pb.Tensor(name, arr)
     if isinstance(texts, str):
         texts = [texts]
     arr = np.array([t.encode("utf-8") for t in texts], dtype=np.object_)
