@@ -45,7 +45,8 @@ def triton_servers(tmp_path_factory):
     def get(profile: str, mode: str = "hf", **options):
         from koserve.serving.stack import serve_cpu
 
-        options = {**SERVER_LIMITS, **options}
+        # Test servers need not drain in-flight streams for Triton's default 30 s when the session ends.
+        options = {**SERVER_LIMITS, "extra_args": ("--exit-timeout-secs=2",), **options}
         key = (profile, mode, tuple(sorted((k, str(v)) for k, v in options.items())))
         if key not in cache:
             workdir = tmp_path_factory.mktemp(f"triton-{profile}-{mode}")
