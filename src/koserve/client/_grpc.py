@@ -61,6 +61,16 @@ def map_grpc_error(exc: BaseException, url: str, model: str) -> ClientError:
     return ServerError(f"{where}: {msg}", status=name or None, server_message=msg)
 
 
+def _config_timeout(connect_timeout: float, deadline: float | None, url: str, model: str) -> float:
+    """Timeout for fetching a model's config: the connect timeout, cut to what is left of the request's deadline."""
+    rem = _remaining(deadline)
+    if rem is None:
+        return connect_timeout
+    if rem <= 0:
+        raise RequestTimeoutError(f"request to model {model!r} at {url} exceeded its deadline")
+    return min(connect_timeout, rem)
+
+
 def _declared_inputs(config: dict) -> tuple[set[str], bool]:
     config = config.get("config", config)
     names = {i["name"] for i in config.get("input", [])}
@@ -142,14 +152,8 @@ class GrpcTransport:
             return info
         from tritonclient.utils import InferenceServerException  # noqa: PLC0415
 
+        timeout = _config_timeout(self.connect_timeout, deadline, self.url, model)
         client = self._acquire()
-        timeout = self.connect_timeout
-        rem = _remaining(deadline)
-        if rem is not None:
-            if rem <= 0:
-                self._release(client)
-                raise RequestTimeoutError(f"request to model {model!r} at {self.url} exceeded its deadline")
-            timeout = min(timeout, rem)
         try:
             config = client.get_model_config(model, as_json=True, headers=self.headers or None,
                                              client_timeout=timeout)
@@ -285,13 +289,8 @@ class AsyncGrpcTransport:
             return info
         from tritonclient.utils import InferenceServerException  # noqa: PLC0415
 
+        timeout = _config_timeout(self.connect_timeout, deadline, self.url, model)
         client = self._get_client()
-        timeout = self.connect_timeout
-        rem = _remaining(deadline)
-        if rem is not None:
-            if rem <= 0:
-                raise RequestTimeoutError(f"request to model {model!r} at {self.url} exceeded its deadline")
-            timeout = min(timeout, rem)
         try:
             config = await client.get_model_config(model, as_json=True, headers=self.headers or None,
                                                    client_timeout=timeout)
