@@ -130,6 +130,17 @@ def test_assembler_trims_stop_strings_across_deltas_and_utf8_splits():
     assert asm.add(None) == "" and asm.responses == 1
 
 
+def test_assembler_counts_the_tokens_a_response_says_it_covers():
+    asm = ResponseAssembler(())
+    assert asm.add("안녕", 3) == "안녕"  # a BLS response covering three tokens (num_output_tokens)
+    assert asm.add("") == ""  # an ensemble response: one token, no text yet
+    assert asm.add("하세요", None) == "하세요"
+    assert asm.add("", 0) == ""  # the last text of a stream, no new token
+    assert asm.add(None) == ""  # an empty final response
+    assert asm.tokens == 5 and asm.responses == 4 and len(asm.token_times) == 5
+    assert asm.token_times[0] == asm.token_times[1] == asm.token_times[2]
+
+
 def test_sse_parsing():
     lines = ['data: {"a": 1}', "", ": comment", 'data: {"b":', "data: 2}", "", 'data: {"c": 3}']
     assert list(sse_data(lines)) == ['{"a": 1}', '{"b":\n2}', '{"c": 3}']

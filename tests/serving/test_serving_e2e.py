@@ -85,6 +85,28 @@ def test_bls_is_exact_without_request_id(triton_replay, replay_text_file):
     assert streamed.text == expected
 
 
+def test_bls_responses_covering_several_tokens_stay_exact(triton_servers, replay_text_file):
+    """A BLS whose streams always share responses (send share ~0, 40 ms apart): each response says how many tokens
+    it covers; the text is exact over gRPC and HTTP, the counts add up to the tokens generated."""
+    server = triton_servers("komt-13b", "replay", replay_text_file=replay_text_file, replay_delay_ms=2,
+                            bls_stream_send_share=1e-9, bls_stream_max_interval_us=40_000)
+    want = expected_replay_text(server, replay_text_file.read_text(encoding="utf-8"))
+    tok, ids = replay_ids(server, replay_text_file.read_text(encoding="utf-8"))
+    n = next(k for k in range(60, len(ids)) if not tok.decode(ids[:k]).endswith("\ufffd"))  # a whole character
+    prefix = tok.decode(ids[:n])
+    assert want.startswith(prefix) and len(prefix) < len(want) and not prefix.endswith("\ufffd")
+    streamed = grpc_stream(server.grpc_url, "tensorrt_llm_bls", text_inputs(PROMPT, n), request_id=rid())
+    assert_clean_pieces(streamed)
+    assert streamed.text == prefix and streamed.token_count == n
+    assert max(streamed.tokens) > 3 and len(streamed.pieces) < n / 2, streamed.tokens
+    sse = http_generate_stream(server.http_url, "tensorrt_llm_bls",
+                               {"text_input": PROMPT, "max_tokens": n, "stream": True}, request_id=rid())
+    assert_clean_pieces(sse)
+    assert sse.text == prefix and sse.token_count == n and max(sse.tokens) > 3
+    whole = grpc_stream(server.grpc_url, "tensorrt_llm_bls", text_inputs(PROMPT, 400), request_id=rid())
+    assert whole.text == want  # ended by the profile's stop word ###, which is never sent
+
+
 def test_concurrent_streams_are_each_exact(triton_replay, replay_text_file):
     expected = expected_replay_text(triton_replay, replay_text_file.read_text(encoding="utf-8"))
     jobs = [(m, i) for m in TEXT_MODELS for i in range(6)]

@@ -46,17 +46,20 @@ def strict(result) -> str:
 
 
 @pytest.mark.parametrize("model", TEXT_MODELS)
-def test_one_response_per_engine_response(triton_replay, replay_text_file, model):
-    """Byte-fallback pieces (komt) and multi-token characters give empty text deltas: still one response each, so
-    a client counting responses sees max_tokens tokens (finish_reason "length", not "stop")."""
+def test_streamed_responses_count_every_token(triton_replay, replay_text_file, model):
+    """Byte-fallback pieces (komt) and multi-token characters give empty text deltas: still counted, so a client
+    sees max_tokens tokens (finish_reason "length", not "stop"). The ensemble sends one response per engine
+    response; the BLS may cover several tokens in one response and then says how many (num_output_tokens)."""
     tok, ids = replay_ids(triton_replay, replay_text_file)
     n = 40
     prefix = tok.decode(ids[:n])
     assert not prefix.endswith("\ufffd") and "###" not in prefix
     res = grpc_stream(triton_replay.grpc_url, model, text_inputs(PROMPT, n, stream=True), request_id=rid())
     assert strict(res) == prefix
-    assert len(res.pieces) == n, [p for p in res.pieces]
-    assert "" in res.pieces or triton_replay.profile == "akallama-70b"  # komt: byte-fallback pieces are empty
+    assert res.token_count == n, list(zip(res.pieces, res.tokens))
+    if model == "ensemble":
+        assert len(res.pieces) == n and set(res.tokens) == {1}
+    assert "" in res.pieces or triton_replay.profile == "akallama-70b" or model != "ensemble"  # komt byte pieces
 
 
 def _cut_inside_a_character(tok, ids) -> int:

@@ -27,6 +27,10 @@ def _render(args) -> int:
     )
     if args.postprocessing_batch_delay_us is not None:
         opts.postprocessing_max_queue_delay_us = args.postprocessing_batch_delay_us
+    if args.bls_stream_send_share is not None:
+        opts.bls_stream_send_share = args.bls_stream_send_share
+    if args.bls_stream_max_interval_us is not None:
+        opts.bls_stream_max_interval_us = args.bls_stream_max_interval_us
     rendered = render_repository(opts)
     ctx = rendered.context
     print(
@@ -68,5 +72,10 @@ def register(subparsers) -> None:
     p.add_argument("--postprocessing-batch-delay-us", type=int, default=None,
                    help="postprocessing dynamic batching queue delay in µs (0: no dynamic batching; default "
                    "1000, measured in docs/serving.md)")
+    p.add_argument("--bls-stream-send-share", type=float, default=None,
+                   help="BLS: share of time sending responses may take before a stream's tokens share one response "
+                   "(0: one response per engine response; default 0.25; docs/serving.md)")
+    p.add_argument("--bls-stream-max-interval-us", type=int, default=None,
+                   help="BLS: longest wait between two responses of a stream in µs (default 100000)")
     p.set_defaults(func=_render)
     repo.set_defaults(func=lambda args: repo.print_help() or 2)

@@ -193,7 +193,7 @@ class ClientBase:
 
     def build_result(self, prepared: Prepared, asm: ResponseAssembler, *, cancelled: bool) -> ChatResult:
         if prepared.wire.stream:
-            completion = asm.responses
+            completion = asm.tokens
         elif self.tokenizer is not None:
             completion = len(self.tokenizer.encode(asm.raw_text, add_special_tokens=False))
         else:

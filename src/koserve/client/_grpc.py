@@ -14,6 +14,7 @@ import time
 from typing import AsyncIterator, Iterator
 
 from koserve.client.errors import ClientError, RequestTimeoutError, ServerError, ServerUnavailableError
+from koserve.client.result import Piece, token_count
 from koserve.client.wire import WireRequest, WireTensor
 
 _MAX_MESSAGE = 2**31 - 1
@@ -89,18 +90,23 @@ def _infer_inputs(tensors: list[WireTensor], batch: bool):
     return out
 
 
-def _payload(result) -> tuple[bytes | None, bool]:
-    """(text bytes or None, final flag) of one stream response."""
+def _payload(result) -> tuple[Piece, bool]:
+    """(the response's :class:`Piece`, final flag) of one stream response."""
     response = result.get_response()
     final = False
     if "triton_final_response" in response.parameters:
         final = response.parameters["triton_final_response"].bool_param
-    if not any(o.name == "text_output" for o in response.outputs):
-        return None, final
+    names = {o.name for o in response.outputs}
+    if "text_output" not in names:
+        return Piece(None), final
     arr = result.as_numpy("text_output")
     if arr is None:
-        return None, final
-    return b"".join(bytes(x) for x in arr.reshape(-1)), final
+        return Piece(None), final
+    tokens = None
+    if "num_output_tokens" in names:
+        counts = result.as_numpy("num_output_tokens")
+        tokens = token_count(None if counts is None else counts.reshape(-1).tolist())
+    return Piece(b"".join(bytes(x) for x in arr.reshape(-1)), tokens), final
 
 
 class GrpcTransport:
@@ -198,7 +204,7 @@ class GrpcTransport:
         except Exception:  # noqa: BLE001 - the request is being abandoned anyway
             return False
 
-    def responses(self, model: str, request: WireRequest, deadline: float | None) -> Iterator[bytes | None]:
+    def responses(self, model: str, request: WireRequest, deadline: float | None) -> Iterator[Piece]:
         """Yield each response's text (bytes; ``None`` for one without text) until the final one."""
         from tritonclient.utils import InferenceServerException  # noqa: PLC0415
 
@@ -233,8 +239,8 @@ class GrpcTransport:
                 if error is not None:
                     healthy = False
                     raise map_grpc_error(error, self.url, model)
-                payload, final = _payload(result)
-                yield payload
+                piece, final = _payload(result)
+                yield piece
                 if final:
                     return
         finally:
@@ -332,7 +338,7 @@ class AsyncGrpcTransport:
             return False
 
     async def responses(self, model: str, request: WireRequest, deadline: float | None
-                        ) -> AsyncIterator[bytes | None]:
+                        ) -> AsyncIterator[Piece]:
         import grpc  # noqa: PLC0415
         from tritonclient.utils import InferenceServerException  # noqa: PLC0415
 
@@ -364,8 +370,8 @@ class AsyncGrpcTransport:
                     raise map_grpc_error(exc, self.url, model) from None
                 if error is not None:
                     raise map_grpc_error(error, self.url, model)
-                payload, final = _payload(result)
-                yield payload
+                piece, final = _payload(result)
+                yield piece
                 if final:
                     return
         finally:

@@ -15,6 +15,7 @@ from urllib.parse import quote
 import httpx
 
 from koserve.client.errors import ClientError, RequestTimeoutError, ServerError, ServerUnavailableError
+from koserve.client.result import Piece, token_count
 from koserve.client.wire import WireRequest
 
 _MULTI_RESPONSE_HINT = (
@@ -61,6 +62,14 @@ def sse_data(lines: Iterable[str]) -> Iterator[str]:
             data.append(value[1:] if value.startswith(" ") else value)
     if data:
         yield "\n".join(data)
+
+
+def _piece(obj: dict[str, Any]) -> Piece:
+    """The text and token count of one JSON response or event."""
+    text = obj.get("text_output")
+    if isinstance(text, list):
+        text = "".join(map(str, text))
+    return Piece(text, token_count(obj.get("num_output_tokens")))
 
 
 def _stop_body(request_id: str) -> dict[str, Any]:
@@ -114,7 +123,7 @@ class _Common:
         if rem is not None and rem <= 0:
             raise RequestTimeoutError(f"request to model {model!r} at {self.url} exceeded its deadline")
 
-    def _event(self, model: str, data: str) -> str | None:
+    def _event(self, model: str, data: str) -> Piece:
         try:
             obj: Any = json.loads(data)
         except ValueError:
@@ -123,12 +132,9 @@ class _Common:
             raise ServerError(f"Triton at {self.url}, model {model!r}: {obj['error']}", server_message=str(obj["error"]))
         if not isinstance(obj, dict):
             raise ServerError(f"Triton at {self.url} sent an unexpected event: {data[:200]!r}")
-        text = obj.get("text_output")
-        if isinstance(text, list):
-            text = "".join(map(str, text))
-        return text
+        return _piece(obj)
 
-    def _single(self, model: str, status: int, body: bytes) -> str | None:
+    def _single(self, model: str, status: int, body: bytes) -> Piece:
         if status != 200:
             raise self._server_error(model, status, body)
         try:
@@ -139,10 +145,7 @@ class _Common:
             msg = str(obj["error"])
             hint = _MULTI_RESPONSE_HINT if "exactly 1 response" in msg else ""
             raise ServerError(f"Triton at {self.url}, model {model!r}: {msg}{hint}", status=status, server_message=msg)
-        text = obj.get("text_output") if isinstance(obj, dict) else None
-        if isinstance(text, list):
-            text = "".join(map(str, text))
-        return text
+        return _piece(obj) if isinstance(obj, dict) else Piece(None)
 
 
 class HttpTransport(_Common):
@@ -182,7 +185,7 @@ class HttpTransport(_Common):
         except Exception:  # noqa: BLE001
             return False
 
-    def responses(self, model: str, request: WireRequest, deadline: float | None) -> Iterator[str | None]:
+    def responses(self, model: str, request: WireRequest, deadline: float | None) -> Iterator[Piece]:
         declared = self._model_inputs(model, deadline)
         body = request.json_body(request.for_model(model, declared))
         what = "generate_stream" if request.stream else "generate"
@@ -237,7 +240,7 @@ class AsyncHttpTransport(_Common):
             return False
 
     async def responses(self, model: str, request: WireRequest, deadline: float | None
-                        ) -> AsyncIterator[str | None]:
+                        ) -> AsyncIterator[Piece]:
         declared = await self._model_inputs(model, deadline)
         body = request.json_body(request.for_model(model, declared))
         what = "generate_stream" if request.stream else "generate"

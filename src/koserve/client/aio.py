@@ -41,7 +41,7 @@ class AsyncChatStream:
         assert asm is not None and self._responses is not None
         while True:
             try:
-                payload = await self._responses.__anext__()
+                piece = await self._responses.__anext__()
             except StopAsyncIteration:
                 tail = asm.finish()
                 self._finish(cancelled=False)
@@ -60,7 +60,7 @@ class AsyncChatStream:
                 if not isinstance(exc, ServerUnavailableError):
                     await self._stop_engine()
                 raise
-            delta = asm.add(payload)
+            delta = asm.add(*piece)
             if asm.stopped:
                 await self._close_responses()
                 await self._stop_engine()

@@ -5,9 +5,27 @@ from __future__ import annotations
 import codecs
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class Piece(NamedTuple):
+    """One server response: its text (``None``: it has none) and how many generated tokens it covers (``None``:
+    one when it has text — every ensemble response; the BLS says ``num_output_tokens`` when it is not one)."""
+
+    text: bytes | str | None
+    tokens: int | None = None
+
+
+def token_count(value: Any) -> int | None:
+    """``num_output_tokens`` of a response as an int (``None`` when absent or not a number)."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if len(value) == 1 else None
+    try:
+        return None if value is None or isinstance(value, bool) else int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -17,7 +35,8 @@ class ChatResult:
     ``text`` is what the model said, with stop strings and anything after them removed.
     ``finish_reason``: ``stop`` (end id or a stop string), ``length`` (``max_tokens`` reached), ``cancelled``
     (the caller closed the stream early). Times are seconds from sending the request: ``ttft`` is the first
-    response, ``token_times`` one entry per streamed response (one token each on TensorRT-LLM with beam 1).
+    response, ``token_times`` one entry per generated token, the arrival of the response that carried it (a BLS
+    response covering several tokens gives them the same time).
     Token counts are ``None`` when they cannot be known (see the client docs).
     """
 
@@ -35,7 +54,7 @@ class ChatResult:
 
     @property
     def inter_token_latencies(self) -> tuple[float, ...]:
-        """Gaps between consecutive responses (seconds)."""
+        """Gaps between consecutive tokens' arrivals (seconds; 0 between tokens of one response)."""
         t = self.token_times
         return tuple(b - a for a, b in zip(t, t[1:]))
 
@@ -88,6 +107,7 @@ class ResponseAssembler:
         self._raw: list[str] = []
         self.token_times: list[float] = []
         self.responses = 0
+        self.tokens = 0  # generated tokens the responses covered
         self.finished = False
 
     @property
@@ -99,12 +119,17 @@ class ResponseAssembler:
     def matched(self) -> str | None:
         return self._matcher.matched if self._matcher is not None else None
 
-    def add(self, payload: bytes | str | None) -> str:
-        """One server response (``None``: a response without text, e.g. an empty final one)."""
+    def add(self, payload: bytes | str | None, tokens: int | None = None) -> str:
+        """One server response (``payload`` None: a response without text, e.g. an empty final one) covering
+        ``tokens`` generated tokens (None: one when it has text)."""
+        if payload is None and not tokens:
+            return ""
+        n = (1 if payload is not None else 0) if tokens is None else max(0, tokens)
+        self.token_times.extend([time.perf_counter() - self.started] * n)
+        self.responses += 1
+        self.tokens += n
         if payload is None:
             return ""
-        self.token_times.append(time.perf_counter() - self.started)
-        self.responses += 1
         text = self._decoder.decode(payload) if isinstance(payload, bytes) else payload
         return self._feed(text)
 

@@ -42,7 +42,7 @@ class ChatStream:
         assert asm is not None and self._responses is not None
         while True:
             try:
-                payload = next(self._responses)
+                piece = next(self._responses)
             except StopIteration:
                 tail = asm.finish()
                 self._finish(cancelled=False)
@@ -55,7 +55,7 @@ class ChatStream:
                 if not isinstance(exc, ServerUnavailableError):
                     self._stop_engine()
                 raise
-            delta = asm.add(payload)
+            delta = asm.add(*piece)
             if asm.stopped:  # a stop string the server did not stop on: stop it ourselves
                 self._close_responses()
                 self._stop_engine()

@@ -102,8 +102,8 @@ class BlsTritonModel:
 
         self.model = BlsModel(self.pb, json.loads(args["model_config"]))
 
-    async def execute(self, requests):
-        await self.model.execute(requests)
+    def execute(self, requests):
+        self.model.execute(requests)
         return None
 
     def finalize(self):

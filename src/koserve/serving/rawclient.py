@@ -25,10 +25,16 @@ class StreamResult:
     times: list[float] = field(default_factory=list)  # seconds since the request was sent, one per piece
     error: str | None = None
     raw: list[Any] = field(default_factory=list)  # per response: raw bytes (gRPC) or raw SSE data (HTTP)
+    tokens: list[int] = field(default_factory=list)  # per piece: generated tokens it covers (num_output_tokens, else 1)
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
+
+    @property
+    def token_count(self) -> int:
+        """Generated tokens all pieces covered."""
+        return sum(self.tokens)
 
     @property
     def ttft(self) -> float | None:
@@ -135,6 +141,9 @@ def grpc_stream(
                 res.raw.append(raw)
                 res.pieces.append(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
                 res.times.append(at - t0)
+                counts = result.as_numpy("num_output_tokens") if any(
+                    o.name == "num_output_tokens" for o in response.outputs) else None
+                res.tokens.append(1 if counts is None else int(counts.reshape(-1)[0]))
                 if on_piece is not None:
                     on_piece(res.pieces[-1])
             final = response.parameters.get("triton_final_response")
@@ -182,9 +191,11 @@ def http_generate_stream(
                 piece = obj.get("text_output")
                 if isinstance(piece, list):
                     piece = piece[0] if piece else ""
-                if piece:
+                if piece is not None:
                     res.pieces.append(piece)
                     res.times.append(time.perf_counter() - t0)
+                    count = obj.get("num_output_tokens", 1)
+                    res.tokens.append(int(count[0] if isinstance(count, list) else count))
     return res
 
 

@@ -60,6 +60,10 @@ class RenderOptions:
     # Default 1000 µs: measured ≥ 0.8× direct-engine tokens/s at 64 streams and stable (docs/serving.md).
     postprocessing_max_queue_delay_us: int = DEFAULT_POSTPROCESSING_MAX_QUEUE_DELAY_US
     bls_instances: int = 1
+    # BLS streamed responses (koserve.serving.outbox): share of time sending may take before a stream's tokens share
+    # responses (0: one response per engine response, always), and the longest wait between two responses
+    bls_stream_send_share: float = 0.25
+    bls_stream_max_interval_us: int = 100_000
     stream_idle_timeout_s: float = 60.0
     force: bool = False
 
@@ -126,6 +130,12 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
             f"responses are split across processes and the per-request detokenizer breaks"
         )
 
+    if not 0 <= opts.bls_stream_send_share <= 1:
+        raise ConfigError(f"bls_stream_send_share must be in [0, 1], got {opts.bls_stream_send_share}")
+    if not 0 <= opts.bls_stream_max_interval_us <= 10_000_000:
+        raise ConfigError(
+            f"bls_stream_max_interval_us must be in [0, 10000000] (10 s), got {opts.bls_stream_max_interval_us}"
+        )
     if opts.postprocessing_max_queue_delay_us < 0:
         raise ConfigError(
             f"postprocessing_max_queue_delay_us must be >= 0, got {opts.postprocessing_max_queue_delay_us}"
@@ -140,6 +150,8 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
         "postprocessing_instances": opts.postprocessing_instances,
         "postprocessing_max_queue_delay_us": int(opts.postprocessing_max_queue_delay_us),
         "bls_instances": opts.bls_instances,
+        "bls_stream_send_share": float(opts.bls_stream_send_share),
+        "bls_stream_max_interval_us": int(opts.bls_stream_max_interval_us),
         "stream_idle_timeout_s": opts.stream_idle_timeout_s,
         "engine_dir": "",
         "cpu_model_dir": "",

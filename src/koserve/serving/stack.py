@@ -51,6 +51,8 @@ def serve_cpu(
     max_batch_size: int | None = None,
     bls_instances: int = 1,
     postprocessing_max_queue_delay_us: int | None = None,
+    bls_stream_send_share: float | None = None,
+    bls_stream_max_interval_us: int | None = None,
     workdir: Path | None = None,
     ready_timeout: float = 180.0,
     echo: bool = False,
@@ -93,6 +95,10 @@ def serve_cpu(
         )
         if postprocessing_max_queue_delay_us is not None:  # None: the render default
             opts.postprocessing_max_queue_delay_us = postprocessing_max_queue_delay_us
+        if bls_stream_send_share is not None:
+            opts.bls_stream_send_share = bls_stream_send_share
+        if bls_stream_max_interval_us is not None:
+            opts.bls_stream_max_interval_us = bls_stream_max_interval_us
         rendered = render_repository(opts)
         server = TritonServer.cpu(
             ServerOptions(rendered.path, host=host, http_port=http_port, grpc_port=grpc_port,

@@ -1,0 +1,208 @@
+"""Streamed responses of the BLS: one response for several engine responses when the server is saturated.
+
+Every ``ResponseSender.send`` of the python backend is a round trip to the tritonserver process, which then writes
+one more gRPC/HTTP message that the client parses: at 64 streams on a CPU-bound box that cost, paid per token, was
+most of what the BLS added to the engine's own cost. So a streaming request does not send its text itself: it adds
+it to its :class:`StreamReply` and posts the reply to the model's :class:`StreamOutbox`, whose thread sends it.
+
+Policy: a stream's first and last responses go out at once. Between them a stream gets a response at most every
+``streams in flight × send cost / send_share`` seconds (capped at ``max_interval_s``), where ``send cost`` is the
+measured moving average of building and sending one response. So sending takes at most about ``send_share`` of the
+outbox's time: with few streams, or when sends are cheap (an idle CPU), every engine response is sent as it comes;
+when the box is saturated, the tokens that came meanwhile share one response (vLLM's v1 output collector merges a
+lagging stream's outputs the same way). Each response says how many generated tokens it covers
+(``num_output_tokens``, left out when it is one), so clients still count tokens exactly.
+"""
+
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("koserve")
+
+
+class StreamReply:
+    """One request's text, token count and log probs not sent yet (thread-safe: the engine reader adds, the
+    outbox's thread sends).
+
+    ``build(text, tokens, log_probs, cum_log_prob)`` makes the response object; ``send(response, final)`` sends it
+    (``response`` None: an empty final response).
+    """
+
+    __slots__ = ("_build", "_send", "_lock", "_text", "_tokens", "_log_probs", "_cum_log_prob", "_final", "_error",
+                 "closed", "due", "last_sent")
+
+    def __init__(self, build: Callable[..., Any], send: Callable[[Any, bool], None], prefix: str = ""):
+        self._build, self._send = build, send
+        self._lock = threading.Lock()
+        self._text: list[str] = [prefix] if prefix else []
+        self._tokens = 0
+        self._log_probs: list[np.ndarray] = []
+        self._cum_log_prob: np.ndarray | None = None
+        self._final = False
+        self._error = None
+        self.closed = False  # the final response went out (or the client is gone): nothing more is sent
+        self.due: float | None = None  # when the outbox sends it (None: not queued)
+        self.last_sent = 0.0  # monotonic time of the last send (0: none yet)
+
+    @property
+    def ending(self) -> bool:
+        """The stream ended (its final response is pending): sent without waiting."""
+        return self._final
+
+    def add(self, text: str, tokens: int, log_probs: np.ndarray | None = None, cum_log_prob: np.ndarray | None = None,
+            *, final: bool = False) -> None:
+        with self._lock:
+            if text:
+                self._text.append(text)
+            self._tokens += tokens
+            if log_probs is not None:
+                self._log_probs.append(log_probs)
+            if cum_log_prob is not None:
+                self._cum_log_prob = cum_log_prob
+            self._final = self._final or final
+
+    def fail(self, error_response: Any, *, keep_text: bool = True) -> None:
+        """End with an error response, after the pending text when ``keep_text`` (a stream), else instead of it."""
+        with self._lock:
+            self._error = error_response
+            self._final = True
+            if not keep_text:
+                self._text, self._tokens, self._log_probs = [], 0, []
+
+    def abandon(self) -> None:
+        """The client went away: drop what is pending, send nothing more."""
+        self.closed = True
+
+    def flush(self) -> int:
+        """Send what is pending as one response (final when the stream ended); returns the number of sends."""
+        with self._lock:
+            if self.closed or not (self._final or self._tokens or self._text or self._log_probs):
+                return 0
+            text, tokens, log_probs, cum = self._text, self._tokens, self._log_probs, self._cum_log_prob
+            final, error = self._final, self._error
+            self._text, self._tokens, self._log_probs = [], 0, []
+            if final:
+                self.closed = True
+        sends = 0
+        response = error  # None with nothing to say: an empty final response
+        if text or tokens or log_probs:
+            response = self._build("".join(text), tokens, log_probs, cum)
+            if error is not None:  # the text first, then the error as the final response
+                self._send(response, False)
+                sends += 1
+                response = error
+        self._send(response, final)
+        self.last_sent = time.monotonic()
+        return sends + 1
+
+
+class StreamOutbox:
+    """Sends the posted :class:`StreamReply` objects of one model from its own thread, each when it is due (see
+    the module doc for the policy). ``ResponseSender.send`` releases the GIL while it waits for the server, so engine
+    responses keep being read meanwhile.
+
+    ``send_share``: the share of time sending may take before streams share responses (0: never; one response per
+    engine response). ``max_interval_s``: the longest a stream waits between two responses.
+    ``streams_in_flight``: how many streams the model has now.
+    """
+
+    def __init__(self, send_share: float = 0.0, max_interval_s: float = 0.1,
+                 streams_in_flight: Callable[[], int] | None = None):
+        self.send_share = max(0.0, float(send_share))
+        self.max_interval_s = max(0.0, float(max_interval_s))
+        self.send_cost_s = 0.0  # moving average of one response's build + send time
+        self._streams_in_flight = streams_in_flight or (lambda: 1)
+        self._queue: list[tuple[float, int, StreamReply]] = []  # heap of (due time, tie-breaker, reply)
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._sleeping_until: float | None = None  # the thread's wake-up time while it waits (None: it is busy)
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.rounds = 0
+        self.sends = 0
+
+    def interval(self) -> float:
+        """Seconds between two responses of one stream right now."""
+        if not self.send_share:
+            return 0.0
+        return min(self.max_interval_s, self._streams_in_flight() * self.send_cost_s / self.send_share)
+
+    def post(self, reply: StreamReply) -> None:
+        """Have ``reply`` sent when it is due (once, however often it is posted before it is sent)."""
+        if reply.closed:
+            return
+        interval = self.interval()
+        due = reply.last_sent + interval if (interval and reply.last_sent and not reply.ending) else 0.0
+        with self._cond:
+            if reply.due is not None and reply.due <= due:
+                return  # already queued, as early or earlier
+            reply.due = due
+            heapq.heappush(self._queue, (due, next(self._seq), reply))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="koserve-outbox", daemon=True)
+                self._thread.start()
+            # wake the thread only when this reply is due before it would wake anyway: one wake-up per round, not
+            # one per engine response
+            if self._sleeping_until is not None and due < self._sleeping_until:
+                self._cond.notify()
+
+    def _take_due(self) -> tuple[list[StreamReply], float | None]:
+        """(replies due now, the time the next one is due) — with the lock held."""
+        now = time.monotonic()
+        queue, due = self._queue, []
+        while queue and queue[0][0] <= now:
+            at, _, reply = heapq.heappop(queue)
+            if reply.due == at:  # else a stale entry: the reply was queued again, earlier
+                reply.due = None
+                due.append(reply)
+        return due, (queue[0][0] if queue else None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                due, next_at = self._take_due()
+                while not due and not self._stop:
+                    self._sleeping_until = float("inf") if next_at is None else next_at
+                    self._cond.wait(timeout=None if next_at is None else max(0.0, next_at - time.monotonic()))
+                    self._sleeping_until = None
+                    due, next_at = self._take_due()
+                if not due and self._stop:
+                    return
+            self.send_round(due)
+
+    def send_round(self, replies: list[StreamReply]) -> None:
+        self.rounds += 1
+        clock = time.perf_counter
+        for reply in replies:
+            try:
+                started = clock()
+                sent = reply.flush()
+                if sent:
+                    self.sends += sent
+                    self.send_cost_s += ((clock() - started) / sent - self.send_cost_s) * 0.05
+            except Exception as exc:  # noqa: BLE001 - one request's failed send must not stop the others
+                reply.closed = True
+                log.warning("tensorrt_llm_bls: sending a response failed: %s", exc)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Send what is queued, stop the thread."""
+        with self._cond:
+            self._stop = True
+            queued = [reply for _, _, reply in self._queue if reply.due is not None]
+            self._queue.clear()
+            for reply in queued:
+                reply.due = None
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.send_round(queued)

@@ -1,0 +1,150 @@
+"""The BLS's streamed-response policy (koserve.serving.outbox), outside Triton: what is sent, when, and how many
+tokens each response says it covers."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from koserve.serving.outbox import StreamOutbox, StreamReply
+
+
+class Wire:
+    """Records what a reply sends: (text, tokens) per response (None: an empty final one) and the final flags."""
+
+    def __init__(self, send_delay_s: float = 0.0):
+        self.sent: list[tuple[object, bool, float]] = []
+        self.send_delay_s = send_delay_s
+        self.lock = threading.Lock()
+
+    def build(self, text, tokens, log_probs, cum_log_prob):
+        return (text, tokens)
+
+    def send(self, response, final):
+        if self.send_delay_s:
+            time.sleep(self.send_delay_s)
+        with self.lock:
+            self.sent.append((response, final, time.monotonic()))
+
+    def reply(self, prefix: str = "") -> StreamReply:
+        return StreamReply(self.build, self.send, prefix=prefix)
+
+    def responses(self):
+        with self.lock:
+            return [(r, f) for r, f, _ in self.sent]
+
+    def wait_for(self, n: int, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.sent) >= n:
+                    return
+            time.sleep(0.002)
+        pytest.fail(f"expected {n} responses within {timeout} s, got {self.responses()}")
+
+
+def test_reply_sends_everything_pending_as_one_response():
+    wire = Wire()
+    reply = wire.reply(prefix="질문: ")
+    reply.add("안", 1)
+    reply.add("", 1)  # a byte-fallback piece: no text yet, still a token
+    reply.add("녕", 2)
+    assert reply.flush() == 1
+    assert wire.responses() == [(("질문: 안녕", 4), False)]
+    assert reply.flush() == 0  # nothing pending: nothing sent
+    reply.add("하세요", 1, final=True)
+    assert reply.flush() == 1 and reply.closed
+    assert wire.responses()[-1] == (("하세요", 1), True)
+    reply.add("late", 1)
+    assert reply.flush() == 0  # nothing after the final response
+
+
+def test_reply_empty_final_and_errors():
+    wire = Wire()
+    reply = wire.reply()
+    reply.add("", 0, final=True)  # the engine's empty final response, nothing pending
+    reply.flush()
+    assert wire.responses() == [(None, True)]
+
+    wire = Wire()
+    streamed = wire.reply()
+    streamed.add("부분", 2)
+    streamed.fail("ERR")
+    assert streamed.flush() == 2  # a stream keeps the text it had, then ends with the error
+    assert wire.responses() == [(("부분", 2), False), ("ERR", True)]
+
+    wire = Wire()
+    whole = wire.reply()
+    whole.add("부분", 2)
+    whole.fail("ERR", keep_text=False)  # a non-streamed request: one response, the error
+    assert whole.flush() == 1
+    assert wire.responses() == [("ERR", True)]
+
+    wire = Wire()
+    gone = wire.reply()
+    gone.add("x", 1)
+    gone.abandon()
+    assert gone.flush() == 0 and wire.responses() == []
+
+
+def test_outbox_sends_each_engine_response_when_sharing_is_off():
+    wire = Wire()
+    outbox = StreamOutbox(send_share=0.0)
+    try:
+        reply = wire.reply()
+        for i, piece in enumerate(["가", "나", "다"]):
+            reply.add(piece, 1)
+            outbox.post(reply)
+            wire.wait_for(i + 1)
+        reply.add("", 0, final=True)
+        outbox.post(reply)
+        wire.wait_for(4)
+        assert wire.responses() == [(("가", 1), False), (("나", 1), False), (("다", 1), False), (None, True)]
+    finally:
+        outbox.close()
+
+
+def test_outbox_lets_tokens_share_a_response_when_sending_is_expensive():
+    wire = Wire()
+    outbox = StreamOutbox(send_share=0.25, max_interval_s=0.2, streams_in_flight=lambda: 8)
+    outbox.send_cost_s = 0.01  # as if measured: 8 streams × 10 ms / 0.25 = 320 ms, capped at 200 ms
+    assert outbox.interval() == pytest.approx(0.2)
+    try:
+        reply = wire.reply()
+        reply.add("첫", 1)
+        outbox.post(reply)
+        wire.wait_for(1)  # the first response goes out at once
+        first_at = wire.sent[0][2]
+        for piece in ["번", "째", " 줄"]:
+            reply.add(piece, 1)
+            outbox.post(reply)
+        time.sleep(0.05)
+        assert len(wire.responses()) == 1  # held: the stream had a response less than 200 ms ago
+        wire.wait_for(2)
+        assert wire.responses()[1] == (("번째 줄", 3), False)
+        assert wire.sent[1][2] - first_at >= 0.15
+        reply.add("끝", 1, final=True)
+        outbox.post(reply)
+        wire.wait_for(3, timeout=0.15)  # the last response does not wait for the interval
+        assert wire.responses()[2] == (("끝", 1), True)
+    finally:
+        outbox.close()
+
+
+def test_outbox_measures_the_send_cost_and_close_sends_what_is_queued():
+    wire = Wire(send_delay_s=0.004)
+    outbox = StreamOutbox(send_share=0.5, max_interval_s=10.0)
+    replies = [wire.reply() for _ in range(5)]
+    for reply in replies:
+        reply.add("가", 1)
+        outbox.post(reply)
+    wire.wait_for(5)
+    # a moving average (weight 0.05 per send) of sends taking >= 4 ms: >= (1 - 0.95**5) * 4 ms after five
+    assert outbox.sends == 5 and outbox.send_cost_s >= 0.0009
+    for reply in replies:  # now due only after 1 × cost / 0.5 (not yet): close() sends them anyway
+        reply.add("나", 1)
+        outbox.post(reply)
+    outbox.close()
+    assert len(wire.responses()) == 10
