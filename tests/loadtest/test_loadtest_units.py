@@ -372,3 +372,16 @@ def test_cli_registers_loadtest():
     args = build_parser().parse_args(["loadtest", "127.0.0.1:8001", "--shape", "step", "--slo", "ttft_p99=2s"])
     assert args.command == "loadtest" and args.shape == "step" and callable(args.func)
     assert Path(__file__).parents[2].joinpath("loadtest", "locustfile.py").is_file()
+
+
+def test_server_token_count_follows_num_output_tokens():
+    from koserve.loadtest.users import ServerTokenCount
+
+    ensemble = ServerTokenCount()
+    for _ in range(5):
+        ensemble.add(None)  # no count from the server: the tokenizer counts, as before
+    assert ensemble.total is None
+    bls = ServerTokenCount()
+    for value in (None, [4], 3, None, 0):  # one token, a response of four, of three, one, the last text alone
+        bls.add(value)
+    assert bls.total == 9

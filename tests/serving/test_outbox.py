@@ -148,3 +148,25 @@ def test_outbox_measures_the_send_cost_and_close_sends_what_is_queued():
         outbox.post(reply)
     outbox.close()
     assert len(wire.responses()) == 10
+
+
+def test_two_threads_flushing_one_reply_keep_the_text_in_order():
+    """The engine reader and the outbox thread may both flush a reply: the second send waits for the first."""
+    wire = Wire()
+    slow_first = threading.Event()
+
+    def send(response, final):
+        if not slow_first.is_set():
+            slow_first.set()
+            time.sleep(0.1)  # the first send is slow (a busy server)
+        wire.send(response, final)
+
+    reply = StreamReply(wire.build, send)
+    reply.add("앞", 1)
+    first = threading.Thread(target=reply.flush)
+    first.start()
+    assert slow_first.wait(5)
+    reply.add("뒤", 1)
+    reply.flush()  # on this thread, while the first send is still going on
+    first.join(5)
+    assert wire.responses() == [(("앞", 1), False), (("뒤", 1), False)]

@@ -309,6 +309,7 @@ class TritonGrpcUser(LLMStreamUser):
     def stream(self, request: LoadRequest, timer: StreamTimer) -> int | None:
         done = Event()
         failure: list[str] = []
+        tokens = ServerTokenCount()
 
         def callback(result, error) -> None:
             if error is not None:
@@ -320,6 +321,10 @@ class TritonGrpcUser(LLMStreamUser):
                 timer.chunk("".join(
                     v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in out.ravel()
                 ))
+                if any(o.name == "num_output_tokens" for o in result.get_response().outputs):
+                    tokens.add(result.as_numpy("num_output_tokens").ravel().tolist())
+                else:
+                    tokens.add(None)
             params = result.get_response().parameters
             if "triton_final_response" in params and params["triton_final_response"].bool_param:
                 done.set()
@@ -340,7 +345,30 @@ class TritonGrpcUser(LLMStreamUser):
             self.client.stop_stream(cancel_requests=cancel)
         if failure:
             raise RuntimeError(failure[0])
-        return None
+        return tokens.total
+
+
+class ServerTokenCount:
+    """Generated tokens a stream's responses covered, when the server says so: the BLS's ``num_output_tokens``
+    (a response covering several tokens when the server is saturated); absent, a text response is one token.
+    ``total`` is None unless some response carried the count (then the tokenizer count is used, as before)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.told = False
+
+    def add(self, value) -> None:
+        if isinstance(value, list):
+            value = value[0] if len(value) == 1 else None
+        if value is None:
+            self.count += 1
+        else:
+            self.told = True
+            self.count += int(value)
+
+    @property
+    def total(self) -> int | None:
+        return self.count if self.told else None
 
 
 def _model_is_batched(ctx: LoadContext, client, model: str) -> bool:
@@ -420,18 +448,22 @@ class TritonHttpUser(_SSEUser):
     def stream(self, request: LoadRequest, timer: StreamTimer) -> int | None:
         body = {"id": self.next_request_id(), **self.generation_inputs(request)}
         response = self.post_stream(f"/v2/models/{self.model_name()}/generate_stream", body)
+        tokens = ServerTokenCount()
         try:
             for data in _iter_sse(response, time.monotonic() + self.timeout):
                 event = json.loads(data)
                 if "error" in event:
                     raise RuntimeError(str(event["error"]))
-                text = event.get("text_output", "")
+                if "text_output" not in event:
+                    continue
+                text = event["text_output"]
                 if isinstance(text, list):
                     text = "".join(map(str, text))
                 timer.chunk(text)
+                tokens.add(event.get("num_output_tokens"))
         finally:
             response.release()
-        return None
+        return tokens.total
 
 
 class OpenAIChatUser(_SSEUser):

@@ -5,9 +5,10 @@ Same interface as ``ensemble`` (plus ``num_output_tokens``). Per request it toke
 with its own :class:`TextStream` — so the text is exact (whole characters, spaces kept, stop strings removed at the
 text level) whatever the client sends, request id or not.
 
-Three threads, no asyncio: ``execute`` (Triton's) admits requests and returns; the engine client's reader thread
-(:mod:`koserve.serving.engine_client`) turns each engine response into text on the request's :class:`_Run`; the
-:class:`~koserve.serving.outbox.StreamOutbox` thread sends the responses.
+Threads, no asyncio: ``execute`` (Triton's) admits requests and returns; the engine client's reader thread
+(:mod:`koserve.serving.engine_client`) turns each engine response into text on the request's :class:`_Run` and sends
+the responses that are due (:class:`~koserve.serving.outbox.StreamOutbox`, whose own thread sends only while the
+reader is quiet); a watch thread polls cancellation.
 
 Responses: with ``stream=true`` a response carries the text of one engine response — or of several, when this
 model is behind (see :mod:`koserve.serving.outbox`); ``num_output_tokens`` says how many generated tokens it covers,
@@ -171,16 +172,16 @@ class BlsModel:
             transport = "bls"  # no gRPC endpoint on this server (e.g. --allow-grpc=false)
         self.transport = transport
         self.cancel_poll_s = _setting(params, "cancel_poll_s", CANCEL_POLL_S, float, 0.0, 3600.0)
+        self._runs: set[_Run] = set()
+        self._runs_lock = threading.Lock()
         share = _setting(params, "stream_send_share", STREAM_SEND_SHARE, float, 0.0, 1.0)
         max_interval = _setting(params, "stream_max_interval_us", STREAM_MAX_INTERVAL_US, int, 0, 10_000_000)
         self.outbox = StreamOutbox(share, max_interval / 1e6, lambda: len(self._runs))
         self.engine = (
-            GrpcEngineClient(url, self.settings.engine_model)
+            GrpcEngineClient(url, self.settings.engine_model, after_each=self.outbox.send_due)
             if transport == "grpc"
             else PbEngineClient(pb, self.settings.engine_model, int(os.environ.get("KOSERVE_BLS_THREADS", "256")))
         )
-        self._runs: set[_Run] = set()
-        self._runs_lock = threading.Lock()
         self._stopping = threading.Event()
         self._watch = None
         if self.cancel_poll_s:

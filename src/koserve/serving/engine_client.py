@@ -24,6 +24,7 @@ import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -184,8 +185,9 @@ class _SharedStream:
 class GrpcEngineClient:
     """The engine over the server's own gRPC endpoint: one shared stream, one reader thread (see module doc)."""
 
-    def __init__(self, url: str, model: str):
+    def __init__(self, url: str, model: str, after_each: Callable[[], None] | None = None):
         self.url, self.model = url, model
+        self._after_each = after_each  # called on the reader thread after each engine response
         self._lock = threading.Lock()
         self._stub = None
         self._channel = None
@@ -226,24 +228,12 @@ class GrpcEngineClient:
     def _read(self, stream: _SharedStream) -> None:
         reason = "the engine stream ended"
         routes = stream.routes
+        after_each = self._after_each
         try:
             for message in stream.call:
-                response = message.infer_response
-                handler = routes.get(response.id)
-                if handler is None:
-                    continue  # a request already answered (e.g. its client went away): drop the rest
-                if message.error_message:
-                    del routes[response.id]
-                    _call(handler.on_error, message.error_message, looks_invalid(message.error_message))
-                    continue
-                final_param = response.parameters.get("triton_final_response")
-                final = bool(final_param is not None and final_param.bool_param)
-                if final:
-                    del routes[response.id]
-                if response.outputs:
-                    _call(handler.on_chunk, chunk_from_proto(response, final))
-                elif final:
-                    _call(handler.on_chunk, EngineChunk(_EMPTY_IDS, final=True))
+                _route(message, routes)
+                if after_each is not None:
+                    _call(after_each)
         except Exception as exc:  # noqa: BLE001 - grpc.RpcError and the like: every request on it fails
             details = getattr(exc, "details", None)
             reason = f"the engine stream failed: {(details() if callable(details) else '') or exc}"
@@ -286,6 +276,26 @@ class GrpcEngineClient:
             stream.call.cancel()
         if self._channel is not None:
             self._channel.close()
+
+
+def _route(message, routes: dict[str, EngineHandler]) -> None:
+    """Hand one ``ModelStreamInferResponse`` to the handler of its request id (and forget the id on its last one)."""
+    response = message.infer_response
+    handler = routes.get(response.id)
+    if handler is None:
+        return  # a request already answered (e.g. its client went away): drop the rest
+    if message.error_message:
+        del routes[response.id]
+        _call(handler.on_error, message.error_message, looks_invalid(message.error_message))
+        return
+    final_param = response.parameters.get("triton_final_response")
+    final = bool(final_param is not None and final_param.bool_param)
+    if final:
+        del routes[response.id]
+    if response.outputs:
+        _call(handler.on_chunk, chunk_from_proto(response, final))
+    elif final:
+        _call(handler.on_chunk, EngineChunk(_EMPTY_IDS, final=True))
 
 
 def _call(fn, *args) -> None:

@@ -3,12 +3,13 @@
 Every ``ResponseSender.send`` of the python backend is a round trip to the tritonserver process, which then writes
 one more gRPC/HTTP message that the client parses: at 64 streams on a CPU-bound box that cost, paid per token, was
 most of what the BLS added to the engine's own cost. So a streaming request does not send its text itself: it adds
-it to its :class:`StreamReply` and posts the reply to the model's :class:`StreamOutbox`, whose thread sends it.
+it to its :class:`StreamReply` and posts the reply to the model's :class:`StreamOutbox`, which sends it when it is due
+(from the engine reader's thread under load, from its own thread when the reader is quiet).
 
 Policy: a stream's first and last responses go out at once. Between them a stream gets a response at most every
 ``streams in flight × send cost / send_share`` seconds (capped at ``max_interval_s``), where ``send cost`` is the
 measured moving average of building and sending one response. So sending takes at most about ``send_share`` of the
-outbox's time: with few streams, or when sends are cheap (an idle CPU), every engine response is sent as it comes;
+time: with few streams, or when sends are cheap (an idle CPU), every engine response is sent as it comes;
 when the box is saturated, the tokens that came meanwhile share one response (vLLM's v1 output collector merges a
 lagging stream's outputs the same way). Each response says how many generated tokens it covers
 (``num_output_tokens``, left out when it is one), so clients still count tokens exactly.
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger("koserve")
+READER_QUIET_S = 0.002  # the outbox thread sends only when the engine reader has not called send_due() for this long
 
 
 class StreamReply:
@@ -38,12 +40,13 @@ class StreamReply:
     (``response`` None: an empty final response).
     """
 
-    __slots__ = ("_build", "_send", "_lock", "_text", "_tokens", "_log_probs", "_cum_log_prob", "_final", "_error",
+    __slots__ = ("_build", "_send", "_lock", "_send_lock", "_text", "_tokens", "_log_probs", "_cum_log_prob", "_final", "_error",
                  "closed", "due", "last_sent")
 
     def __init__(self, build: Callable[..., Any], send: Callable[[Any, bool], None], prefix: str = ""):
         self._build, self._send = build, send
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the pending state
+        self._send_lock = threading.Lock()  # one flush at a time: responses leave in the order their text came
         self._text: list[str] = [prefix] if prefix else []
         self._tokens = 0
         self._log_probs: list[np.ndarray] = []
@@ -84,7 +87,14 @@ class StreamReply:
         self.closed = True
 
     def flush(self) -> int:
-        """Send what is pending as one response (final when the stream ended); returns the number of sends."""
+        """Send what is pending as one response (final when the stream ended); returns the number of sends.
+
+        Two threads may flush one reply (the engine reader and the outbox thread): the second waits for the first
+        to have sent, so text never overtakes the text before it."""
+        with self._send_lock:
+            return self._flush()
+
+    def _flush(self) -> int:
         with self._lock:
             if self.closed or not (self._final or self._tokens or self._text or self._log_probs):
                 return 0
@@ -126,6 +136,7 @@ class StreamOutbox:
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._sleeping_until: float | None = None  # the thread's wake-up time while it waits (None: it is busy)
+        self._reader_seen = 0.0  # when the engine reader last called send_due()
         self._stop = False
         self._thread: threading.Thread | None = None
         self.rounds = 0
@@ -167,17 +178,44 @@ class StreamOutbox:
                 due.append(reply)
         return due, (queue[0][0] if queue else None)
 
+    def send_due(self) -> None:
+        """Send the replies due now, on the calling thread. The engine reader calls this after each engine response:
+        under load every send then happens on that thread — handing the GIL to the outbox thread for each send costs
+        up to the interpreter's switch interval (5 ms) while the reader is busy, which at 64 streams made rounds of
+        sends last longer than the interval itself."""
+        now = time.monotonic()
+        self._reader_seen = now
+        queue = self._queue
+        if not queue or queue[0][0] > now:
+            return
+        with self._cond:
+            due, _ = self._take_due()
+        if due:
+            self.send_round(due)
+            self._reader_seen = time.monotonic()
+
     def _run(self) -> None:
+        """The timer side: sends what is due while the engine reader is quiet (low load, or a slow engine)."""
         while True:
             with self._cond:
-                due, next_at = self._take_due()
-                while not due and not self._stop:
-                    self._sleeping_until = float("inf") if next_at is None else next_at
-                    self._cond.wait(timeout=None if next_at is None else max(0.0, next_at - time.monotonic()))
+                while True:
+                    if self._stop:
+                        return  # close() sends what is queued
+                    now = time.monotonic()
+                    next_at = self._queue[0][0] if self._queue else None
+                    if next_at is not None and next_at <= now:
+                        quiet_at = self._reader_seen + READER_QUIET_S
+                        if now >= quiet_at:
+                            due, _ = self._take_due()
+                            if due:
+                                break
+                            continue
+                        wake = quiet_at  # the reader is busy: it sends what is due itself
+                    else:
+                        wake = next_at
+                    self._sleeping_until = float("inf") if wake is None else wake
+                    self._cond.wait(timeout=None if wake is None else max(0.0, wake - now))
                     self._sleeping_until = None
-                    due, next_at = self._take_due()
-                if not due and self._stop:
-                    return
             self.send_round(due)
 
     def send_round(self, replies: list[StreamReply]) -> None:
