@@ -61,7 +61,8 @@ def test_sync_methods_stream_korean_exactly(triton_replay, replay_text, protocol
         stream = client.stream(MSGS, max_tokens=300)
         deltas = list(stream)
         assert "".join(deltas) == want
-        assert len(deltas) > 10 and all(deltas)  # really streamed, no empty deltas
+        # really streamed (the BLS may let tokens share responses on a busy server), no empty deltas
+        assert len(deltas) > (10 if target == "ensemble" else 1) and all(deltas)
         assert "\ufffd" not in "".join(deltas)
         assert stream.result.text == want and stream.result.finish_reason == "stop"
 

@@ -375,7 +375,7 @@ def test_cli_registers_loadtest():
 
 
 def test_server_token_count_follows_num_output_tokens():
-    from koserve.loadtest.users import ServerTokenCount
+    from koserve.loadtest.metrics import ServerTokenCount
 
     ensemble = ServerTokenCount()
     for _ in range(5):

@@ -136,6 +136,10 @@ def test_render_cpu_repository(tmp_path):
     assert 'name: "tensorrt_llm"' in cfg and 'backend: "python"' in cfg and "{{" not in cfg
     assert 'string_value: "255"' in (r.path / "preprocessing" / "config.pbtxt").read_text()  # max_input_len
     assert read_repo_info(r.path)["kind"] == "cpu"
+    bls = (r.path / "tensorrt_llm_bls" / "config.pbtxt").read_text()
+    assert 'name: "num_output_tokens"' in bls
+    assert 'key: "stream_send_share"\n  value: { string_value: "0.25" }' in bls
+    assert 'key: "stream_max_interval_us"\n  value: { string_value: "100000" }' in bls
     with pytest.raises(ConfigError, match="already exists"):
         render_repository(RenderOptions(profile="komt-13b", tokenizer_dir=tokenizer_dir("llama2"),
                                         out=tmp_path / "r", replay=True))
@@ -177,6 +181,9 @@ def test_render_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="no tokenizer.json"):
         render_repository(RenderOptions(profile="akallama-70b", tokenizer_dir=tmp_path, out=tmp_path / "d",
                                         replay=True))
+    with pytest.raises(ConfigError, match=r"bls_stream_send_share must be in \[0, 1\], got 1.5"):
+        render_repository(RenderOptions(profile="akallama-70b", tokenizer_dir=tok, out=tmp_path / "f", replay=True,
+                                        bls_stream_send_share=1.5))
     with pytest.raises(ConfigError, match="wrong tokenizer"):
         render_repository(RenderOptions(profile="akallama-70b", tokenizer_dir=tokenizer_dir("llama2"),
                                         out=tmp_path / "e", replay=True))

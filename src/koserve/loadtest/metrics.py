@@ -72,6 +72,29 @@ class StreamRecord:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+class ServerTokenCount:
+    """Generated tokens a stream's responses covered, when the server says so: the BLS's ``num_output_tokens``
+    (a response covering several tokens when the server is saturated); absent, a text response is one token.
+    ``total`` is None unless some response carried the count (then the tokenizer count is used, as before)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.told = False
+
+    def add(self, value) -> None:
+        if isinstance(value, list):
+            value = value[0] if len(value) == 1 else None
+        if value is None:
+            self.count += 1
+        else:
+            self.told = True
+            self.count += int(value)
+
+    @property
+    def total(self) -> int | None:
+        return self.count if self.told else None
+
+
 class StreamTimer:
     """Times one streamed request. Call :meth:`chunk` for every streamed piece, then :meth:`finish`.
 

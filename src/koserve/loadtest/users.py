@@ -33,7 +33,7 @@ from geventhttpclient import HTTPClient  # noqa: E402
 from locust import User, events, task  # noqa: E402
 from locust.exception import StopUser  # noqa: E402
 
-from koserve.loadtest.metrics import RecordWriter, StreamTimer, fire_locust_events  # noqa: E402
+from koserve.loadtest.metrics import RecordWriter, ServerTokenCount, StreamTimer, fire_locust_events  # noqa: E402
 from koserve.loadtest.prompts import (  # noqa: E402
     ChatPromptSource,
     LengthSampler,
@@ -346,29 +346,6 @@ class TritonGrpcUser(LLMStreamUser):
         if failure:
             raise RuntimeError(failure[0])
         return tokens.total
-
-
-class ServerTokenCount:
-    """Generated tokens a stream's responses covered, when the server says so: the BLS's ``num_output_tokens``
-    (a response covering several tokens when the server is saturated); absent, a text response is one token.
-    ``total`` is None unless some response carried the count (then the tokenizer count is used, as before)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.told = False
-
-    def add(self, value) -> None:
-        if isinstance(value, list):
-            value = value[0] if len(value) == 1 else None
-        if value is None:
-            self.count += 1
-        else:
-            self.told = True
-            self.count += int(value)
-
-    @property
-    def total(self) -> int | None:
-        return self.count if self.told else None
 
 
 def _model_is_batched(ctx: LoadContext, client, model: str) -> bool:
