@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from koserve.serving.outbox import StreamOutbox, StreamReply
+from koserve.serving.outbox import INLINE_SENDS_PER_RESPONSE, StreamOutbox, StreamReply
 
 
 class Wire:
@@ -170,3 +170,24 @@ def test_two_threads_flushing_one_reply_keep_the_text_in_order():
     reply.flush()  # on this thread, while the first send is still going on
     first.join(5)
     assert wire.responses() == [(("앞", 1), False), (("뒤", 1), False)]
+
+
+def test_the_engine_reader_sends_a_few_due_replies_per_engine_response(monkeypatch):
+    import koserve.serving.outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "READER_QUIET_S", 60.0)  # a busy reader: the outbox thread leaves it the sends
+    wire = Wire()
+    outbox = StreamOutbox(send_share=0.0)
+    outbox._reader_seen = time.monotonic()
+    try:
+        replies = [wire.reply() for _ in range(5)]
+        for reply in replies:
+            reply.add("가", 1)
+            outbox.post(reply)
+        outbox.send_due()
+        assert len(wire.responses()) == INLINE_SENDS_PER_RESPONSE  # then back to reading
+        outbox.send_due()
+        outbox.send_due()
+        assert len(wire.responses()) == 5
+    finally:
+        outbox.close()
