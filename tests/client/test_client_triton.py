@@ -193,16 +193,16 @@ def test_cancelling_the_task_stops_generation_on_the_server(slow_komt, protocol,
     async def main():
         async with AsyncChatClient(url_of(slow_komt, protocol), "komt-13b", model=target) as client:
             seen = []
+            three = asyncio.Event()
 
             async def consume():
                 async for delta in client.stream(MSGS, max_tokens=300):
                     seen.append(delta)
+                    if len(seen) >= 3:
+                        three.set()  # cancelled at its next await, mid-stream (polling could miss a fast stream)
 
             task = asyncio.create_task(consume())
-            for _ in range(200):
-                if len(seen) >= 3:
-                    break
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(three.wait(), 20)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
