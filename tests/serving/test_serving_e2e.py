@@ -114,21 +114,6 @@ def test_bls_responses_are_exact_one_token_each_or_several(triton_servers, repla
     assert whole.text == want  # komt: ended by the profile's stop word ###, which is never sent
 
 
-def test_bls_without_a_grpc_endpoint_uses_python_backend_bls(triton_servers, replay_text_file):
-    """A server with gRPC off: the BLS calls the engine through pb_utils BLS (engine_client.PbEngineClient)."""
-    server = triton_servers("akallama-70b", "replay", replay_text_file=replay_text_file,
-                            extra_args=("--exit-timeout-secs=2", "--allow-grpc=false"))
-    want = expected_replay_text(server, replay_text_file.read_text(encoding="utf-8"))
-    for _ in range(2):
-        sse = http_generate_stream(server.http_url, "tensorrt_llm_bls",
-                                   {"text_input": PROMPT, "max_tokens": 400, "stream": True}, request_id=rid())
-        assert_clean_pieces(sse)
-        assert sse.text == want and len(sse.pieces) > 1
-    status, body = http_generate(server.http_url, "tensorrt_llm_bls",
-                                 {"text_input": PROMPT, "max_tokens": 400, "stream": False})
-    assert status == 200 and body["text_output"] == want
-
-
 def test_concurrent_streams_are_each_exact(triton_replay, replay_text_file):
     expected = expected_replay_text(triton_replay, replay_text_file.read_text(encoding="utf-8"))
     jobs = [(m, i) for m in TEXT_MODELS for i in range(6)]

@@ -170,6 +170,10 @@ class BlsModel:
         url = own_grpc_url(params.get("engine_grpc_url", "")) if transport == "grpc" else None
         if transport == "grpc" and url is None:
             transport = "bls"  # no gRPC endpoint on this server (e.g. --allow-grpc=false)
+        if transport == "bls":
+            log.warning("tensorrt_llm_bls: calling the engine through python-backend BLS; on Triton 2.51 its stub "
+                        "crashed under concurrent load (free(): double free / malloc(): unaligned chunk): keep "
+                        "tritonserver's gRPC endpoint on (docs/serving.md)")
         self.transport = transport
         self.cancel_poll_s = _setting(params, "cancel_poll_s", CANCEL_POLL_S, float, 0.0, 3600.0)
         self._runs: set[_Run] = set()
