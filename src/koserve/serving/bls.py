@@ -44,7 +44,13 @@ from koserve.serving.engine_client import (
     grpc_url_from_cmdline,
     own_grpc_url,
 )
-from koserve.serving.outbox import StreamOutbox, StreamReply
+from koserve.serving.outbox import (
+    DEFAULT_MAX_INTERVAL_US,
+    DEFAULT_SEND_SHARE,
+    MAX_INTERVAL_LIMIT_US,
+    StreamOutbox,
+    StreamReply,
+)
 from koserve.serving.params import GenerationRequest, parse_generation_request
 from koserve.serving.postprocess import TextStream
 from koserve.serving.preprocess import EngineInputs, Preprocessor
@@ -72,9 +78,6 @@ ENGINE_SAMPLING = {
     "random_seed": ("random_seed", np.uint64),
 }
 CANCEL_POLL_S = 0.25  # how often to ask is_cancelled() when polling is on
-# streamed responses: sending may take this share of the time; beyond it streams get several tokens per response
-STREAM_SEND_SHARE = 0.25
-STREAM_MAX_INTERVAL_US = 100_000
 TRANSPORTS = ("grpc", "bls")
 _ids = itertools.count()
 
@@ -178,8 +181,9 @@ class BlsModel:
         self.cancel_poll_s = _setting(params, "cancel_poll_s", CANCEL_POLL_S, float, 0.0, 3600.0)
         self._runs: set[_Run] = set()
         self._runs_lock = threading.Lock()
-        share = _setting(params, "stream_send_share", STREAM_SEND_SHARE, float, 0.0, 1.0)
-        max_interval = _setting(params, "stream_max_interval_us", STREAM_MAX_INTERVAL_US, int, 0, 10_000_000)
+        share = _setting(params, "stream_send_share", DEFAULT_SEND_SHARE, float, 0.0, 1.0)
+        max_interval = _setting(params, "stream_max_interval_us", DEFAULT_MAX_INTERVAL_US, int, 0,
+                                MAX_INTERVAL_LIMIT_US)
         self.outbox = StreamOutbox(share, max_interval / 1e6, lambda: len(self._runs))
         self.engine = (
             GrpcEngineClient(url, self.settings.engine_model, after_each=self.outbox.send_due)

@@ -29,11 +29,15 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger("koserve")
-READER_QUIET_S = 0.002
+# defaults of the model parameters stream_send_share / stream_max_interval_us (and render's bls_stream_* options)
+DEFAULT_SEND_SHARE = 0.25
+DEFAULT_MAX_INTERVAL_US = 100_000
+MAX_INTERVAL_LIMIT_US = 10_000_000
+READER_QUIET_S = 0.002  # the outbox thread sends only when the engine reader has not called send_due() for this long
 # the engine reader sends at most this many due replies per engine response: reading and sending interleave, so the
 # first responses of 64 streams that arrive together do not wait behind each other's sends (TTFT at 64 streams 577 →
 # ~240 ms p50, measured)
-INLINE_SENDS_PER_RESPONSE = 2  # the outbox thread sends only when the engine reader has not called send_due() for this long
+INLINE_SENDS_PER_RESPONSE = 2
 
 
 class StreamReply:
@@ -44,8 +48,8 @@ class StreamReply:
     (``response`` None: an empty final response).
     """
 
-    __slots__ = ("_build", "_send", "_lock", "_send_lock", "_text", "_tokens", "_log_probs", "_cum_log_prob", "_final", "_error",
-                 "closed", "due", "last_sent")
+    __slots__ = ("_build", "_send", "_lock", "_send_lock", "_text", "_tokens", "_log_probs", "_cum_log_prob",
+                 "_final", "_error", "closed", "due", "last_sent")
 
     def __init__(self, build: Callable[..., Any], send: Callable[[Any, bool], None], prefix: str = ""):
         self._build, self._send = build, send
@@ -143,7 +147,6 @@ class StreamOutbox:
         self._reader_seen = 0.0  # when the engine reader last called send_due()
         self._stop = False
         self._thread: threading.Thread | None = None
-        self.rounds = 0
         self.sends = 0
 
     def interval(self) -> float:
@@ -224,7 +227,6 @@ class StreamOutbox:
             self.send_round(due)
 
     def send_round(self, replies: list[StreamReply]) -> None:
-        self.rounds += 1
         clock = time.perf_counter
         for reply in replies:
             try:

@@ -18,6 +18,7 @@ from pathlib import Path
 import jinja2
 
 from koserve.errors import ConfigError
+from koserve.serving.outbox import DEFAULT_MAX_INTERVAL_US, DEFAULT_SEND_SHARE, MAX_INTERVAL_LIMIT_US
 
 REPO_INFO = "koserve_repo.json"
 SERVING_MODELS = ("preprocessing", "postprocessing", "ensemble", "tensorrt_llm_bls")
@@ -62,8 +63,8 @@ class RenderOptions:
     bls_instances: int = 1
     # BLS streamed responses (koserve.serving.outbox): share of time sending may take before a stream's tokens share
     # responses (0: one response per engine response, always), and the longest wait between two responses
-    bls_stream_send_share: float = 0.25
-    bls_stream_max_interval_us: int = 100_000
+    bls_stream_send_share: float = DEFAULT_SEND_SHARE
+    bls_stream_max_interval_us: int = DEFAULT_MAX_INTERVAL_US
     stream_idle_timeout_s: float = 60.0
     force: bool = False
 
@@ -132,9 +133,9 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
 
     if not 0 <= opts.bls_stream_send_share <= 1:
         raise ConfigError(f"bls_stream_send_share must be in [0, 1], got {opts.bls_stream_send_share}")
-    if not 0 <= opts.bls_stream_max_interval_us <= 10_000_000:
+    if not 0 <= opts.bls_stream_max_interval_us <= MAX_INTERVAL_LIMIT_US:
         raise ConfigError(
-            f"bls_stream_max_interval_us must be in [0, 10000000] (10 s), got {opts.bls_stream_max_interval_us}"
+            f"bls_stream_max_interval_us must be in [0, {MAX_INTERVAL_LIMIT_US}], got {opts.bls_stream_max_interval_us}"
         )
     if opts.postprocessing_max_queue_delay_us < 0:
         raise ConfigError(
