@@ -6,6 +6,10 @@ run, as the ceiling — the engine model ``tensorrt_llm`` called directly: strea
 inter-token gap (p50 / p99). Then a stability run: N back-to-back 64-stream runs through ensemble and BLS, every
 stream with a timeout, checking the server is alive and every stream completed with the exact text.
 
+The client (default ``--client asyncio``) runs every stream on one asyncio event loop and measures the loop's own
+stalls (a 10 ms ticker): a gap the client caused is not the server's. ``--client threads`` (a thread and a
+tritonclient stream per stream, as in earlier versions) adds its own GIL contention to every gap.
+
 Not a timed test: it prints figures (docs/serving.md quotes them). Client and server share the machine's
 cores, so figures are relative. Usage: python scripts/bench_serving.py [--tokens 100] [--stability-runs 10]
 """
@@ -23,6 +27,9 @@ from pathlib import Path
 import numpy as np
 
 
+PROMPT = "네 이름은 뭐야?"
+
+
 def pct(values, q):
     if not values:
         return float("nan")
@@ -30,25 +37,99 @@ def pct(values, q):
 
 
 def one_stream(url, model, tokens, timeout, barrier, http_url=None):
-    from koserve.serving.rawclient import grpc_stream, http_generate_stream, text_inputs
+    from koserve.serving.rawclient import grpc_stream, http_generate_stream
 
     if http_url is not None:  # HTTP generate_stream (SSE); text models only
         barrier.wait(timeout=60)
-        return http_generate_stream(http_url, model, {"text_input": "네 이름은 뭐야?", "max_tokens": tokens,
-                                                      "stream": True}, request_id=uuid.uuid4().hex, timeout=timeout)
+        return http_generate_stream(http_url, model, {"text_input": PROMPT, "max_tokens": tokens, "stream": True},
+                                    request_id=uuid.uuid4().hex, timeout=timeout)
+    inputs, output = stream_inputs(model, tokens)
+    barrier.wait(timeout=60)
+    return grpc_stream(url, model, inputs, request_id=uuid.uuid4().hex, timeout=timeout, output=output)
+
+
+def stream_inputs(model, tokens):
+    """(inputs, output name) of one benchmark request."""
+    from koserve.serving.rawclient import text_inputs
 
     if model == "tensorrt_llm":
-        inputs = {
+        return {
             "input_ids": np.array([[128000, 9906, 1917]], dtype=np.int32),
             "input_lengths": np.array([[3]], dtype=np.int32),
             "request_output_len": np.array([[tokens]], dtype=np.int32),
             "streaming": np.array([[True]], dtype=np.bool_),
-        }
-        output = "output_ids"
-    else:
-        inputs, output = text_inputs("네 이름은 뭐야?", tokens), "text_output"
-    barrier.wait(timeout=60)
-    return grpc_stream(url, model, inputs, request_id=uuid.uuid4().hex, timeout=timeout, output=output)
+        }, "output_ids"
+    return text_inputs(PROMPT, tokens), "text_output"
+
+
+async def _aio_streams(url, model, streams, tokens, timeout):
+    """All streams on one asyncio event loop (tritonclient.grpc.aio, one channel); also measures the loop's own
+    lag (a 10 ms ticker), so a reader can tell the client's stalls from the server's."""
+    import asyncio
+
+    import tritonclient.grpc.aio as aioclient
+
+    from koserve.serving.rawclient import StreamResult, _grpc_inputs
+
+    inputs, output = stream_inputs(model, tokens)
+    client = aioclient.InferenceServerClient(url)
+    lags, ticking = [], True
+
+    async def ticker():
+        while ticking:
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - t - 0.01)
+
+    async def one():
+        res = StreamResult()
+
+        async def requests():
+            yield {"model_name": model, "inputs": _grpc_inputs(inputs), "request_id": uuid.uuid4().hex,
+                   "enable_empty_final_response": True}
+
+        t0 = time.perf_counter()
+        responses = client.stream_infer(requests())
+        try:
+            async with asyncio.timeout(timeout):
+                async for result, error in responses:
+                    at = time.perf_counter()
+                    if error is not None:
+                        res.error = str(error)
+                        break
+                    response = result.get_response()
+                    arr = result.as_numpy(output)
+                    if arr is not None and arr.size:
+                        raw = arr.reshape(-1)[0]
+                        res.pieces.append(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
+                        res.times.append(at - t0)
+                        counts = next((result.as_numpy("num_output_tokens") for o in response.outputs
+                                       if o.name == "num_output_tokens"), None)
+                        res.tokens.append(1 if counts is None else int(counts.reshape(-1)[0]))
+                    final = response.parameters.get("triton_final_response")
+                    if final is not None and final.bool_param:
+                        break
+        except TimeoutError:
+            res.error = f"timeout after {timeout} s"
+        finally:
+            responses.cancel()  # ends the gRPC call (a no-op after the final response)
+        return res
+
+    tick = asyncio.ensure_future(ticker())
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(one() for _ in range(streams)), return_exceptions=True)
+    wall = time.perf_counter() - t0
+    ticking = False
+    await tick
+    await client.close()
+    return results, wall, lags
+
+
+def run_aio(url, model, streams, tokens, timeout):
+    import asyncio
+
+    results, wall, lags = asyncio.run(_aio_streams(url, model, streams, tokens, timeout))
+    return summarize_run(model, streams, tokens, results, wall, 0, lags)
 
 
 def run(url, model, streams, tokens, timeout, http_url=None):
@@ -70,6 +151,10 @@ def run(url, model, streams, tokens, timeout, http_url=None):
         t.join(timeout=timeout + 30)
     wall = time.perf_counter() - t0
     hung = sum(t.is_alive() for t in threads)
+    return summarize_run(model, streams, tokens, results, wall, hung)
+
+
+def summarize_run(model, streams, tokens, results, wall, hung, lags=None):
     ok = [r for r in results if r is not None and not isinstance(r, Exception) and r.error is None]
     errors = [str(r) if isinstance(r, Exception) else (r.error if r is not None else "no result")
               for r in results if r is None or isinstance(r, Exception) or r.error is not None]
@@ -84,7 +169,16 @@ def run(url, model, streams, tokens, timeout, http_url=None):
         "gap_p50_ms": pct(gaps, 50) * 1e3, "gap_p99_ms": pct(gaps, 99) * 1e3,
         "tokens_per_response": len(ok) * tokens / pieces if pieces else float("nan"),
         "texts": {r.text for r in ok} if model != "tensorrt_llm" else set(),
+        "client_lag_p99_ms": pct(lags, 99) * 1e3 if lags else float("nan"),
+        "client_lag_max_ms": max(lags) * 1e3 if lags else float("nan"),
     }
+
+
+def measure(ep, model, streams, args, http_url=None):
+    """One run of ``streams`` concurrent streams with the client ``args.client`` (HTTP: always threads)."""
+    if http_url is None and args.client == "asyncio":
+        return run_aio(ep.grpc_url, model, streams, args.tokens, args.timeout)
+    return run(ep.grpc_url, model, streams, args.tokens, args.timeout, http_url)
 
 
 def summarize(rows, paths, concurrency):
@@ -101,6 +195,7 @@ def summarize(rows, paths, concurrency):
                    "tokens_per_s_min": min(tps), "tokens_per_s_max": max(tps)}
             for key in ("tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "gap_p50_ms", "gap_p99_ms", "tokens_per_response"):
                 row[key] = float(np.median([r[key] for r in runs]))
+            row["client_lag_max_ms"] = max(r["client_lag_max_ms"] for r in runs)  # nan without a ticker
             table.append(row)
     return table
 
@@ -135,6 +230,8 @@ def main() -> int:
     ap.add_argument("--bls-stream-max-interval-us", type=int, default=None,
                     help="BLS: longest wait between two responses of a stream (default 100000)")
     ap.add_argument("--server-arg", action="append", default=[], help="extra tritonserver argument (repeatable)")
+    ap.add_argument("--client", choices=["asyncio", "threads"], default="asyncio",
+                    help="gRPC client: one asyncio event loop for all streams, or a thread per stream")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     import signal
@@ -174,18 +271,19 @@ def main() -> int:
                 order = args.paths[rep % len(args.paths):] + args.paths[:rep % len(args.paths)]  # rotate the order
                 for model in order:
                     http = ep.http_url if args.protocol == "http" and model != "tensorrt_llm" else None
-                    row = run(ep.grpc_url, model, streams, args.tokens, args.timeout, http)
+                    row = measure(ep, model, streams, args, http)
                     row["repeat"] = rep
                     rows.append(row)
                     print(f"{model:17s} x{streams:3d}: {row['tokens_per_s']:7.0f} tok/s  TTFT p50 "
                           f"{row['ttft_p50_ms']:7.1f} p99 {row['ttft_p99_ms']:7.1f} ms  gap p50 {row['gap_p50_ms']:6.2f} "
                           f"p99 {row['gap_p99_ms']:7.2f} ms  {row['tokens_per_response']:.2f} tok/response  "
-                          f"ok {row['ok']}/{streams} hung {row['hung']}", flush=True)
+                          f"ok {row['ok']}/{streams} hung {row['hung']}  client lag p99 {row['client_lag_p99_ms']:.1f} "
+                          f"max {row['client_lag_max_ms']:.1f} ms", flush=True)
         expected = None
         for i in range(args.stability_runs):
             for model in args.stability_models:
                 http = ep.http_url if args.protocol == "http" else None
-                row = run(ep.grpc_url, model, args.stability_streams, args.tokens, args.timeout, http)
+                row = measure(ep, model, args.stability_streams, args, http)
                 # a Triton that aborted can hang in its own signal handler: alive as a process, not answering
                 alive = ep.server.is_ready() and "Signal (6) received" not in ep.server.log_tail(200)
                 texts = row["texts"]
@@ -203,12 +301,13 @@ def main() -> int:
 
     table = summarize(rows, args.paths, args.concurrency)
     print(f"\n| path | streams | tokens/s (median of {args.repeat}; min–max) | TTFT p50 / p99 (ms) | gap p50 / p99 (ms) "
-          "| tokens / response |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "| tokens / response | client stall max (ms) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in table:
         print(f"| {r['model']} | {r['streams']} | {r['tokens_per_s']:.0f} ({r['tokens_per_s_min']:.0f}–"
               f"{r['tokens_per_s_max']:.0f}) | {r['ttft_p50_ms']:.1f} / {r['ttft_p99_ms']:.1f} | "
-              f"{r['gap_p50_ms']:.2f} / {r['gap_p99_ms']:.2f} | {r['tokens_per_response']:.2f} |")
+              f"{r['gap_p50_ms']:.2f} / {r['gap_p99_ms']:.2f} | {r['tokens_per_response']:.2f} | "
+              f"{'—' if np.isnan(r['client_lag_max_ms']) else format(r['client_lag_max_ms'], '.0f')} |")
     by = {(r["model"], r["streams"]): r for r in table}
     top = max(args.concurrency)
     direct = by.get(("tensorrt_llm", top))
