@@ -88,7 +88,8 @@ def test_max_tokens_gives_length_and_exact_token_count(triton_replay, replay_tex
 def test_bls_responses_of_several_tokens_are_counted(triton_servers, replay_text_file, protocol):
     """Through a BLS that lets tokens share responses, the client still counts every token (``length``)."""
     server = triton_servers("komt-13b", "replay", replay_text_file=replay_text_file, replay_delay_ms=2,
-                            bls_stream_send_share=1e-9, bls_stream_max_interval_us=40_000)
+                            bls_stream_send_share=1e-9, bls_stream_max_interval_us=40_000,
+                            bls_stream_max_wait_gaps=0)
     with ChatClient(url_of(server, protocol), "komt-13b", model="tensorrt_llm_bls") as client:
         result = client.chat(MSGS, max_tokens=60)
         assert result.finish_reason == "length"

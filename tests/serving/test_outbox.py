@@ -133,6 +133,22 @@ def test_outbox_lets_tokens_share_a_response_when_sending_is_expensive():
         outbox.close()
 
 
+def test_outbox_holds_a_stream_at_most_a_few_engine_gaps():
+    outbox = StreamOutbox(send_share=0.25, max_interval_s=10.0, streams_in_flight=lambda: 8, max_wait_gaps=3)
+    outbox.send_cost_s = 0.01  # 8 streams × 10 ms / 0.25 = 320 ms
+    assert outbox.interval() == pytest.approx(0.32)  # no engine gap measured yet: no such limit
+    outbox.note_engine_gap(0.02)
+    assert outbox.engine_gap_s == pytest.approx(0.0002)  # a moving average: one gap moves it a little
+    for _ in range(1000):
+        outbox.note_engine_gap(0.02)
+    assert outbox.engine_gap_s == pytest.approx(0.02, rel=1e-3)
+    assert outbox.interval() == pytest.approx(0.06, rel=1e-3)  # 3 engine gaps of 20 ms
+    outbox.max_wait_gaps = 0.0
+    assert outbox.interval() == pytest.approx(0.32)
+    outbox.max_interval_s = 0.1
+    assert outbox.interval() == pytest.approx(0.1)
+
+
 def test_outbox_measures_the_send_cost_and_close_sends_what_is_queued():
     wire = Wire(send_delay_s=0.004)
     outbox = StreamOutbox(send_share=0.5, max_interval_s=10.0)

@@ -141,6 +141,7 @@ def test_render_cpu_repository(tmp_path):
     assert 'name: "num_output_tokens"' in bls
     assert 'key: "stream_send_share"\n  value: { string_value: "0.25" }' in bls
     assert 'key: "stream_max_interval_us"\n  value: { string_value: "100000" }' in bls
+    assert 'key: "stream_max_wait_gaps"\n  value: { string_value: "3.0" }' in bls
     with pytest.raises(ConfigError, match="already exists"):
         render_repository(RenderOptions(profile="komt-13b", tokenizer_dir=tokenizer_dir("llama2"),
                                         out=tmp_path / "r", replay=True))
@@ -185,6 +186,9 @@ def test_render_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match=r"bls_stream_send_share must be in \[0, 1\], got 1.5"):
         render_repository(RenderOptions(profile="akallama-70b", tokenizer_dir=tok, out=tmp_path / "f", replay=True,
                                         bls_stream_send_share=1.5))
+    with pytest.raises(ConfigError, match=r"bls_stream_max_wait_gaps must be in \[0, 1000\], got -1"):
+        render_repository(RenderOptions(profile="akallama-70b", tokenizer_dir=tok, out=tmp_path / "g", replay=True,
+                                        bls_stream_max_wait_gaps=-1))
     with pytest.raises(ConfigError, match="wrong tokenizer"):
         render_repository(RenderOptions(profile="akallama-70b", tokenizer_dir=tokenizer_dir("llama2"),
                                         out=tmp_path / "e", replay=True))

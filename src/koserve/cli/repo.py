@@ -31,6 +31,8 @@ def _render(args) -> int:
         opts.bls_stream_send_share = args.bls_stream_send_share
     if args.bls_stream_max_interval_us is not None:
         opts.bls_stream_max_interval_us = args.bls_stream_max_interval_us
+    if args.bls_stream_max_wait_gaps is not None:
+        opts.bls_stream_max_wait_gaps = args.bls_stream_max_wait_gaps
     rendered = render_repository(opts)
     ctx = rendered.context
     print(
@@ -77,5 +79,8 @@ def register(subparsers) -> None:
                    "(0: one response per engine response; default 0.25; docs/serving.md)")
     p.add_argument("--bls-stream-max-interval-us", type=int, default=None,
                    help="BLS: longest wait between two responses of a stream in µs (default 100000)")
+    p.add_argument("--bls-stream-max-wait-gaps", type=float, default=None,
+                   help="BLS: longest wait between two responses of a stream in multiples of the engine's average "
+                   "gap between two of its responses (default 3; 0: no such limit)")
     p.set_defaults(func=_render)
     repo.set_defaults(func=lambda args: repo.print_help() or 2)

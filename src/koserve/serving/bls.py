@@ -31,6 +31,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -46,8 +47,10 @@ from koserve.serving.engine_client import (
 )
 from koserve.serving.outbox import (
     DEFAULT_MAX_INTERVAL_US,
+    DEFAULT_MAX_WAIT_GAPS,
     DEFAULT_SEND_SHARE,
     MAX_INTERVAL_LIMIT_US,
+    MAX_WAIT_GAPS_LIMIT,
     StreamOutbox,
     StreamReply,
 )
@@ -85,7 +88,7 @@ _ids = itertools.count()
 class _Run:
     """One request in flight: engine responses in (reader thread), text out through its :class:`StreamReply`."""
 
-    __slots__ = ("model", "req", "sender", "engine_id", "text", "reply", "done", "_lock")
+    __slots__ = ("model", "req", "sender", "engine_id", "text", "reply", "done", "_lock", "_last_chunk_at")
 
     def __init__(self, model: "BlsModel", req: GenerationRequest, sender, engine_id: str):
         self.model, self.req, self.sender, self.engine_id = model, req, sender, engine_id
@@ -93,6 +96,7 @@ class _Run:
         self.reply = StreamReply(self._build, self._send, prefix="" if req.exclude_input_in_output else req.text)
         self.done = False
         self._lock = threading.Lock()
+        self._last_chunk_at = 0.0
 
     def _build(self, text: str, tokens: int, log_probs, cum_log_prob):
         return self.model.response(text, self.req, log_probs, cum_log_prob, tokens)
@@ -105,6 +109,10 @@ class _Run:
             self.sender.send(response, flags=flags)
 
     def on_chunk(self, chunk: EngineChunk) -> None:
+        now = time.monotonic()
+        if self._last_chunk_at:
+            self.model.outbox.note_engine_gap(now - self._last_chunk_at)
+        self._last_chunk_at = now
         with self._lock:
             if self.done:
                 return
@@ -184,7 +192,8 @@ class BlsModel:
         share = _setting(params, "stream_send_share", DEFAULT_SEND_SHARE, float, 0.0, 1.0)
         max_interval = _setting(params, "stream_max_interval_us", DEFAULT_MAX_INTERVAL_US, int, 0,
                                 MAX_INTERVAL_LIMIT_US)
-        self.outbox = StreamOutbox(share, max_interval / 1e6, lambda: len(self._runs))
+        wait_gaps = _setting(params, "stream_max_wait_gaps", DEFAULT_MAX_WAIT_GAPS, float, 0.0, MAX_WAIT_GAPS_LIMIT)
+        self.outbox = StreamOutbox(share, max_interval / 1e6, lambda: len(self._runs), wait_gaps)
         self.engine = (
             GrpcEngineClient(url, self.settings.engine_model, after_each=self.outbox.send_due)
             if transport == "grpc"

@@ -18,7 +18,13 @@ from pathlib import Path
 import jinja2
 
 from koserve.errors import ConfigError
-from koserve.serving.outbox import DEFAULT_MAX_INTERVAL_US, DEFAULT_SEND_SHARE, MAX_INTERVAL_LIMIT_US
+from koserve.serving.outbox import (
+    DEFAULT_MAX_INTERVAL_US,
+    DEFAULT_MAX_WAIT_GAPS,
+    DEFAULT_SEND_SHARE,
+    MAX_INTERVAL_LIMIT_US,
+    MAX_WAIT_GAPS_LIMIT,
+)
 
 REPO_INFO = "koserve_repo.json"
 SERVING_MODELS = ("preprocessing", "postprocessing", "ensemble", "tensorrt_llm_bls")
@@ -65,6 +71,7 @@ class RenderOptions:
     # responses (0: one response per engine response, always), and the longest wait between two responses
     bls_stream_send_share: float = DEFAULT_SEND_SHARE
     bls_stream_max_interval_us: int = DEFAULT_MAX_INTERVAL_US
+    bls_stream_max_wait_gaps: float = DEFAULT_MAX_WAIT_GAPS  # the same in engine gaps (0: no such limit)
     stream_idle_timeout_s: float = 60.0
     force: bool = False
 
@@ -137,6 +144,10 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
         raise ConfigError(
             f"bls_stream_max_interval_us must be in [0, {MAX_INTERVAL_LIMIT_US}], got {opts.bls_stream_max_interval_us}"
         )
+    if not 0 <= opts.bls_stream_max_wait_gaps <= MAX_WAIT_GAPS_LIMIT:
+        raise ConfigError(
+            f"bls_stream_max_wait_gaps must be in [0, {MAX_WAIT_GAPS_LIMIT:g}], got {opts.bls_stream_max_wait_gaps}"
+        )
     if opts.postprocessing_max_queue_delay_us < 0:
         raise ConfigError(
             f"postprocessing_max_queue_delay_us must be >= 0, got {opts.postprocessing_max_queue_delay_us}"
@@ -153,6 +164,7 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
         "bls_instances": opts.bls_instances,
         "bls_stream_send_share": float(opts.bls_stream_send_share),
         "bls_stream_max_interval_us": int(opts.bls_stream_max_interval_us),
+        "bls_stream_max_wait_gaps": float(opts.bls_stream_max_wait_gaps),
         "stream_idle_timeout_s": opts.stream_idle_timeout_s,
         "engine_dir": "",
         "cpu_model_dir": "",

@@ -53,6 +53,7 @@ def serve_cpu(
     postprocessing_max_queue_delay_us: int | None = None,
     bls_stream_send_share: float | None = None,
     bls_stream_max_interval_us: int | None = None,
+    bls_stream_max_wait_gaps: float | None = None,
     workdir: Path | None = None,
     ready_timeout: float = 180.0,
     echo: bool = False,
@@ -99,6 +100,8 @@ def serve_cpu(
             opts.bls_stream_send_share = bls_stream_send_share
         if bls_stream_max_interval_us is not None:
             opts.bls_stream_max_interval_us = bls_stream_max_interval_us
+        if bls_stream_max_wait_gaps is not None:
+            opts.bls_stream_max_wait_gaps = bls_stream_max_wait_gaps
         rendered = render_repository(opts)
         server = TritonServer.cpu(
             ServerOptions(rendered.path, host=host, http_port=http_port, grpc_port=grpc_port,
