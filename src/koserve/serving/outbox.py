@@ -9,11 +9,11 @@ it to its :class:`StreamReply` and posts the reply to the model's :class:`Stream
 Policy: a stream's first and last responses go out at once. Between them a stream gets a response at most every
 ``streams in flight × send cost / send_share`` seconds, where ``send cost`` is the measured moving average of
 building and sending one response — but never waits longer than ``max_wait_gaps`` times the engine's own average gap
-between two responses of a stream, nor than ``max_interval_s``. The first limit keeps a held stream's gap in
-proportion to the engine's pace (about as long as ``max_wait_gaps`` engine steps) whatever the load. So sending takes at most about ``send_share`` of the
-time: with few streams, or when sends are cheap (an idle CPU), every engine response is sent as it comes;
-when the box is saturated, the tokens that came meanwhile share one response (vLLM's v1 output collector merges a
-lagging stream's outputs the same way). Each response says how many generated tokens it covers
+between two responses of a stream, nor than ``max_interval_s`` (so a held stream's gap keeps in proportion to the
+engine's pace whatever the load). Sending thus takes at most about ``send_share`` of the time: with few streams,
+or when sends are cheap (an idle CPU), every engine response is sent as it comes; when the box is saturated, the
+tokens that came meanwhile share one response (vLLM's v1 output collector merges a lagging stream's outputs the same
+way). Each response says how many generated tokens it covers
 (``num_output_tokens``, left out when it is one), so clients still count tokens exactly.
 """
 
@@ -35,8 +35,8 @@ log = logging.getLogger("koserve")
 DEFAULT_SEND_SHARE = 0.25
 DEFAULT_MAX_INTERVAL_US = 100_000
 MAX_INTERVAL_LIMIT_US = 10_000_000
-# stream_max_wait_gaps: the longest wait between two responses of a stream, in engine gaps (3: at 64 streams on the
-# 2-core VM ≈ 70 ms, measured 0.84x direct tokens/s with a p99 gap of 1.9x direct; 100 ms there: 3x)
+# stream_max_wait_gaps: the longest wait between two responses of a stream, in engine gaps (3: ≈ 70–90 ms at 64
+# streams on the 2-core VM, 18 ms at 16 streams, where the 100 ms cap alone gave 100 and 35–40 ms; docs/serving.md)
 DEFAULT_MAX_WAIT_GAPS = 3.0
 MAX_WAIT_GAPS_LIMIT = 1000.0
 ENGINE_GAP_WEIGHT = 0.01  # of one engine response in the moving average of the engine's per-stream gap
