@@ -97,17 +97,7 @@ async def _aio_streams(url, model, streams, tokens, timeout):
                     if error is not None:
                         res.error = str(error)
                         break
-                    response = result.get_response()
-                    arr = result.as_numpy(output)
-                    if arr is not None and arr.size:
-                        raw = arr.reshape(-1)[0]
-                        res.pieces.append(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
-                        res.times.append(at - t0)
-                        counts = next((result.as_numpy("num_output_tokens") for o in response.outputs
-                                       if o.name == "num_output_tokens"), None)
-                        res.tokens.append(1 if counts is None else int(counts.reshape(-1)[0]))
-                    final = response.parameters.get("triton_final_response")
-                    if final is not None and final.bool_param:
+                    if res.add_grpc(result, output, at - t0):
                         break
         except TimeoutError:
             res.error = f"timeout after {timeout} s"

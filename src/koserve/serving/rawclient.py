@@ -40,6 +40,22 @@ class StreamResult:
     def ttft(self) -> float | None:
         return self.times[0] if self.times else None
 
+    def add_grpc(self, result, output: str, elapsed: float) -> bool:
+        """Keep the piece of one gRPC stream response (tritonclient ``InferResult``) that arrived ``elapsed`` s after
+        the request; returns whether it was the final response."""
+        response = result.get_response()
+        arr = result.as_numpy(output)
+        if arr is not None and arr.size:
+            raw = arr.reshape(-1)[0]
+            self.raw.append(raw)
+            self.pieces.append(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
+            self.times.append(elapsed)
+            counts = result.as_numpy("num_output_tokens") if any(
+                o.name == "num_output_tokens" for o in response.outputs) else None
+            self.tokens.append(1 if counts is None else int(counts.reshape(-1)[0]))
+        final = response.parameters.get("triton_final_response")
+        return final is not None and final.bool_param
+
 
 def text_inputs(
     prompt: str,
@@ -134,21 +150,12 @@ def grpc_stream(
             if error is not None:
                 res.error = str(error)
                 break
-            response = result.get_response()
-            arr = result.as_numpy(output)
-            if arr is not None and arr.size:
-                raw = arr.reshape(-1)[0]
-                res.raw.append(raw)
-                res.pieces.append(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
-                res.times.append(at - t0)
-                counts = result.as_numpy("num_output_tokens") if any(
-                    o.name == "num_output_tokens" for o in response.outputs) else None
-                res.tokens.append(1 if counts is None else int(counts.reshape(-1)[0]))
-                if on_piece is not None:
-                    on_piece(res.pieces[-1])
-            final = response.parameters.get("triton_final_response")
+            pieces = len(res.pieces)
+            final = res.add_grpc(result, output, at - t0)
+            if on_piece is not None and len(res.pieces) > pieces:
+                on_piece(res.pieces[-1])
             count += 1
-            if final is not None and final.bool_param:
+            if final:
                 break
             if cancel_after is not None and count >= cancel_after:
                 break
