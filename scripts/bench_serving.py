@@ -69,7 +69,7 @@ async def _aio_streams(url, model, streams, tokens, timeout):
 
     import tritonclient.grpc.aio as aioclient
 
-    from koserve.serving.rawclient import StreamResult, _grpc_inputs
+    from koserve.serving.rawclient import StreamResult, grpc_inputs
 
     inputs, output = stream_inputs(model, tokens)
     client = aioclient.InferenceServerClient(url)
@@ -85,7 +85,7 @@ async def _aio_streams(url, model, streams, tokens, timeout):
         res = StreamResult()
 
         async def requests():
-            yield {"model_name": model, "inputs": _grpc_inputs(inputs), "request_id": uuid.uuid4().hex,
+            yield {"model_name": model, "inputs": grpc_inputs(inputs), "request_id": uuid.uuid4().hex,
                    "enable_empty_final_response": True}
 
         t0 = time.perf_counter()

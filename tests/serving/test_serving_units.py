@@ -206,6 +206,22 @@ def test_gpu_command_follows_trtllm_launch_pattern(tmp_path):
         assert f"shm-region-prefix-name=p{rank}_" in part and "--http-port" not in part
 
 
+def test_render_cli_sets_the_bls_stream_options(tmp_path, capsys):
+    from koserve.cli import main
+
+    out = tmp_path / "r"
+    assert main(["repo", "render", "--profile", "komt-13b", "--tokenizer", str(tokenizer_dir("llama2")), "--replay",
+                 "--out", str(out), "--bls-stream-send-share", "0.5", "--bls-stream-max-interval-us", "20000",
+                 "--bls-stream-max-wait-gaps", "0"]) == 0
+    assert "rendered CPU repository" in capsys.readouterr().out
+    bls = (out / "tensorrt_llm_bls" / "config.pbtxt").read_text()
+    assert 'key: "stream_send_share"\n  value: { string_value: "0.5" }' in bls
+    assert 'key: "stream_max_interval_us"\n  value: { string_value: "20000" }' in bls
+    assert 'key: "stream_max_wait_gaps"\n  value: { string_value: "0.0" }' in bls
+    # an option left out keeps the render default
+    assert "max_queue_delay_microseconds: 1000" in (out / "postprocessing" / "config.pbtxt").read_text()
+
+
 def test_serve_cli_prints_gpu_command(tmp_path, capsys):
     from koserve.cli import main
 

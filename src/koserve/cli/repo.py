@@ -24,15 +24,12 @@ def _render(args) -> int:
         bls_instances=args.bls_instances,
         preprocessing_instances=args.preprocessing_instances,
         force=args.force,
+    ).with_overrides(  # None: the render default
+        postprocessing_max_queue_delay_us=args.postprocessing_batch_delay_us,
+        bls_stream_send_share=args.bls_stream_send_share,
+        bls_stream_max_interval_us=args.bls_stream_max_interval_us,
+        bls_stream_max_wait_gaps=args.bls_stream_max_wait_gaps,
     )
-    if args.postprocessing_batch_delay_us is not None:
-        opts.postprocessing_max_queue_delay_us = args.postprocessing_batch_delay_us
-    if args.bls_stream_send_share is not None:
-        opts.bls_stream_send_share = args.bls_stream_send_share
-    if args.bls_stream_max_interval_us is not None:
-        opts.bls_stream_max_interval_us = args.bls_stream_max_interval_us
-    if args.bls_stream_max_wait_gaps is not None:
-        opts.bls_stream_max_wait_gaps = args.bls_stream_max_wait_gaps
     rendered = render_repository(opts)
     ctx = rendered.context
     print(

@@ -88,7 +88,8 @@ def text_inputs(
     return inputs
 
 
-def _grpc_inputs(inputs: dict[str, np.ndarray]):
+def grpc_inputs(inputs: dict[str, np.ndarray]):
+    """tritonclient ``InferInput`` objects for named arrays (object arrays as BYTES)."""
     import tritonclient.grpc as grpcclient  # noqa: PLC0415
     from tritonclient.utils import np_to_triton_dtype  # noqa: PLC0415
 
@@ -133,7 +134,7 @@ def grpc_stream(
     try:
         client.start_stream(callback=callback, stream_timeout=timeout)
         client.async_stream_infer(
-            model, _grpc_inputs(inputs), request_id=request_id, enable_empty_final_response=True,
+            model, grpc_inputs(inputs), request_id=request_id, enable_empty_final_response=True,
         )
         deadline = t0 + timeout
         count = 0

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import jinja2
@@ -74,6 +74,10 @@ class RenderOptions:
     bls_stream_max_wait_gaps: float = DEFAULT_MAX_WAIT_GAPS  # the same in engine gaps (0: no such limit)
     stream_idle_timeout_s: float = 60.0
     force: bool = False
+
+    def with_overrides(self, **values) -> "RenderOptions":
+        """A copy with the given fields set, except those given as None (None: keep the default)."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
 
 
 @dataclass(frozen=True)

@@ -93,15 +93,12 @@ def serve_cpu(
             max_batch_size=max_batch_size,
             bls_instances=bls_instances,
             force=True,
+        ).with_overrides(  # None: the render default
+            postprocessing_max_queue_delay_us=postprocessing_max_queue_delay_us,
+            bls_stream_send_share=bls_stream_send_share,
+            bls_stream_max_interval_us=bls_stream_max_interval_us,
+            bls_stream_max_wait_gaps=bls_stream_max_wait_gaps,
         )
-        if postprocessing_max_queue_delay_us is not None:  # None: the render default
-            opts.postprocessing_max_queue_delay_us = postprocessing_max_queue_delay_us
-        if bls_stream_send_share is not None:
-            opts.bls_stream_send_share = bls_stream_send_share
-        if bls_stream_max_interval_us is not None:
-            opts.bls_stream_max_interval_us = bls_stream_max_interval_us
-        if bls_stream_max_wait_gaps is not None:
-            opts.bls_stream_max_wait_gaps = bls_stream_max_wait_gaps
         rendered = render_repository(opts)
         server = TritonServer.cpu(
             ServerOptions(rendered.path, host=host, http_port=http_port, grpc_port=grpc_port,
