@@ -6,7 +6,7 @@ with its own :class:`TextStream` — so the text is exact (whole characters, spa
 text level) whatever the client sends, request id or not.
 
 Threads, no asyncio: ``execute`` (Triton's) admits requests and returns; the engine client's reader thread
-(:mod:`koserve.serving.engine_client`) turns each engine response into text on the request's :class:`_Run` and sends
+(:mod:`koserve.serving.engine_h2`) turns each engine response into text on the request's :class:`_Run` and sends
 the responses that are due (:class:`~koserve.serving.outbox.StreamOutbox`, whose own thread sends only while the
 reader is quiet); a watch thread polls cancellation.
 
@@ -40,11 +40,11 @@ from koserve.errors import InvalidRequestError, KoserveError
 from koserve.serving.engine_client import (
     EngineChunk,
     EngineError,
-    GrpcEngineClient,
     PbEngineClient,
     grpc_url_from_cmdline,
     own_grpc_url,
 )
+from koserve.serving.engine_h2 import H2EngineClient
 from koserve.serving.outbox import (
     DEFAULT_MAX_INTERVAL_US,
     DEFAULT_MAX_WAIT_GAPS,
@@ -195,7 +195,8 @@ class BlsModel:
         wait_gaps = _setting(params, "stream_max_wait_gaps", DEFAULT_MAX_WAIT_GAPS, float, 0.0, MAX_WAIT_GAPS_LIMIT)
         self.outbox = StreamOutbox(share, max_interval / 1e6, lambda: len(self._runs), wait_gaps)
         self.engine = (
-            GrpcEngineClient(url, self.settings.engine_model, after_each=self.outbox.send_due)
+            H2EngineClient(url, self.settings.engine_model, after_each=self.outbox.send_due,
+                           hold_interval=self.outbox.interval)
             if transport == "grpc"
             else PbEngineClient(pb, self.settings.engine_model, int(os.environ.get("KOSERVE_BLS_THREADS", "256")))
         )

@@ -1,15 +1,14 @@
 """How the ``tensorrt_llm_bls`` model calls the engine model (``tensorrt_llm``) of its own server.
 
-Both clients take a request (tensors, requested outputs, an id unique among the requests in flight) and a handler,
+The clients take a request (tensors, requested outputs, an id unique among the requests in flight) and a handler,
 and call ``handler.on_chunk(EngineChunk)`` for every engine response (the last one has ``final``) or
 ``handler.on_error(message, invalid)`` once, from their own threads. ``stop(request_id)`` sends TensorRT-LLM's
 ``stop`` request for a request in flight.
 
-- :class:`GrpcEngineClient` (default): ONE ``ModelStreamInfer`` stream over the server's own gRPC endpoint on
-  loopback carries every request of the model; one reader thread (sync gRPC, which waits without the GIL) routes the
-  responses by request id — Triton puts the id on every response of a stream, errors included. No asyncio, no
-  per-request call objects: per engine response, one protobuf parse and one handler call. ``stop`` goes over a call
-  of its own so that its answer never reaches the shared stream.
+- :class:`~koserve.serving.engine_h2.H2EngineClient` (default): ONE ``ModelStreamInfer`` stream over the server's
+  own gRPC endpoint on loopback carries every request of the model; one reader thread owns the connection and routes
+  the responses by request id (:func:`route_response`) — Triton puts the id on every response of a stream, errors
+  included. ``stop`` goes on a stream of its own so that its answer never reaches the shared one.
 - :class:`PbEngineClient`: Triton's python-backend BLS (``exec(decoupled=True)``), a thread per request blocking on
   the response iterator. For servers without a gRPC endpoint; measured unstable under 64-stream load on Triton 2.51
   (the stub aborted with ``malloc(): unaligned ... chunk``).
@@ -19,12 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -33,7 +30,6 @@ from koserve.errors import KoserveError
 from koserve.serving.postprocess import tokens_of
 
 log = logging.getLogger("koserve")
-STOP_TIMEOUT_S = 10.0
 
 
 class EngineError(KoserveError):
@@ -172,113 +168,7 @@ def chunk_of(get, final: bool) -> EngineChunk:
 _EMPTY_IDS = np.zeros((0,), dtype=np.int32)
 
 
-class _SharedStream:
-    """One ``ModelStreamInfer`` call and the handlers of the requests sent on it."""
-
-    def __init__(self, stub):
-        self.requests: queue.SimpleQueue = queue.SimpleQueue()
-        self.routes: dict[str, EngineHandler] = {}
-        self.alive = True
-        self.call = stub.ModelStreamInfer(iter(self.requests.get, None))
-
-
-class GrpcEngineClient:
-    """The engine over the server's own gRPC endpoint: one shared stream, one reader thread (see module doc)."""
-
-    def __init__(self, url: str, model: str, after_each: Callable[[], None] | None = None):
-        self.url, self.model = url, model
-        self._after_each = after_each  # called on the reader thread after each engine response
-        self._lock = threading.Lock()
-        self._stub = None
-        self._channel = None
-        self._stream: _SharedStream | None = None
-        self._closed = False
-
-    def _ensure_stub(self):
-        if self._stub is None:
-            import grpc  # noqa: PLC0415
-            from tritonclient.grpc import service_pb2_grpc  # noqa: PLC0415
-
-            opts = [("grpc.max_receive_message_length", 2**31 - 1), ("grpc.max_send_message_length", 2**31 - 1)]
-            self._channel = grpc.insecure_channel(self.url, options=opts)
-            self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
-        return self._stub
-
-    def in_flight(self, request_id: str) -> bool:
-        stream = self._stream
-        return stream is not None and request_id in stream.routes
-
-    def submit(self, request_id: str, tensors: dict[str, np.ndarray], outputs: list[str],
-               handler: EngineHandler) -> None:
-        """Send a request (``request_id`` must not be in flight); its responses go to ``handler``."""
-        message = request_proto(self.model, tensors, outputs, request_id)
-        with self._lock:
-            if self._closed:
-                raise EngineError("tensorrt_llm_bls is shutting down", invalid=False)
-            stream = self._stream
-            if stream is None or not stream.alive:
-                stream = _SharedStream(self._ensure_stub())
-                self._stream = stream
-                threading.Thread(target=self._read, args=(stream,), name="koserve-engine-reader", daemon=True).start()
-            if request_id in stream.routes:
-                raise KoserveError(f"engine request id {request_id!r} is already in flight")
-            stream.routes[request_id] = handler
-        stream.requests.put(message)
-
-    def _read(self, stream: _SharedStream) -> None:
-        reason = "the engine stream ended"
-        routes = stream.routes
-        after_each = self._after_each
-        try:
-            for message in stream.call:
-                _route(message, routes)
-                if after_each is not None:
-                    _call(after_each)
-        except Exception as exc:  # noqa: BLE001 - grpc.RpcError and the like: every request on it fails
-            details = getattr(exc, "details", None)
-            reason = f"the engine stream failed: {(details() if callable(details) else '') or exc}"
-        with self._lock:
-            stream.alive = False
-            if self._stream is stream:
-                self._stream = None
-            orphans = list(routes.values())
-            routes.clear()
-        stream.requests.put(None)
-        if orphans and not self._closed:
-            log.warning("tensorrt_llm_bls: %s with %d requests in flight", reason, len(orphans))
-        for handler in orphans:
-            _call(handler.on_error, f"tensorrt_llm_bls: {reason}", False)
-
-    def stop(self, request_id: str) -> None:
-        """Send TensorRT-LLM's ``stop`` for ``request_id`` on a call of its own, in the background."""
-        stub = self._ensure_stub()
-        message = request_proto(self.model, stop_tensors(), ["output_ids"], request_id)
-
-        def work():
-            try:
-                call = stub.ModelStreamInfer(iter([message]), timeout=STOP_TIMEOUT_S)
-                for reply in call:
-                    final = reply.infer_response.parameters.get("triton_final_response")
-                    if reply.error_message or (final is not None and final.bool_param):
-                        call.cancel()
-                        return
-            except Exception as exc:  # noqa: BLE001 - the request may have ended meanwhile
-                log.debug("tensorrt_llm_bls: stop %s: %s", request_id, exc)
-
-        threading.Thread(target=work, name="koserve-engine-stop", daemon=True).start()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            stream, self._stream = self._stream, None
-        if stream is not None:
-            stream.requests.put(None)
-            stream.call.cancel()
-        if self._channel is not None:
-            self._channel.close()
-
-
-def _route(message, routes: dict[str, EngineHandler]) -> None:
+def route_response(message, routes: dict[str, EngineHandler]) -> None:
     """Hand one ``ModelStreamInferResponse`` to the handler of its request id (and forget the id on its last one)."""
     response = message.infer_response
     handler = routes.get(response.id)
@@ -286,19 +176,20 @@ def _route(message, routes: dict[str, EngineHandler]) -> None:
         return  # a request already answered (e.g. its client went away): drop the rest
     if message.error_message:
         del routes[response.id]
-        _call(handler.on_error, message.error_message, looks_invalid(message.error_message))
+        call_handler(handler.on_error, message.error_message, looks_invalid(message.error_message))
         return
     final_param = response.parameters.get("triton_final_response")
     final = bool(final_param is not None and final_param.bool_param)
     if final:
         del routes[response.id]
     if response.outputs:
-        _call(handler.on_chunk, chunk_from_proto(response, final))
+        call_handler(handler.on_chunk, chunk_from_proto(response, final))
     elif final:
-        _call(handler.on_chunk, EngineChunk(_EMPTY_IDS, final=True))
+        call_handler(handler.on_chunk, EngineChunk(_EMPTY_IDS, final=True))
 
 
-def _call(fn, *args) -> None:
+def call_handler(fn, *args) -> None:
+    """Call a handler; log (never raise) what it raises: one request's handler must not stop a reader."""
     try:
         fn(*args)
     except Exception:  # noqa: BLE001 - one request's handler must not stop the reader
@@ -337,19 +228,19 @@ class PbEngineClient:
             for response in self._request(tensors, outputs, request_id).exec(decoupled=True):
                 if response.has_error():
                     msg = response.error().message()
-                    _call(handler.on_error, msg, looks_invalid(msg))
+                    call_handler(handler.on_error, msg, looks_invalid(msg))
                     return
                 if pb.get_output_tensor_by_name(response, "output_ids") is None:
                     continue  # an empty (final) response
                 if held is not None:
-                    _call(handler.on_chunk, held)
+                    call_handler(handler.on_chunk, held)
                 held = chunk_of(lambda n, r=response: _as_numpy(pb, r, n), False)
             if held is None:
                 held = EngineChunk(_EMPTY_IDS)
             held.final = True
-            _call(handler.on_chunk, held)
+            call_handler(handler.on_chunk, held)
         except Exception as exc:  # noqa: BLE001
-            _call(handler.on_error, f"tensorrt_llm_bls: {type(exc).__name__}: {exc}", False)
+            call_handler(handler.on_error, f"tensorrt_llm_bls: {type(exc).__name__}: {exc}", False)
         finally:
             with self._lock:
                 self._in_flight.discard(request_id)
