@@ -141,7 +141,7 @@ def test_render_cpu_repository(tmp_path):
     assert 'name: "num_output_tokens"' in bls
     assert 'key: "stream_send_share"\n  value: { string_value: "0.25" }' in bls
     assert 'key: "stream_max_interval_us"\n  value: { string_value: "100000" }' in bls
-    assert 'key: "stream_max_wait_gaps"\n  value: { string_value: "3.0" }' in bls
+    assert 'key: "stream_max_wait_gaps"\n  value: { string_value: "1.5" }' in bls
     with pytest.raises(ConfigError, match="already exists"):
         render_repository(RenderOptions(profile="komt-13b", tokenizer_dir=tokenizer_dir("llama2"),
                                         out=tmp_path / "r", replay=True))
