@@ -292,6 +292,11 @@ def main() -> int:
               f"{ctx.get('bls_stream_send_share')}, max interval {ctx.get('bls_stream_max_interval_us')} us or "
               f"{ctx.get('bls_stream_max_wait_gaps')} engine gaps; server autogroup "
               f"{autogroup}; client {args.client})", flush=True)
+        if args.protocol == "http":
+            from koserve.serving.http_queue import http_response_queue_capacity
+
+            print(f"Triton HTTP frontend: {http_response_queue_capacity()} streamed responses queue per HTTP thread "
+                  "before it drops one (net.core.wmem_default; docs/serving.md)", flush=True)
         run(ep.grpc_url, "ensemble", 4, 10, args.timeout)  # warm-up
         expected = reference_text(ep, args.tokens, args.timeout)
         for streams in args.concurrency:

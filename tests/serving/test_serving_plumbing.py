@@ -118,3 +118,32 @@ def test_registry_reset_forgets_a_stopped_stream():
     assert reg.decode("same", ids) == ""  # the id's stream has stopped: this is what a reused id used to get
     reg.reset("same")
     assert "".join(reg.decode("same", [i]) for i in ids).strip() == "안녕"
+
+
+def test_http_response_queue_capacity_follows_the_send_buffer():
+    from koserve.serving.http_queue import http_response_queue_capacity
+
+    small, large = http_response_queue_capacity(sndbuf=8192), http_response_queue_capacity(sndbuf=65536)
+    assert 0 < small < large
+    assert http_response_queue_capacity(sndbuf=65536, limit=5) == 5
+
+
+@pytest.mark.parametrize(
+    ("extra", "capacity", "warned"),
+    [
+        ((), 278, True),
+        ((), 5462, False),
+        (("--allow-http=false",), 278, False),
+        (("--allow-http", "0"), 278, False),
+        (("--allow-http=true",), 278, True),
+    ],
+)
+def test_http_stream_warning(extra, capacity, warned):
+    from koserve.serving.http_queue import http_stream_warning
+
+    warning = http_stream_warning(extra, capacity=capacity)
+    if not warned:
+        assert warning is None
+        return
+    assert f"only {capacity} streamed responses" in warning
+    assert "net.core.wmem_default=" in warning and "gRPC" in warning and "tensorrt_llm_bls" in warning

@@ -34,7 +34,7 @@ def build_server(args):
     repo = Path(args.repo).expanduser().resolve()
     if not repo.is_dir():
         raise ConfigError(f"--repo {repo} does not exist (render one with `koserve repo render`)")
-    extra = tuple(a for a in args.extra if a != "--") if args.extra else ()
+    extra = server_extra_args(args)
     grace = args.stop_grace if args.stop_grace is not None else default_stop_grace(extra)
     if grace < 0:
         raise ConfigError(f"--stop-grace must be >= 0 seconds, got {grace}")
@@ -64,7 +64,14 @@ def build_server(args):
     )
 
 
+def server_extra_args(args) -> tuple[str, ...]:
+    """The tritonserver arguments given after ``--``."""
+    return tuple(a for a in args.extra if a != "--") if args.extra else ()
+
+
 def _serve(args) -> int:
+    from koserve.serving.http_queue import http_stream_warning
+
     server = build_server(args)
     if args.print_command:
         print(shlex.join(server.cmd))
@@ -81,6 +88,9 @@ def _serve(args) -> int:
             f"  metrics {server.metrics_url}\n  log     {server.log_path}",
             file=sys.stderr, flush=True,
         )
+        warning = http_stream_warning(server_extra_args(args))
+        if warning:
+            print(f"koserve: {warning}", file=sys.stderr, flush=True)
         code = server.wait()
         print(f"koserve: tritonserver exited with code {code}", file=sys.stderr)
         return code or 0
