@@ -45,6 +45,7 @@ from koserve.serving.engine_client import (
     own_grpc_url,
 )
 from koserve.serving.engine_h2 import H2EngineClient
+from koserve.serving.guarded_sender import GuardedSender
 from koserve.serving.outbox import (
     DEFAULT_MAX_INTERVAL_US,
     DEFAULT_MAX_WAIT_GAPS,
@@ -102,11 +103,7 @@ class _Run:
         return self.model.response(text, self.req, log_probs, cum_log_prob, tokens)
 
     def _send(self, response, final: bool) -> None:
-        flags = self.model.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
-        if response is None:
-            self.sender.send(flags=flags)
-        else:
-            self.sender.send(response, flags=flags)
+        self.sender.send(response, flags=self.model.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0)
 
     def on_chunk(self, chunk: EngineChunk) -> None:
         now = time.monotonic()
@@ -246,7 +243,8 @@ class BlsModel:
     def admit(self, request) -> None:
         pb = self.pb
         final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        sender = request.get_response_sender()
+        # every send and is_cancelled() of this request goes through one lock (see koserve.serving.guarded_sender)
+        sender = GuardedSender(request.get_response_sender(), final)
         try:
             req = parse_generation_request(read_inputs(pb, request, INPUT_NAMES))
             prepared = self.pre.for_request(req)
@@ -277,7 +275,7 @@ class BlsModel:
                 runs = list(self._runs)
             for run in runs:
                 try:
-                    if not run.done and run.sender.is_cancelled():
+                    if not run.done and run.sender.is_cancelled():  # False once the final response is sent
                         run.cancel()
                 except Exception as exc:  # noqa: BLE001 - keep watching the others
                     log.debug("tensorrt_llm_bls: is_cancelled failed: %s", exc)
