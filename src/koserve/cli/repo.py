@@ -43,6 +43,8 @@ def _render(args) -> int:
 
 
 def register(subparsers) -> None:
+    from koserve.serving.outbox import DEFAULT_MAX_WAIT_GAPS
+
     repo = subparsers.add_parser("repo", help="Triton model repository tools")
     sub = repo.add_subparsers(dest="repo_command", metavar="SUBCOMMAND")
     p = sub.add_parser(
@@ -78,6 +80,6 @@ def register(subparsers) -> None:
                    help="BLS: longest wait between two responses of a stream in µs (default 100000)")
     p.add_argument("--bls-stream-max-wait-gaps", type=float, default=None,
                    help="BLS: longest wait between two responses of a stream in multiples of the engine's average "
-                   "gap between two of its responses (default 3; 0: no such limit)")
+                   f"gap between two of its responses (default {DEFAULT_MAX_WAIT_GAPS}; 0: no such limit)")
     p.set_defaults(func=_render)
     repo.set_defaults(func=lambda args: repo.print_help() or 2)
