@@ -248,7 +248,8 @@ def main() -> int:
     ap.add_argument("--bls-stream-max-interval-us", type=int, default=None,
                     help="BLS: longest wait between two responses of a stream (default 100000)")
     ap.add_argument("--bls-stream-max-wait-gaps", type=float, default=None,
-                    help="BLS: the same in multiples of the engine's average gap per stream (default: the render default; 0: off)")
+                    help="BLS: the same in multiples of the engine's average gap per stream "
+                    "(default: the render default; 0: off)")
     ap.add_argument("--server-arg", action="append", default=[], help="extra tritonserver argument (repeatable)")
     ap.add_argument("--client", choices=["asyncio", "threads"], default="asyncio",
                     help="gRPC client: one asyncio event loop for all streams, or a thread per stream")

@@ -136,6 +136,7 @@ def test_http_response_queue_capacity_follows_the_send_buffer():
         (("--allow-http=false",), 278, False),
         (("--allow-http", "0"), 278, False),
         (("--allow-http=true",), 278, True),
+        (("--allow-http=false", "--allow-http", "true"), 278, True),  # tritonserver takes the last one
     ],
 )
 def test_http_stream_warning(extra, capacity, warned):

@@ -1,10 +1,11 @@
 """A decoupled model's response sender that is never asked ``is_cancelled()`` once its final response is sent.
 
-Triton's python backend (2.51, and its code unchanged through 25.12) answers ``is_cancelled()`` in the server with
-``TRITONBACKEND_ResponseFactoryIsCancelled`` on the request's response factory, which the server frees when the final
-response is sent; the stub does not check for that. A check on one thread racing the final send on another made
-tritonserver die with SIGSEGV in ``TRITONBACKEND_ResponseFactoryIsCancelled`` (the BLS at 64 HTTP streams). Sends and
-checks of one request are serialized here, and a check after the final send answers False without asking.
+Triton's python backend (2.51; the newest python_backend source does the same) answers ``is_cancelled()`` in the
+server with ``TRITONBACKEND_ResponseFactoryIsCancelled`` on the request's response factory, which the server frees
+when the final response is sent; the stub does not check for that. A check on one thread racing the final send on
+another made tritonserver die with SIGSEGV in ``TRITONBACKEND_ResponseFactoryIsCancelled`` (the BLS at 64 HTTP
+streams). Sends and checks of one request are serialized here, and a check after the final send answers False
+without asking.
 """
 
 from __future__ import annotations

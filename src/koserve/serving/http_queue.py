@@ -5,14 +5,16 @@ the connection's libevhtp thread with ``evthr_defer``: a 17-byte command sent ov
 When that socket's send buffer is full the send fails and Triton ignores the failure, so the response's write (or the
 stream's start or end) never happens: the client sees a stream that closes without its last text, or one that never
 starts or never ends. New connections go to the first thread with an empty queue, so at load most streams share one
-thread. The buffer is the host's ``net.core.wmem_default`` (212992 bytes: 278 commands on this project's Linux 6.18 VMs, measured), and
-the ensemble queues one command per token per stream. docs/serving.md has the measurements.
+thread. The buffer is the host's ``net.core.wmem_default`` (212992 bytes: 278 commands on this project's Linux 6.18
+VMs, measured), and the ensemble queues one command per token per stream. docs/serving.md has the measurements.
 """
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
+
+from koserve.serving.tritonserver import tritonserver_arg
 
 EVHTP_COMMAND_BYTES = 17  # libevhtp's packed evthr_cmd: a stop byte, an argument and a callback pointer
 WMEM_DEFAULT = Path("/proc/sys/net/core/wmem_default")
@@ -48,17 +50,8 @@ def http_response_queue_capacity(sndbuf: int | None = None, limit: int = 100_000
 
 def http_allowed(extra_args: tuple[str, ...] | list[str]) -> bool:
     """False when the tritonserver arguments turn the HTTP endpoint off."""
-    args = list(extra_args)
-    for i, arg in enumerate(args):
-        if arg.startswith("--allow-http="):
-            value = arg.split("=", 1)[1]
-        elif arg == "--allow-http" and i + 1 < len(args):
-            value = args[i + 1]
-        else:
-            continue
-        if value.strip().lower() in ("false", "0", "no", "off"):
-            return False
-    return True
+    value = tritonserver_arg(extra_args, "--allow-http")
+    return value is None or value.strip().lower() not in ("false", "0", "no", "off")
 
 
 def http_stream_warning(extra_args: tuple[str, ...] | list[str] = (), capacity: int | None = None) -> str | None:

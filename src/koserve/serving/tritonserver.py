@@ -287,15 +287,21 @@ def gpu_command(
 DEFAULT_STOP_GRACE_S = 15.0
 
 
-def exit_timeout_from_args(args: tuple[str, ...] | list[str]) -> float | None:
-    """The ``--exit-timeout-secs`` value in tritonserver arguments (``--exit-timeout-secs=N`` or ``... N``)."""
+def tritonserver_arg(args: tuple[str, ...] | list[str], name: str) -> str | None:
+    """The value of option ``name`` (``--name=V`` or ``--name V``) in tritonserver arguments; the last one wins."""
     value = None
     items = list(args)
     for i, arg in enumerate(items):
-        if arg.startswith("--exit-timeout-secs="):
+        if arg.startswith(f"{name}="):
             value = arg.split("=", 1)[1]
-        elif arg == "--exit-timeout-secs" and i + 1 < len(items):
+        elif arg == name and i + 1 < len(items):
             value = items[i + 1]
+    return value
+
+
+def exit_timeout_from_args(args: tuple[str, ...] | list[str]) -> float | None:
+    """The ``--exit-timeout-secs`` value in tritonserver arguments (``--exit-timeout-secs=N`` or ``... N``)."""
+    value = tritonserver_arg(args, "--exit-timeout-secs")
     if value is None:
         return None
     try:
