@@ -192,6 +192,46 @@ def deprioritize_server(pid, nice):
         return f"unchanged ({exc.strerror})"
 
 
+def build_http_queue_probe(workdir: Path) -> Path:
+    """Compile scripts/evthr_defer_probe.c (an LD_PRELOAD library for the server) with ``$CC`` or ``cc``."""
+    import os
+    import subprocess
+
+    out = workdir / "evthr_defer_probe.so"
+    cmd = [os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O2", "-o", str(out),
+           str(Path(__file__).with_name("evthr_defer_probe.c")), "-ldl"]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"--probe-http-queue needs a C compiler: {' '.join(cmd)} failed: "
+                         f"{getattr(exc, 'stderr', '') or exc}") from None
+    return out
+
+
+def http_queue_probe_report(log_text: str) -> str:
+    """What the probe logged: the deepest any HTTP thread's command queue got, and the sends Triton lost."""
+    import fcntl
+    import re
+    import socket
+    import struct
+    import termios
+
+    from koserve.serving.http_queue import EVHTP_COMMAND_BYTES, http_response_queue_capacity
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:  # what one queued command occupies in the send queue (SIOCOUTQ = TIOCOUTQ)
+        a.send(b"\0" * EVHTP_COMMAND_BYTES)
+        per_command = struct.unpack("i", fcntl.ioctl(a.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    finally:
+        a.close()
+        b.close()
+    peaks = [int(x) for x in re.findall(r"koserve-probe: queue peak (\d+) bytes", log_text)]
+    failed = len(re.findall(r"koserve-probe: send failed", log_text))
+    peak = max(peaks, default=0)
+    return (f"Triton HTTP thread queue (probe): peak {peak // max(per_command, 1)} of "
+            f"{http_response_queue_capacity()} responses ({peak} bytes), failed sends {failed}")
+
+
 def measure(ep, model, streams, args, http_url=None):
     """One run of ``streams`` concurrent streams with the client ``args.client`` (HTTP: always threads)."""
     if http_url is None and args.client == "asyncio":
@@ -256,6 +296,9 @@ def main() -> int:
     ap.add_argument("--server-autogroup-nice", type=int, default=5,
                     help="nice of the server's scheduler autogroup (Linux, sched_autogroup_enabled=1), so the kernel "
                     "does not starve the measuring client (0: leave it; 5: measured to remove stalls of 200-770 ms)")
+    ap.add_argument("--probe-http-queue", action="store_true",
+                    help="run the server with scripts/evthr_defer_probe.c preloaded (needs cc) and report how deep "
+                    "Triton's HTTP thread queue got and how many responses it dropped (with --protocol http)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     import signal
@@ -280,12 +323,16 @@ def main() -> int:
     text_file = Path(tempfile.mkdtemp(prefix="koserve-bench-")) / "replay.txt"
     text_file.write_text(" ".join([BUILTIN_REPLAY_TEXT] * max(1, args.tokens // 60 + 1)), encoding="utf-8")
     rows, stability = [], []
+    if args.probe_http_queue:  # inherited by the server only: the variable is removed once it runs
+        os.environ["LD_PRELOAD"] = str(build_http_queue_probe(text_file.parent))
     with serve_cpu(args.profile, "replay", replay_delay_ms=0.0, max_batch_size=64, replay_text_file=text_file,
                    postprocessing_max_queue_delay_us=args.postprocessing_batch_delay_us,
                    bls_stream_send_share=args.bls_stream_send_share,
                    bls_stream_max_interval_us=args.bls_stream_max_interval_us,
                    bls_stream_max_wait_gaps=args.bls_stream_max_wait_gaps,
                    extra_args=tuple(args.server_arg)) as ep:
+        if args.probe_http_queue:
+            os.environ.pop("LD_PRELOAD", None)
         autogroup = deprioritize_server(ep.server.process.pid, args.server_autogroup_nice)
         ctx = _repo_context(ep.repo)
         print(f"server up: {ep.grpc_url} (replay, zero delay, {args.profile}, postprocessing batch delay "
@@ -319,7 +366,7 @@ def main() -> int:
                 http = ep.http_url if args.protocol == "http" else None
                 row = measure(ep, model, args.stability_streams, args, http)
                 # a Triton that aborted can hang in its own signal handler: alive as a process, not answering
-                alive = ep.server.is_ready() and "Signal (6) received" not in ep.server.log_tail(200)
+                alive = ep.server.is_ready() and "Signal (" not in ep.server.log_tail(200)
                 exact = row["texts"] == {expected}
                 stability.append({"run": i, "model": model, "ok": row["ok"], "hung": row["hung"], "alive": alive,
                                   "exact": exact, "tokens_per_s": row["tokens_per_s"], "errors": row["errors"]})
@@ -330,6 +377,8 @@ def main() -> int:
                     break
             if not alive:
                 break
+        if args.probe_http_queue:
+            print(http_queue_probe_report(Path(ep.log_path).read_text(errors="replace")), flush=True)
 
     table = summarize(rows, args.paths, args.concurrency)
     print(f"\n| path | streams | tokens/s (median of {args.repeat}; min–max) | TTFT p50 / p99 (ms) | gap p50 / p99 (ms) "
