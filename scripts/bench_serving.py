@@ -63,17 +63,14 @@ def stream_inputs(model, tokens):
     return text_inputs(PROMPT, tokens), "text_output"
 
 
-async def _aio_streams(url, model, streams, tokens, timeout):
-    """All streams on one asyncio event loop (tritonclient.grpc.aio, one channel); also measures the loop's own
-    lag (a 10 ms ticker), so a reader can tell the client's stalls from the server's."""
+async def _aio_streams(url, model, streams, tokens, timeout, http_url=None):
+    """All streams on one asyncio event loop — gRPC (tritonclient.grpc.aio, one channel) or, with ``http_url``, HTTP
+    ``generate_stream`` (httpx, a connection per stream); also measures the loop's own lag (a 10 ms ticker), so a
+    reader can tell the client's stalls from the server's."""
     import asyncio
-
-    import tritonclient.grpc.aio as aioclient
 
     from koserve.serving.rawclient import StreamResult, grpc_inputs
 
-    inputs, output = stream_inputs(model, tokens)
-    client = aioclient.InferenceServerClient(url)
     lags, ticking = [], True
 
     async def ticker():
@@ -82,17 +79,20 @@ async def _aio_streams(url, model, streams, tokens, timeout):
             await asyncio.sleep(0.01)
             lags.append(time.perf_counter() - t - 0.01)
 
-    async def one():
-        res = StreamResult()
+    if http_url is None:
+        import tritonclient.grpc.aio as aioclient
 
-        async def requests():
-            yield {"model_name": model, "inputs": grpc_inputs(inputs), "request_id": uuid.uuid4().hex,
-                   "enable_empty_final_response": True}
+        inputs, output = stream_inputs(model, tokens)
+        client = aioclient.InferenceServerClient(url)
+        close = client.close
 
-        t0 = time.perf_counter()
-        responses = client.stream_infer(requests())
-        try:
-            async with asyncio.timeout(timeout):
+        async def read(res, t0):
+            async def requests():
+                yield {"model_name": model, "inputs": grpc_inputs(inputs), "request_id": uuid.uuid4().hex,
+                       "enable_empty_final_response": True}
+
+            responses = client.stream_infer(requests())
+            try:
                 async for result, error in responses:
                     at = time.perf_counter()
                     if error is not None:
@@ -100,10 +100,33 @@ async def _aio_streams(url, model, streams, tokens, timeout):
                         break
                     if res.add_grpc(result, output, at - t0):
                         break
+            finally:
+                responses.cancel()  # ends the gRPC call (a no-op after the final response)
+    else:
+        import httpx
+
+        client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=streams + 1))
+        close = client.aclose
+        body = {"text_input": PROMPT, "max_tokens": tokens, "stream": True}
+
+        async def read(res, t0):
+            async with client.stream("POST", f"{http_url}/v2/models/{model}/generate_stream",
+                                     json={**body, "id": uuid.uuid4().hex}) as resp:
+                if resp.status_code != 200:
+                    await resp.aread()
+                    res.error = f"HTTP {resp.status_code}: {resp.text}"
+                    return
+                async for line in resp.aiter_lines():
+                    if res.add_sse(line, time.perf_counter() - t0):
+                        break
+
+    async def one():
+        res = StreamResult()
+        try:
+            async with asyncio.timeout(timeout):
+                await read(res, time.perf_counter())
         except TimeoutError:
             res.error = f"timeout after {timeout} s"
-        finally:
-            responses.cancel()  # ends the gRPC call (a no-op after the final response)
         return res
 
     tick = asyncio.ensure_future(ticker())
@@ -112,14 +135,14 @@ async def _aio_streams(url, model, streams, tokens, timeout):
     wall = time.perf_counter() - t0
     ticking = False
     await tick
-    await client.close()
+    await close()
     return results, wall, lags
 
 
-def run_aio(url, model, streams, tokens, timeout):
+def run_aio(url, model, streams, tokens, timeout, http_url=None):
     import asyncio
 
-    results, wall, lags = asyncio.run(_aio_streams(url, model, streams, tokens, timeout))
+    results, wall, lags = asyncio.run(_aio_streams(url, model, streams, tokens, timeout, http_url))
     return summarize_run(model, streams, tokens, results, wall, 0, lags)
 
 
@@ -233,9 +256,9 @@ def http_queue_probe_report(log_text: str) -> str:
 
 
 def measure(ep, model, streams, args, http_url=None):
-    """One run of ``streams`` concurrent streams with the client ``args.client`` (HTTP: always threads)."""
-    if http_url is None and args.client == "asyncio":
-        return run_aio(ep.grpc_url, model, streams, args.tokens, args.timeout)
+    """One run of ``streams`` concurrent streams with the client ``args.client`` (over HTTP with ``http_url``)."""
+    if args.client == "asyncio":
+        return run_aio(ep.grpc_url, model, streams, args.tokens, args.timeout, http_url)
     return run(ep.grpc_url, model, streams, args.tokens, args.timeout, http_url)
 
 
@@ -292,7 +315,7 @@ def main() -> int:
                     "(default: the render default; 0: off)")
     ap.add_argument("--server-arg", action="append", default=[], help="extra tritonserver argument (repeatable)")
     ap.add_argument("--client", choices=["asyncio", "threads"], default="asyncio",
-                    help="gRPC client: one asyncio event loop for all streams, or a thread per stream")
+                    help="client: one asyncio event loop for all streams, or a thread per stream (gRPC and HTTP)")
     ap.add_argument("--server-autogroup-nice", type=int, default=5,
                     help="nice of the server's scheduler autogroup (Linux, sched_autogroup_enabled=1), so the kernel "
                     "does not starve the measuring client (0: leave it; 5: measured to remove stalls of 200-770 ms)")

@@ -56,6 +56,27 @@ class StreamResult:
         final = response.parameters.get("triton_final_response")
         return final is not None and final.bool_param
 
+    def add_sse(self, line: str, elapsed: float) -> bool:
+        """Keep the piece of one HTTP ``generate_stream`` line that arrived ``elapsed`` s after the request (other
+        SSE lines are ignored); returns whether it carried an error (kept in ``error``)."""
+        if not line.startswith("data:"):
+            return False
+        data = line[5:].strip()
+        self.raw.append(data)
+        obj = json.loads(data)  # strict: invalid UTF-8 from the server would fail here
+        if "error" in obj:
+            self.error = obj["error"]
+            return True
+        piece = obj.get("text_output")
+        if isinstance(piece, list):
+            piece = piece[0] if piece else ""
+        if piece is not None:
+            self.pieces.append(piece)
+            self.times.append(elapsed)
+            count = obj.get("num_output_tokens", 1)
+            self.tokens.append(int(count[0] if isinstance(count, list) else count))
+        return False
+
 
 def text_inputs(
     prompt: str,
@@ -185,25 +206,12 @@ def http_generate_stream(
                 res.error = f"HTTP {resp.status_code}: {resp.text}"
                 return res
             for line in resp.iter_lines():
-                if time.perf_counter() - t0 > timeout:
+                elapsed = time.perf_counter() - t0
+                if elapsed > timeout:
                     res.error = f"timeout after {timeout} s"
                     break
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                res.raw.append(data)
-                obj = json.loads(data)  # strict: invalid UTF-8 from the server would fail here
-                if "error" in obj:
-                    res.error = obj["error"]
+                if res.add_sse(line, elapsed):
                     break
-                piece = obj.get("text_output")
-                if isinstance(piece, list):
-                    piece = piece[0] if piece else ""
-                if piece is not None:
-                    res.pieces.append(piece)
-                    res.times.append(time.perf_counter() - t0)
-                    count = obj.get("num_output_tokens", 1)
-                    res.tokens.append(int(count[0] if isinstance(count, list) else count))
     return res
 
 
