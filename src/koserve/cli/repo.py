@@ -43,7 +43,7 @@ def _render(args) -> int:
 
 
 def register(subparsers) -> None:
-    from koserve.serving.outbox import DEFAULT_MAX_WAIT_GAPS
+    from koserve.serving.stream_defaults import DEFAULT_MAX_INTERVAL_US, DEFAULT_MAX_WAIT_GAPS, DEFAULT_SEND_SHARE
 
     repo = subparsers.add_parser("repo", help="Triton model repository tools")
     sub = repo.add_subparsers(dest="repo_command", metavar="SUBCOMMAND")
@@ -75,9 +75,9 @@ def register(subparsers) -> None:
                    "1000, measured in docs/serving.md)")
     p.add_argument("--bls-stream-send-share", type=float, default=None,
                    help="BLS: share of time sending responses may take before a stream's tokens share one response "
-                   "(0: one response per engine response; default 0.25; docs/serving.md)")
+                   f"(0: one response per engine response; default {DEFAULT_SEND_SHARE}; docs/serving.md)")
     p.add_argument("--bls-stream-max-interval-us", type=int, default=None,
-                   help="BLS: longest wait between two responses of a stream in µs (default 100000)")
+                   help=f"BLS: longest wait between two responses of a stream in µs (default {DEFAULT_MAX_INTERVAL_US})")
     p.add_argument("--bls-stream-max-wait-gaps", type=float, default=None,
                    help="BLS: longest wait between two responses of a stream in multiples of the engine's average "
                    f"gap between two of its responses (default {DEFAULT_MAX_WAIT_GAPS}; 0: no such limit)")

@@ -46,19 +46,18 @@ from koserve.serving.engine_client import (
 )
 from koserve.serving.engine_h2 import H2EngineClient
 from koserve.serving.guarded_sender import GuardedSender
-from koserve.serving.outbox import (
+from koserve.serving.outbox import StreamOutbox, StreamReply
+from koserve.serving.params import GenerationRequest, parse_generation_request
+from koserve.serving.postprocess import TextStream
+from koserve.serving.preprocess import EngineInputs, Preprocessor
+from koserve.serving.settings import ModelSettings, model_parameters
+from koserve.serving.stream_defaults import (
     DEFAULT_MAX_INTERVAL_US,
     DEFAULT_MAX_WAIT_GAPS,
     DEFAULT_SEND_SHARE,
     MAX_INTERVAL_LIMIT_US,
     MAX_WAIT_GAPS_LIMIT,
-    StreamOutbox,
-    StreamReply,
 )
-from koserve.serving.params import GenerationRequest, parse_generation_request
-from koserve.serving.postprocess import TextStream
-from koserve.serving.preprocess import EngineInputs, Preprocessor
-from koserve.serving.settings import ModelSettings, model_parameters
 from koserve.serving.triton_io import bytes_tensor, error_response, read_inputs
 
 log = logging.getLogger("koserve")

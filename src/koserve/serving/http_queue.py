@@ -18,8 +18,8 @@ from koserve.serving.tritonserver import tritonserver_arg
 
 EVHTP_COMMAND_BYTES = 17  # libevhtp's packed evthr_cmd: a stop byte, an argument and a callback pointer
 WMEM_DEFAULT = Path("/proc/sys/net/core/wmem_default")
-# Below this many queued responses per HTTP thread, a 64-stream ensemble on a busy 2-core host overflowed (the queue
-# peaked at 235 with room for 5400, in ten clean runs); the warning threshold leaves a margin over that.
+# koserve serve warns below this room: 64 ensemble streams on a busy 2-core host overflowed the default 278 and, with
+# room for 5400, peaked at 235 (ten clean runs); 2048 keeps a wide margin over that peak.
 MIN_SAFE_CAPACITY = 2048
 RECOMMENDED_WMEM_DEFAULT = 4194304
 

@@ -31,15 +31,6 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger("koserve")
-# defaults of the model parameters stream_send_share / stream_max_interval_us (and render's bls_stream_* options)
-DEFAULT_SEND_SHARE = 0.25
-DEFAULT_MAX_INTERVAL_US = 100_000
-MAX_INTERVAL_LIMIT_US = 10_000_000
-# stream_max_wait_gaps: the longest wait between two responses of a stream, in engine gaps. 1.5: at 64 streams on the
-# 2-core VM ≈ 1.5–1.6 tokens per response, p99 gap 1.2–1.9 × the engine's own, 0.84–1.06 × its tokens/s (9 rounds);
-# 2 gave p99 gaps ≈ 2.2 ×, 1 cost a quarter of the tokens/s (docs/serving.md)
-DEFAULT_MAX_WAIT_GAPS = 1.5
-MAX_WAIT_GAPS_LIMIT = 1000.0
 ENGINE_GAP_WEIGHT = 0.01  # of one engine response in the moving average of the engine's per-stream gap
 READER_QUIET_S = 0.002  # the outbox thread sends only when the engine reader has not called send_due() for this long
 # the engine reader sends at most this many due replies per engine response: reading and sending interleave, so the

@@ -18,7 +18,7 @@ from pathlib import Path
 import jinja2
 
 from koserve.errors import ConfigError
-from koserve.serving.outbox import (
+from koserve.serving.stream_defaults import (
     DEFAULT_MAX_INTERVAL_US,
     DEFAULT_MAX_WAIT_GAPS,
     DEFAULT_SEND_SHARE,
