@@ -255,6 +255,37 @@ def http_queue_probe_report(log_text: str) -> str:
             f"{http_response_queue_capacity()} responses ({peak} bytes), failed sends {failed}")
 
 
+def cpu_seconds(server_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process ("client"), tritonserver and each python stub (by model)."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, used, names = {}, {}, {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        pid, fields = int(proc.name), stat[stat.rindex(")") + 2:].split()
+        parent[pid], used[pid] = int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+        model_py = next((a.decode() for a in argv if a.endswith(b"/1/model.py")), None)
+        names[pid] = Path(model_py).parent.parent.name if model_py else "tritonserver"
+    out = {"client": used.get(os.getpid(), 0.0), "tritonserver": used.get(server_pid, 0.0)}
+    for pid, ppid in parent.items():
+        if ppid == server_pid:  # the stubs are tritonserver's children
+            out[names[pid]] = out.get(names[pid], 0.0) + used[pid]
+    return out
+
+
+def cpu_per_token(before: dict[str, float], after: dict[str, float], tokens: int) -> str:
+    """µs of CPU per streamed token by process between two :func:`cpu_seconds` readings."""
+    spent = {k: after[k] - before.get(k, 0.0) for k in after}
+    return "  ".join(f"{k} {v / max(tokens, 1) * 1e6:.0f}" for k, v in sorted(spent.items()) if v > 0)
+
+
 def measure(ep, model, streams, args, http_url=None):
     """One run of ``streams`` concurrent streams with the client ``args.client`` (over HTTP with ``http_url``)."""
     if args.client == "asyncio":
@@ -322,6 +353,9 @@ def main() -> int:
     ap.add_argument("--probe-http-queue", action="store_true",
                     help="run the server with scripts/evthr_defer_probe.c preloaded (needs cc) and report how deep "
                     "Triton's HTTP thread queue got and how many responses it dropped (with --protocol http)")
+    ap.add_argument("--cpu-per-token", action="store_true",
+                    help="also print each measured run's CPU per streamed token by process (client, tritonserver, "
+                    "each model's python stub; Linux /proc)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     import signal
@@ -375,7 +409,11 @@ def main() -> int:
                 order = args.paths[rep % len(args.paths):] + args.paths[:rep % len(args.paths)]  # rotate the order
                 for model in order:
                     http = ep.http_url if args.protocol == "http" and model != "tensorrt_llm" else None
+                    before = cpu_seconds(ep.server.process.pid) if args.cpu_per_token else None
                     row = measure(ep, model, streams, args, http)
+                    if before is not None:
+                        row["cpu_us_per_token"] = cpu_per_token(before, cpu_seconds(ep.server.process.pid),
+                                                                row["ok"] * args.tokens)
                     row["repeat"] = rep
                     row["exact"] = model == "tensorrt_llm" or row["texts"] == {expected}
                     rows.append(row)
@@ -384,6 +422,8 @@ def main() -> int:
                           f"p99 {row['gap_p99_ms']:7.2f} ms  {row['tokens_per_response']:.2f} tok/response  "
                           f"ok {row['ok']}/{streams} hung {row['hung']} exact {row['exact']}  client lag p99 {row['client_lag_p99_ms']:.1f} "
                           f"max {row['client_lag_max_ms']:.1f} ms", flush=True)
+                    if before is not None:
+                        print(f"{'':17s}      CPU us per token: {row['cpu_us_per_token']}", flush=True)
         for i in range(args.stability_runs):
             for model in args.stability_models:
                 http = ep.http_url if args.protocol == "http" else None
