@@ -312,6 +312,25 @@ def summarize(rows, paths, concurrency):
     return table
 
 
+def round_ratios(rows, model, streams) -> list[float]:
+    """``model`` / direct engine tokens/s of each round (the paths of a round run back to back)."""
+    by_round = {}
+    for r in rows:
+        if r["streams"] == streams:
+            by_round.setdefault(r["repeat"], {})[r["model"]] = r["tokens_per_s"]
+    return [paths[model] / paths["tensorrt_llm"] for _, paths in sorted(by_round.items())
+            if model in paths and paths.get("tensorrt_llm")]
+
+
+def direct_spread(rows, streams) -> tuple[float, float] | None:
+    """Lowest and highest direct-engine run over the direct engine's median: how far the machine alone moves a run."""
+    tps = [r["tokens_per_s"] for r in rows if r["model"] == "tensorrt_llm" and r["streams"] == streams]
+    if len(tps) < 2:
+        return None
+    mid = float(np.median(tps))
+    return min(tps) / mid, max(tps) / mid
+
+
 def _repo_context(repo) -> dict:
     from koserve.serving.render import read_repo_info
 
@@ -323,7 +342,9 @@ def main() -> int:
     ap.add_argument("--profile", default="akallama-70b")
     ap.add_argument("--tokens", type=int, default=400, help="tokens per stream")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    ap.add_argument("--repeat", type=int, default=3, help="runs per (path, streams), interleaved; figures are medians")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="runs per (path, streams), interleaved in rotating order; figures are medians (a single run "
+                         "moves +-30 %% with the machine's speed)")
     ap.add_argument("--stability-runs", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=120.0, help="per-stream timeout (a hang fails the run)")
     ap.add_argument("--stability-models", nargs="+", default=["ensemble", "tensorrt_llm_bls"])
@@ -463,6 +484,11 @@ def main() -> int:
             print(f"{model} at {top} streams: {r['tokens_per_s'] / direct['tokens_per_s']:.2f} x direct tokens/s "
                   f"(target >= 0.8), p99 gap {r['gap_p99_ms'] / max(direct['gap_p99_ms'], 1e-9):.2f} x direct "
                   f"(target <= 2)  [medians of {args.repeat} interleaved runs]")
+            print(f"    per round: {', '.join(f'{x:.2f}' for x in round_ratios(rows, model, top))}")
+        spread = direct_spread(rows, top)
+        if spread:
+            print(f"noise: the direct engine against itself at {top} streams moved {spread[0]:.2f}-{spread[1]:.2f} x "
+                  "its median between rounds (same server, same work)")
     good = all(s["ok"] == args.stability_streams and s["hung"] == 0 and s["alive"] and s["exact"] for s in stability)
     print(f"stability: {len(stability)} runs of {args.stability_streams} {args.protocol} streams, all complete, exact and server alive: {good}")
     inexact = [f"{r['model']} x{r['streams']} (repeat {r['repeat']})" for r in rows if not r["exact"] or r["ok"] < r["streams"]]

@@ -1,0 +1,42 @@
+"""The serving benchmark's summary: medians per cell, per-round ratios and the direct engine's own spread."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import pytest
+
+BENCH = runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "bench_serving.py"), run_name="bench")
+
+
+def _row(model, rep, tps, streams=64):
+    return {"model": model, "streams": streams, "repeat": rep, "tokens_per_s": tps, "ttft_p50_ms": 1.0,
+            "ttft_p99_ms": 2.0, "gap_p50_ms": 3.0, "gap_p99_ms": 4.0, "tokens_per_response": 1.0,
+            "client_lag_max_ms": 0.0}
+
+
+ROWS = [
+    _row("tensorrt_llm", 0, 3000), _row("ensemble", 0, 2700),
+    _row("ensemble", 1, 2000), _row("tensorrt_llm", 1, 4000),
+    _row("tensorrt_llm", 2, 2500), _row("ensemble", 2, 2500),
+    _row("tensorrt_llm", 0, 9999, streams=16),  # another concurrency: never mixed in
+]
+
+
+def test_round_ratios_pair_each_round_with_its_own_direct_run():
+    assert BENCH["round_ratios"](ROWS, "ensemble", 64) == pytest.approx([0.9, 0.5, 1.0])
+    assert BENCH["round_ratios"](ROWS, "tensorrt_llm_bls", 64) == []
+
+
+def test_direct_spread_is_relative_to_the_direct_median():
+    low, high = BENCH["direct_spread"](ROWS, 64)
+    assert (low, high) == pytest.approx((2500 / 3000, 4000 / 3000))
+    assert BENCH["direct_spread"](ROWS, 16) is None  # one run: no spread
+
+
+def test_summarize_takes_medians_per_cell():
+    table = BENCH["summarize"](ROWS, ["tensorrt_llm", "ensemble"], [64])
+    assert [(r["model"], r["runs"], r["tokens_per_s"]) for r in table] == [("tensorrt_llm", 3, 3000.0),
+                                                                            ("ensemble", 3, 2500.0)]
+    assert (table[1]["tokens_per_s_min"], table[1]["tokens_per_s_max"]) == (2000, 2700)
