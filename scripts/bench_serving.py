@@ -280,10 +280,24 @@ def cpu_seconds(server_pid: int) -> dict[str, float]:
     return out
 
 
-def cpu_per_token(before: dict[str, float], after: dict[str, float], tokens: int) -> str:
-    """µs of CPU per streamed token by process between two :func:`cpu_seconds` readings."""
-    spent = {k: after[k] - before.get(k, 0.0) for k in after}
-    return "  ".join(f"{k} {v / max(tokens, 1) * 1e6:.0f}" for k, v in sorted(spent.items()) if v > 0)
+def cpu_per_token(before: dict[str, float], after: dict[str, float], tokens: int) -> dict[str, float]:
+    """µs of CPU per streamed token by process between two :func:`cpu_seconds` readings (processes that spent any)."""
+    spent = {k: after[k] - before.get(k, 0.0) for k in sorted(after)}
+    return {k: v / max(tokens, 1) * 1e6 for k, v in spent.items() if v > 0}
+
+
+def format_cpu(us: dict[str, float]) -> str:
+    """``client 150  postprocessing 67 ...  (all 532)``, leaving out processes under 1 µs per token."""
+    shown = {k: v for k, v in us.items() if v >= 1}
+    return "  ".join(f"{k} {v:.0f}" for k, v in shown.items()) + f"  (all {sum(us.values()):.0f})"
+
+
+def median_cpu(rows, model, streams) -> dict[str, float]:
+    """Per process, the median over the runs of ``model`` at ``streams`` of its CPU µs per token (0 where absent)."""
+    runs = [r["cpu_us_per_token"] for r in rows
+            if r["model"] == model and r["streams"] == streams and "cpu_us_per_token" in r]
+    names = sorted({k for run in runs for k in run})
+    return {k: float(np.median([run.get(k, 0.0) for run in runs])) for k in names} if runs else {}
 
 
 def measure(ep, model, streams, args, http_url=None):
@@ -444,7 +458,7 @@ def main() -> int:
                           f"ok {row['ok']}/{streams} hung {row['hung']} exact {row['exact']}  client lag p99 {row['client_lag_p99_ms']:.1f} "
                           f"max {row['client_lag_max_ms']:.1f} ms", flush=True)
                     if before is not None:
-                        print(f"{'':17s}      CPU us per token: {row['cpu_us_per_token']}", flush=True)
+                        print(f"{'':17s}      CPU us per token: {format_cpu(row['cpu_us_per_token'])}", flush=True)
         for i in range(args.stability_runs):
             for model in args.stability_models:
                 http = ep.http_url if args.protocol == "http" else None
@@ -485,6 +499,12 @@ def main() -> int:
                   f"(target >= 0.8), p99 gap {r['gap_p99_ms'] / max(direct['gap_p99_ms'], 1e-9):.2f} x direct "
                   f"(target <= 2)  [medians of {args.repeat} interleaved runs]")
             print(f"    per round: {', '.join(f'{x:.2f}' for x in round_ratios(rows, model, top))}")
+    if args.cpu_per_token:
+        for model in args.paths:
+            cpu = median_cpu(rows, model, top)
+            if cpu:
+                print(f"CPU us per token, {model} at {top} streams (medians of the runs): {format_cpu(cpu)}")
+    if direct:
         spread = direct_spread(rows, top)
         if spread:
             print(f"noise: the direct engine against itself at {top} streams moved {spread[0]:.2f}-{spread[1]:.2f} x "

@@ -40,3 +40,17 @@ def test_summarize_takes_medians_per_cell():
     assert [(r["model"], r["runs"], r["tokens_per_s"]) for r in table] == [("tensorrt_llm", 3, 3000.0),
                                                                             ("ensemble", 3, 2500.0)]
     assert (table[1]["tokens_per_s_min"], table[1]["tokens_per_s_max"]) == (2000, 2700)
+
+
+def test_cpu_per_token_keeps_processes_that_spent_cpu_and_medians_fill_absent_ones_with_zero():
+    before = {"client": 1.0, "tritonserver": 2.0, "postprocessing": 0.5}
+    after = {"client": 1.4, "tritonserver": 2.8, "postprocessing": 0.5}
+    run = BENCH["cpu_per_token"](before, after, 4000)
+    assert run == pytest.approx({"client": 100.0, "tritonserver": 200.0})  # postprocessing spent nothing
+    rows = [{"model": "ensemble", "streams": 64, "cpu_us_per_token": cpu}
+            for cpu in (run, {"client": 300.0}, {"client": 200.0, "tritonserver": 100.0, "postprocessing": 0.4})]
+    assert BENCH["median_cpu"](rows, "ensemble", 64) == pytest.approx(
+        {"client": 200.0, "postprocessing": 0.0, "tritonserver": 100.0})
+    assert BENCH["median_cpu"](rows, "tensorrt_llm", 64) == {}
+    assert BENCH["format_cpu"]({"client": 200.0, "postprocessing": 0.4, "tritonserver": 100.0}) == (
+        "client 200  tritonserver 100  (all 300)")
