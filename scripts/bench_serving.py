@@ -336,15 +336,6 @@ def round_ratios(rows, model, streams) -> list[float]:
             if model in paths and paths.get("tensorrt_llm")]
 
 
-def direct_spread(rows, streams) -> tuple[float, float] | None:
-    """Lowest and highest direct-engine run over the direct engine's median: how far the machine alone moves a run."""
-    tps = [r["tokens_per_s"] for r in rows if r["model"] == "tensorrt_llm" and r["streams"] == streams]
-    if len(tps) < 2:
-        return None
-    mid = float(np.median(tps))
-    return min(tps) / mid, max(tps) / mid
-
-
 def _repo_context(repo) -> dict:
     from koserve.serving.render import read_repo_info
 
@@ -499,16 +490,14 @@ def main() -> int:
                   f"(target >= 0.8), p99 gap {r['gap_p99_ms'] / max(direct['gap_p99_ms'], 1e-9):.2f} x direct "
                   f"(target <= 2)  [medians of {args.repeat} interleaved runs]")
             print(f"    per round: {', '.join(f'{x:.2f}' for x in round_ratios(rows, model, top))}")
+        mid = direct["tokens_per_s"]
+        print(f"noise: the direct engine against itself at {top} streams moved {direct['tokens_per_s_min'] / mid:.2f}-"
+              f"{direct['tokens_per_s_max'] / mid:.2f} x its median between rounds (same server, same work)")
     if args.cpu_per_token:
         for model in args.paths:
             cpu = median_cpu(rows, model, top)
             if cpu:
                 print(f"CPU us per token, {model} at {top} streams (medians of the runs): {format_cpu(cpu)}")
-    if direct:
-        spread = direct_spread(rows, top)
-        if spread:
-            print(f"noise: the direct engine against itself at {top} streams moved {spread[0]:.2f}-{spread[1]:.2f} x "
-                  "its median between rounds (same server, same work)")
     good = all(s["ok"] == args.stability_streams and s["hung"] == 0 and s["alive"] and s["exact"] for s in stability)
     print(f"stability: {len(stability)} runs of {args.stability_streams} {args.protocol} streams, all complete, exact and server alive: {good}")
     inexact = [f"{r['model']} x{r['streams']} (repeat {r['repeat']})" for r in rows if not r["exact"] or r["ok"] < r["streams"]]
