@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build one TensorRT-LLM engine from a koserve recipe: the entrypoint of the Kubernetes build Job.
 #
-# Runs inside nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3 (TensorRT-LLM 1.2.1) with koserve
+# Runs inside nvcr.io/nvidia/tritonserver:26.04-trtllm-python-py3 (TensorRT-LLM 1.2.1) with koserve
 # installed. Settings come from the environment (or the first argument for the recipe):
 #   RECIPE            recipe name or YAML path (required; `koserve build list` shows the built-ins)
 #   CHECKPOINT_DIR    local Hugging Face checkpoint folder, or a Hub id (org/name): then it is downloaded
@@ -10,7 +10,7 @@
 #   OUTPUT_DIR        engines root, used when ENGINE_DIR is unset     (default /engines)
 #   WORKDIR           checkpoints, logs and resume stamps (default <ENGINE_DIR's parent>/.koserve-build/<recipe>;
 #                     keep it on the same persistent volume so a restarted Job resumes)
-#   TRTLLM_EXAMPLES   TensorRT-LLM v1.2.1 examples/ folder           (default /opt/TensorRT-LLM/examples)
+#   TRTLLM_EXAMPLES   TensorRT-LLM v1.2.1 examples/ folder           (default /app/examples, as in the image)
 #   TRTLLM_CLONE=1    when that folder is missing, clone TensorRT-LLM $TRTLLM_REF (default v1.2.1) into
 #                     <WORKDIR's parent>/TensorRT-LLM-$TRTLLM_REF and install its quantization requirements
 #   KOSERVE_PYTHON    interpreter for quantize.py / convert_checkpoint.py (default python3)
@@ -20,7 +20,7 @@ set -euo pipefail
 
 RECIPE="${1:-${RECIPE:-}}"
 OUTPUT_DIR="${OUTPUT_DIR:-/engines}"
-TRTLLM_EXAMPLES="${TRTLLM_EXAMPLES:-/opt/TensorRT-LLM/examples}"
+TRTLLM_EXAMPLES="${TRTLLM_EXAMPLES:-/app/examples}"
 TRTLLM_REF="${TRTLLM_REF:-v1.2.1}"
 PY="${KOSERVE_PYTHON:-python3}"
 
@@ -48,6 +48,14 @@ if [[ ! -f "$TRTLLM_EXAMPLES/quantization/quantize.py" && "${TRTLLM_CLONE:-0}" =
     "$PY" -m pip install --user -q -r "$src/examples/quantization/requirements.txt"
   fi
   TRTLLM_EXAMPLES="$src/examples"
+fi
+
+# quantize.py imports ModelOpt and datasets (dependencies of the tensorrt_llm 1.2.1 wheel, so NVIDIA's image has
+# them); install the example's requirements only when they are missing (docs/build.md, "Quantization requirements").
+if [[ "${DRY_RUN:-0}" != "1" && -f "$TRTLLM_EXAMPLES/quantization/requirements.txt" ]] \
+   && ! "$PY" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ("modelopt", "datasets")))' 2>/dev/null; then
+  echo "build_engines.sh: installing $TRTLLM_EXAMPLES/quantization/requirements.txt (modelopt/datasets missing)"
+  "$PY" -m pip install --user -q -r "$TRTLLM_EXAMPLES/quantization/requirements.txt"
 fi
 
 # A Hub id instead of a folder: download (resumable, cached in $HF_HOME) and build from the snapshot.

@@ -130,6 +130,7 @@ class FakeToolchain:
     nvsmi_csv: Path
     nvsmi_calls: Path
     checkpoint: Path
+    site: Path
 
     def calls(self) -> list[dict]:
         if not self.calls_file.exists():
@@ -149,6 +150,14 @@ def fake_toolchain(tmp_path, monkeypatch) -> FakeToolchain:
     _script(bin_dir / "nvidia-smi", _NVIDIA_SMI)
     _script(examples / "quantization" / "quantize.py", _CHECKPOINT_TOOL)
     _script(examples / "models" / "core" / "llama" / "convert_checkpoint.py", _CHECKPOINT_TOOL)
+    # A fake TensorRT-LLM install on PYTHONPATH: the preflight imports tensorrt_llm (FAKE_TRTLLM_RUNTIME_VERSION)
+    # and looks for quantize.py's ModelOpt / datasets.
+    site = root / "site"
+    for package, body in (("tensorrt_llm", 'import os\n__version__ = os.environ.get("FAKE_TRTLLM_RUNTIME_VERSION", '
+                                           '"1.2.1")\n'),
+                          ("modelopt", ""), ("datasets", "")):
+        (site / package).mkdir(parents=True, exist_ok=True)
+        (site / package / "__init__.py").write_text(body)
     checkpoint = tmp_path / "hf-checkpoint"
     checkpoint.mkdir()
     (checkpoint / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
@@ -156,14 +165,17 @@ def fake_toolchain(tmp_path, monkeypatch) -> FakeToolchain:
     tc = FakeToolchain(
         root=root, bin=bin_dir, examples=examples, calls_file=root / "calls.jsonl",
         nvsmi_csv=root / "gpus.csv", nvsmi_calls=root / "nvsmi_calls.txt", checkpoint=checkpoint,
+        site=site,
     )
     tc.set_gpus(gpu_csv(4))
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("PYTHONPATH", str(site))
     monkeypatch.setenv("FAKE_TRTLLM_CALLS", str(tc.calls_file))
     monkeypatch.setenv("FAKE_NVSMI_CSV", str(tc.nvsmi_csv))
     monkeypatch.setenv("FAKE_NVSMI_CALLS", str(tc.nvsmi_calls))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    for var in ("FAKE_TRTLLM_FAIL", "FAKE_TRTLLM_SLEEP", "FAKE_NVSMI_FAIL", "FAKE_TRTLLM_VERSION"):
+    for var in ("FAKE_TRTLLM_FAIL", "FAKE_TRTLLM_SLEEP", "FAKE_NVSMI_FAIL", "FAKE_TRTLLM_VERSION",
+                "FAKE_TRTLLM_RUNTIME_VERSION"):
         monkeypatch.delenv(var, raising=False)
     return tc
 
@@ -192,3 +204,38 @@ def make_recipe():
         return parse_recipe(_deep_update(data, updates), f"variant of {base}")
 
     return make
+
+
+def write_engine_dir(recipe, path: Path, *, version: str = "1.2.1") -> Path:
+    """A TensorRT-LLM 1.x engine folder for ``recipe`` as trtllm-build lays it out (config.json + rank files)."""
+    par, lim = recipe.parallelism, recipe.limits
+    path.mkdir(parents=True, exist_ok=True)
+    config = {
+        "version": version,
+        "pretrained_config": {
+            "architecture": "LlamaForCausalLM", "dtype": "bfloat16",
+            "quantization": {"quant_algo": None, "kv_cache_quant_algo": None},
+            "mapping": {"world_size": par.world_size, "tp_size": par.tp, "pp_size": par.pp, "cp_size": 1,
+                        "gpus_per_node": 8},
+        },
+        "build_config": {
+            "max_input_len": lim.max_input_len, "max_seq_len": lim.max_seq_len,
+            "max_batch_size": lim.max_batch_size, "max_beam_width": lim.max_beam_width,
+            "max_num_tokens": lim.max_num_tokens,
+        },
+    }
+    (path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    for rank in range(par.world_size):
+        (path / f"rank{rank}.engine").write_bytes(b"engine-%d" % rank)
+    return path
+
+
+@pytest.fixture(scope="session")
+def backend_contract() -> dict:
+    return json.loads((DATA / "trtllm-1.2.1-backend-contract.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def engine_dir_for():
+    """engine_dir_for(recipe, path, version=...) -> a fake engine folder matching the recipe."""
+    return write_engine_dir

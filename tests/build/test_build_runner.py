@@ -245,7 +245,7 @@ def test_cli_run_and_build_engines_script(fake_toolchain, tmp_path):
     engine_dir = tmp_path / "models" / "engines" / "komt"
     proc = subprocess.run(["bash", str(REPO / "scripts" / "build_engines.sh")], env={
         **env, "ENGINE_DIR": str(engine_dir), "CHECKPOINT_DIR": "davidkim205/komt-Llama-2-13b-hf",
-        "WORKDIR": "", "PYTHONPATH": str(fake_hub)}, capture_output=True, text=True, timeout=120)
+        "WORKDIR": "", "PYTHONPATH": f"{fake_hub}{os.pathsep}{tc.site}"}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"checkpoint at {tc.checkpoint}" in proc.stdout
     assert read_manifest(engine_dir)["checkpoint"] == str(tc.checkpoint)

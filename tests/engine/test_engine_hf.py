@@ -46,18 +46,18 @@ def test_greedy_matches_transformers_generate(hf_engine, tiny_llama3, prompt_ids
 def test_temperature_zero_and_top_k_one_are_greedy(hf_engine, prompt_ids, greedy):
     assert run(hf_engine, input_ids=prompt_ids, max_new_tokens=12, temperature=0.0, top_k=50).token_ids == greedy
     assert run(hf_engine, input_ids=prompt_ids, max_new_tokens=12, top_k=1, top_p=0.5,
-               random_seed=9).token_ids == greedy
+               seed=9).token_ids == greedy
 
 
 def test_seeded_sampling_is_reproducible(hf_engine, prompt_ids):
     kw = dict(input_ids=prompt_ids, max_new_tokens=16, temperature=1.0, top_k=100, top_p=0.95)
-    a = run(hf_engine, random_seed=1234, **kw).token_ids
-    b = run(hf_engine, random_seed=1234, **kw).token_ids
-    c = run(hf_engine, random_seed=1235, **kw).token_ids
+    a = run(hf_engine, seed=1234, **kw).token_ids
+    b = run(hf_engine, seed=1234, **kw).token_ids
+    c = run(hf_engine, seed=1235, **kw).token_ids
     assert a == b
     assert a != c
     # the same seed gives the same tokens while other requests run at the same time
-    handles = [hf_engine.submit(EngineRequest(random_seed=s, **kw)) for s in (1234, 7, 8, 1234)]
+    handles = [hf_engine.submit(EngineRequest(seed=s, **kw)) for s in (1234, 7, 8, 1234)]
     results = [h.result(60).token_ids for h in handles]
     assert results[0] == results[3] == a
 
@@ -67,7 +67,7 @@ def test_top_k_limits_the_candidates(hf_engine, prompt_ids):
         logits = hf_engine.model(torch.tensor([prompt_ids])).logits[0, -1]
     top3 = set(torch.topk(logits, 3).indices.tolist())
     firsts = {run(hf_engine, input_ids=prompt_ids, max_new_tokens=1, temperature=5.0, top_k=3,
-                  random_seed=s).token_ids[0] for s in range(12)}
+                  seed=s).token_ids[0] for s in range(12)}
     assert firsts <= top3 and len(firsts) > 1
 
 
@@ -80,7 +80,7 @@ def test_end_ids_stop_and_are_not_emitted(hf_engine, prompt_ids, greedy):
 
 def test_min_length_bans_end_ids(hf_engine, prompt_ids, greedy):
     i = first_new(greedy, 1)
-    out = run(hf_engine, input_ids=prompt_ids, max_new_tokens=i + 3, end_ids=(greedy[i],), min_length=i + 1)
+    out = run(hf_engine, input_ids=prompt_ids, max_new_tokens=i + 3, end_ids=(greedy[i],), min_tokens=i + 1)
     assert out.token_ids[:i] == greedy[:i]
     assert out.token_ids[i] != greedy[i]
     assert len(out.token_ids) >= i + 1

@@ -172,7 +172,7 @@ def test_seeded_sampling_through_the_server(server, stream, prompt_ids):
     def sample(seed):
         stream.send("tensorrt_llm", inputs_for(
             list(prompt_ids), 6, temperature=np.asarray([[1.0]], np.float32),
-            runtime_top_k=np.asarray([[50]], np.int32), random_seed=np.asarray([[seed]], np.uint64)))
+            runtime_top_k=np.asarray([[50]], np.int32), seed=np.asarray([[seed]], np.uint64)))
         (got,), err = stream.collect()
         assert err is None
         return got[0].tolist()

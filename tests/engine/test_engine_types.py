@@ -46,7 +46,7 @@ def test_word_list_errors(arr, needle):
         (dict(top_k=-1), "runtime_top_k must be >= 0"),
         (dict(top_p=1.5), "runtime_top_p must be in [0, 1]"),
         (dict(repetition_penalty=0.0), "repetition_penalty must be > 0"),
-        (dict(min_length=-1), "min_length must be >= 0"),
+        (dict(min_tokens=-1), "min_tokens must be >= 0"),
     ],
 )
 def test_engine_request_validation(kwargs, needle):
@@ -94,10 +94,10 @@ def test_parse_triton_request_full():
                 temperature=np.array([0.7], np.float32),
                 runtime_top_k=np.array([40], np.int32),
                 runtime_top_p=np.array([0.9], np.float32),
-                random_seed=np.array([2**63 + 5], np.uint64),
+                seed=np.array([2**63 + 5], np.uint64),
                 exclude_input_in_output=np.array([False]),
                 return_log_probs=np.array([True]),
-                min_length=np.array([2], np.int32),
+                min_tokens=np.array([2], np.int32),
                 beam_width=np.array([1], np.int32),
             )
         ),
@@ -110,13 +110,13 @@ def test_parse_triton_request_full():
     assert req.stop_words == ((1, 2),) and req.bad_words == ((3,),)
     assert req.streaming and not req.exclude_input_in_output and req.return_log_probs
     assert (req.top_k, round(req.top_p, 5), round(req.temperature, 5)) == (40, 0.9, 0.7)
-    assert req.random_seed == 2**63 + 5 and req.min_length == 2 and req.request_id == "r1"
+    assert req.seed == 2**63 + 5 and req.min_tokens == 2 and req.request_id == "r1"
 
 
 def test_parse_triton_request_defaults():
     req = parse_triton_request(_get(**_base()), SETTINGS, default_end_ids=(100, 101))
     assert req.end_ids == (100, 101)
-    assert not req.streaming and req.exclude_input_in_output and req.greedy and req.random_seed == 0
+    assert not req.streaming and req.exclude_input_in_output and req.greedy and req.seed == 0
 
 
 def test_output_len_clamped_to_max_seq_len():

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from koserve.build.calibration import check_dataset_folder_name, needs_preparation
 from koserve.build.recipe import EngineRecipe, resolve_local_path
+from koserve.build.versions import CONTAINER_EXAMPLES_DIR
 
-DEFAULT_EXAMPLES_DIR = "/opt/TensorRT-LLM/examples"
+DEFAULT_EXAMPLES_DIR = CONTAINER_EXAMPLES_DIR  # NVIDIA's image: /app/examples
 QUANTIZE_SCRIPT = "quantization/quantize.py"
 CONVERT_SCRIPT = "models/core/llama/convert_checkpoint.py"
 

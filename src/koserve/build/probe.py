@@ -61,7 +61,7 @@ def probe_gpus(timeout: float = 30.0) -> list[DetectedGpu]:
     if exe is None:
         raise GpuProbeError(
             "no GPU: nvidia-smi is not on PATH. Run inside a GPU container "
-            "(e.g. nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3 with --gpus all)"
+            "(e.g. nvcr.io/nvidia/tritonserver:26.04-trtllm-python-py3 with --gpus all)"
         )
     try:
         proc = subprocess.run(

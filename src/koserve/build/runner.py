@@ -38,6 +38,14 @@ from koserve.build.manifest import (
     read_engine_limits,
 )
 from koserve.build.planner import calibration_memory_bytes, plan
+from koserve.build.preflight import (
+    QUANTIZE_MODULES,
+    PreflightError,
+    RuntimeProbe,
+    check_versions,
+    probe_runtime,
+    require_versions,
+)
 from koserve.build.probe import DetectedGpu, GpuProbeError, probe_gpus
 from koserve.build.recipe import EngineRecipe
 from koserve.errors import ConfigError, KoserveError
@@ -186,6 +194,34 @@ def check_tools(steps: list[Step]) -> None:
         raise BuildError("missing tools:\n  " + "\n  ".join(missing))
 
 
+def check_toolchain_version(recipe: EngineRecipe, paths: BuildPaths, steps: list[Step]) -> RuntimeProbe:
+    """The TensorRT-LLM under ``paths.python`` must be the recipe's release (and an engine already in the output
+    folder too); quantize.py also needs ModelOpt and datasets importable. Raises BuildError naming the values."""
+    modules = QUANTIZE_MODULES if any(s.tool == "quantize.py" for s in steps) else ()
+    runtime = probe_runtime(paths.python, modules=modules)
+    check_engine_version(recipe, paths, runtime, engine_built=False)
+    if runtime.missing:
+        raise BuildError(
+            f"quantize.py needs {', '.join(runtime.missing)} importable by {paths.python} (TensorRT-LLM's "
+            f"quantization example requirements); install them with: {paths.python} -m pip install -r "
+            f"{paths.examples_dir}/quantization/requirements.txt (scripts/build_engines.sh does this)"
+        )
+    return runtime
+
+
+def check_engine_version(recipe: EngineRecipe, paths: BuildPaths, runtime: RuntimeProbe | None, *,
+                         engine_built: bool = True) -> None:
+    """Runtime, engine and recipe versions must agree. Before a build (``engine_built`` False) an engine already in
+    the output folder is about to be replaced: it is named in the message but not held against the build."""
+    check = check_versions(recipe.trtllm_version, engine_dir=paths.engine_dir, runtime=runtime)
+    if not engine_built:
+        check = replace(check, problems=[p for p in check.problems if p != "engine"])
+    try:
+        require_versions(check, what=f"build {recipe.name}")
+    except PreflightError as exc:
+        raise BuildError(str(exc)) from None
+
+
 def check_gpus(recipe: EngineRecipe, steps: list[Step], gpus: list[DetectedGpu]) -> list[str]:
     """Refuse (BuildError) when the machine's GPUs cannot run ``steps``; return warnings."""
     warnings: list[str] = []
@@ -286,8 +322,10 @@ def run_build(
 
     gpus: list[DetectedGpu] = []
     gpu_warnings: list[str] = []
+    runtime = None
     if to_run:
         check_tools(to_run)
+        runtime = check_toolchain_version(recipe, paths, to_run)
         need = max((s.gpus for s in to_run), default=0)
         if need:
             try:
@@ -343,7 +381,11 @@ def run_build(
         result.steps.append(StepResult(step.name, "ran", elapsed, str(log_path)))
         done.append(step.name)
 
-    result.manifest_path = write_manifest(recipe, paths, steps, result, gpus, started_at, gpu_warnings)
+    if runtime is None:
+        runtime = probe_runtime(paths.python)
+    check_engine_version(recipe, paths, runtime)
+    result.manifest_path = write_manifest(recipe, paths, steps, result, gpus, started_at, gpu_warnings,
+                                          runtime_version=runtime.version)
     result.seconds = time.monotonic() - started
     echo(f"engine: {paths.engine_dir} (manifest {result.manifest_path.name}) in {format_elapsed(result.seconds)}")
     return result
@@ -418,6 +460,7 @@ def write_manifest(
     gpus: list[DetectedGpu],
     started_at: str,
     warnings: list[str],
+    runtime_version: str | None = None,
 ) -> Path:
     """Write ``engine_manifest.json`` into the engine folder and return its path."""
     engine_dir = paths.engine_dir
@@ -431,10 +474,6 @@ def write_manifest(
     if missing_ranks:
         raise BuildError(f"engine in {engine_dir} lacks {', '.join(missing_ranks)}")
     stamps = {s.name: (_read_stamp(paths, s) or {}) for s in steps}
-    if limits.trtllm_version and limits.trtllm_version != recipe.trtllm_version:
-        warnings = warnings + [
-            f"engine was built by TensorRT-LLM {limits.trtllm_version}, recipe expects {recipe.trtllm_version}"
-        ]
     manifest = {
         "schema": MANIFEST_SCHEMA,
         "recipe": recipe.name,
@@ -446,6 +485,7 @@ def write_manifest(
             "koserve": __version__,
             "tensorrt_llm_expected": recipe.trtllm_version,
             "tensorrt_llm_engine": limits.trtllm_version,
+            "tensorrt_llm_runtime": runtime_version,
             "python": sys.version.split()[0],
         },
         "gpu": {

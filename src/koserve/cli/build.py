@@ -92,7 +92,7 @@ def _common(p, *, paths: bool) -> None:
         p.add_argument("--checkpoint-dir", help="local Hugging Face checkpoint folder (overrides the recipe)")
         p.add_argument("--output-dir", help="engine folder (default WORKDIR/engine)")
         p.add_argument("--trtllm-examples", help="TensorRT-LLM v1.2.1 examples/ folder "
-                                                 "(default $TRTLLM_EXAMPLES or /opt/TensorRT-LLM/examples)")
+                                                 "(default $TRTLLM_EXAMPLES or /app/examples, where NVIDIA's image has them)")
         p.add_argument("--python", default="python3", help="interpreter for quantize.py / convert_checkpoint.py")
 
 

@@ -27,6 +27,7 @@ this model uses it at the moment), so a TensorRT-LLM ``stop`` for that id stops 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -47,9 +48,9 @@ from koserve.serving.engine_client import (
 from koserve.serving.engine_h2 import H2EngineClient
 from koserve.serving.guarded_sender import GuardedSender
 from koserve.serving.outbox import StreamOutbox, StreamReply
-from koserve.serving.params import GenerationRequest, parse_generation_request
+from koserve.serving.params import GENERATION_INPUTS, GenerationRequest, parse_generation_request
 from koserve.serving.postprocess import TextStream
-from koserve.serving.preprocess import EngineInputs, Preprocessor
+from koserve.serving.preprocess import EngineInputs, Preprocessor, draw_seed
 from koserve.serving.settings import ModelSettings, model_parameters
 from koserve.serving.stream_defaults import (
     DEFAULT_MAX_INTERVAL_US,
@@ -62,11 +63,7 @@ from koserve.serving.triton_io import bytes_tensor, error_response, read_inputs
 
 log = logging.getLogger("koserve")
 
-INPUT_NAMES = (
-    "text_input", "max_tokens", "bad_words", "stop_words", "end_id", "pad_id", "top_k", "top_p", "temperature",
-    "length_penalty", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_length", "beam_width",
-    "random_seed", "stream", "exclude_input_in_output", "return_log_probs",
-)
+INPUT_NAMES = GENERATION_INPUTS  # NVIDIA's names (v0.19 and 1.2.1); unsupported ones are refused by name
 # our sampling field -> (engine tensor, numpy dtype)
 ENGINE_SAMPLING = {
     "temperature": ("temperature", np.float32),
@@ -76,9 +73,9 @@ ENGINE_SAMPLING = {
     "repetition_penalty": ("repetition_penalty", np.float32),
     "presence_penalty": ("presence_penalty", np.float32),
     "frequency_penalty": ("frequency_penalty", np.float32),
-    "min_length": ("min_length", np.int32),
+    "min_length": ("min_tokens", np.int32),  # TensorRT-LLM 1.x engine input names
     "beam_width": ("beam_width", np.int32),
-    "random_seed": ("random_seed", np.uint64),
+    "random_seed": ("seed", np.uint64),
 }
 CANCEL_POLL_S = 0.25  # how often to ask is_cancelled() when polling is on
 TRANSPORTS = ("grpc", "bls")
@@ -219,6 +216,8 @@ class BlsModel:
         }
         for field, (name, dtype) in ENGINE_SAMPLING.items():
             value = getattr(req.sampling, field)
+            if field == "random_seed":
+                value = draw_seed(value)  # unseeded sampling must not repeat (TensorRT-LLM's default seed is 0)
             if value is not None:
                 tensors[name] = np.array([[value]], dtype=dtype)
         outputs = ["output_ids", "sequence_length"]
@@ -247,6 +246,8 @@ class BlsModel:
         try:
             req = parse_generation_request(read_inputs(pb, request, INPUT_NAMES))
             prepared = self.pre.for_request(req)
+            if req.return_num_input_tokens:
+                req = dataclasses.replace(req, input_tokens=prepared.input_len)
         except (KoserveError, ValueError) as exc:
             sender.send(error_response(pb, str(exc)), flags=final)
             return
@@ -282,8 +283,10 @@ class BlsModel:
     def response(self, text: str, req: GenerationRequest, log_probs, cum_log_prob, tokens: int):
         pb = self.pb
         tensors = [bytes_tensor(pb, "text_output", text)]
-        if tokens != 1:  # absent means one (as every ensemble response): one tensor less on most responses
+        if tokens != 1 or req.return_num_output_tokens:  # absent means one: one tensor less on most responses
             tensors.append(pb.Tensor("num_output_tokens", np.full((1, 1), tokens, dtype=np.int32)))
+        if req.return_num_input_tokens:
+            tensors.append(pb.Tensor("num_input_tokens", np.full((1, 1), req.input_tokens, dtype=np.int32)))
         if req.return_log_probs:
             lp = np.concatenate(log_probs) if log_probs else np.zeros((0,), dtype=np.float32)
             tensors.append(pb.Tensor("output_log_probs", lp.reshape(1, -1)))

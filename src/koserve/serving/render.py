@@ -73,6 +73,9 @@ class RenderOptions:
     bls_stream_max_interval_us: int = DEFAULT_MAX_INTERVAL_US
     bls_stream_max_wait_gaps: float = DEFAULT_MAX_WAIT_GAPS  # the same in engine gaps (0: no such limit)
     stream_idle_timeout_s: float = 60.0
+    # GPU: the C++ engine model's model_transaction_policy.decoupled (NVIDIA's ${decoupled_mode}). True: streaming
+    # (ensemble, BLS, stream_infer). False: unary ModelInfer on tensorrt_llm only; streaming requests are refused.
+    engine_decoupled: bool = True
     force: bool = False
 
     def with_overrides(self, **values) -> "RenderOptions":
@@ -194,6 +197,7 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
         if opts.replay_text_file is not None or opts.replay_delay_ms:
             raise ConfigError("--replay-text / --replay-delay-ms only apply to --replay")
         ctx.update(
+            engine_decoupled=bool(opts.engine_decoupled),
             engine_dir=str(engine),
             max_batch_size=limits.max_batch_size,
             max_input_len=limits.max_input_len,
@@ -203,6 +207,9 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
         )
         kind, world = "gpu", limits.world_size
     else:
+        if not opts.engine_decoupled:
+            raise ConfigError("--engine-not-decoupled applies to GPU engines (--engine) only: the CPU stand-in "
+                              "is always decoupled")
         max_pos = arch.max_position_embeddings
         if opts.cpu_model_dir is not None:
             model = Path(opts.cpu_model_dir).expanduser().resolve()

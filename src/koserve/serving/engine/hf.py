@@ -24,7 +24,7 @@ class _HFState:
         self.cache = None
         self.sequence = list(req.input_ids)
         self.counts = Counter(self.sequence)
-        self.generator = request_generator(req.random_seed)
+        self.generator = request_generator(req.seed)
         self.next_input: list[int] = list(req.input_ids)  # the prompt first (prefill), then one token at a time
 
 

@@ -69,7 +69,7 @@ def choose_token(
     vocab = logits.shape[-1]
     logits = apply_penalties(logits, req, counts)
     banned = banned_bad_word_tokens(req.bad_words, sequence) if req.bad_words else set()
-    if num_generated < req.min_length:
+    if num_generated < req.min_tokens:
         banned.update(req.end_ids)
     banned = {t for t in banned if 0 <= t < vocab}
     if banned:

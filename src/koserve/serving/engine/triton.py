@@ -114,7 +114,7 @@ def parse_triton_request(
     end_id = _scalar(get, "end_id", "int")
     stop_words = get("stop_words_list")
     bad_words = get("bad_words_list")
-    seed = _scalar(get, "random_seed", "uint", default=0)
+    seed = _scalar(get, "seed", "uint", default=0)
     exclude = _scalar(get, "exclude_input_in_output", "bool")
     temperature = _scalar(get, "temperature", "float", default=1.0)
     top_p = _scalar(get, "runtime_top_p", "float", default=0.0)
@@ -132,11 +132,11 @@ def parse_triton_request(
         temperature=float(temperature),
         top_k=int(top_k),
         top_p=float(top_p),
-        random_seed=int(seed),
+        seed=int(seed),
         repetition_penalty=float(_scalar(get, "repetition_penalty", "float", default=1.0)),
         presence_penalty=float(_scalar(get, "presence_penalty", "float", default=0.0)),
         frequency_penalty=float(_scalar(get, "frequency_penalty", "float", default=0.0)),
-        min_length=int(_scalar(get, "min_length", "int", default=0)),
+        min_tokens=int(_scalar(get, "min_tokens", "int", default=0)),
         streaming=_scalar(get, "streaming", "bool", default=False),
         exclude_input_in_output=settings.exclude_input_in_output if exclude is None else exclude,
         return_log_probs=_scalar(get, "return_log_probs", "bool", default=False),

@@ -25,7 +25,7 @@ class EngineRequest:
 
     ``stop_words`` / ``bad_words`` are token sequences (see :func:`parse_word_list` for TensorRT-LLM's ``[2, N]``
     format). Sampling follows TensorRT-LLM: ``top_k == 0`` and ``top_p == 0`` mean "no limit", and when both are
-    0 decoding is greedy; ``temperature == 0`` or ``top_k == 1`` is greedy too. ``random_seed`` seeds a
+    0 decoding is greedy; ``temperature == 0`` or ``top_k == 1`` is greedy too. ``seed`` seeds a
     per-request generator (TensorRT-LLM's default seed is 0, so unseeded sampling is reproducible too).
     Penalties apply to every token of prompt + output so far.
     """
@@ -39,11 +39,11 @@ class EngineRequest:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 0.0
-    random_seed: int = 0
+    seed: int = 0
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    min_length: int = 0
+    min_tokens: int = 0
     streaming: bool = False
     exclude_input_in_output: bool = True
     return_log_probs: bool = False
@@ -62,10 +62,10 @@ class EngineRequest:
             raise InvalidRequestError(f"runtime_top_p must be in [0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
             raise InvalidRequestError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if self.min_length < 0:
-            raise InvalidRequestError(f"min_length must be >= 0, got {self.min_length}")
-        if not 0 <= self.random_seed < 2**64:
-            raise InvalidRequestError(f"random_seed must be in [0, 2**64), got {self.random_seed}")
+        if self.min_tokens < 0:
+            raise InvalidRequestError(f"min_tokens must be >= 0, got {self.min_tokens}")
+        if not 0 <= self.seed < 2**64:
+            raise InvalidRequestError(f"seed must be in [0, 2**64), got {self.seed}")
 
     @property
     def greedy(self) -> bool:
