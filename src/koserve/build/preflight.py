@@ -12,7 +12,9 @@ that names all three values.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,6 +165,7 @@ def preflight_engine(
     *,
     python: str = "python3",
     expected: str | None = None,
+    expected_from: str = "expected (--expect)",
     what: str = "preflight",
 ) -> VersionCheck:
     """The serving check: runtime and built engine against the expected release (given, else the manifest's,
@@ -170,7 +173,7 @@ def preflight_engine(
     engine_dir = Path(engine_dir)
     if not (engine_dir / "config.json").is_file():
         raise PreflightError(f"{what}: engine folder {engine_dir} has no config.json (build the engine first)")
-    source = "expected (--expect)"
+    source = expected_from
     if expected is None:
         expected = expected_from_manifest(engine_dir)
         source = "recipe trtllm_version (engine_manifest.json)"
@@ -179,3 +182,29 @@ def preflight_engine(
     runtime = probe_runtime(python)
     return require_versions(check_versions(expected, engine_dir=engine_dir, runtime=runtime, expected_from=source),
                             what=what)
+
+
+_MODEL_PATH_RE = re.compile(r'key:\s*"gpt_model_path"\s*value:\s*\{\s*string_value:\s*"([^"]*)"')
+
+
+def engine_dir_of_repo(repo: str | Path) -> Path | None:
+    """The engine folder a rendered GPU repository serves (``gpt_model_path`` of its C++ ``tensorrt_llm`` model);
+    None for a CPU repository."""
+    cfg = Path(repo) / "tensorrt_llm" / "config.pbtxt"
+    if not cfg.is_file():
+        return None
+    text = cfg.read_text(encoding="utf-8")
+    if not re.search(r'^backend:\s*"tensorrtllm"', text, re.M):
+        return None
+    match = _MODEL_PATH_RE.search(text)
+    if match is None:
+        raise PreflightError(f"{cfg} uses the tensorrtllm backend but has no gpt_model_path parameter")
+    return Path(match.group(1))
+
+
+def preflight_repo(repo: str | Path, *, python: str = sys.executable) -> VersionCheck | None:
+    """``koserve serve``'s check on a GPU repository (None: not a GPU repository, nothing to check)."""
+    engine = engine_dir_of_repo(repo)
+    if engine is None:
+        return None
+    return preflight_engine(engine, python=python, what=f"serve {repo}")

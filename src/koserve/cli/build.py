@@ -85,6 +85,20 @@ def _run(args) -> int:
     return 0
 
 
+def _preflight(args) -> int:
+    from koserve.build.preflight import preflight_engine
+
+    expected, source = args.expect, "expected (--expect)"
+    if args.recipe:
+        from koserve.build.recipe import load_recipe
+
+        expected, source = load_recipe(args.recipe).trtllm_version, f"recipe {args.recipe} trtllm_version"
+    check = preflight_engine(args.engine_dir, python=args.python, expected=expected, expected_from=source,
+                             what=f"preflight {args.engine_dir}")
+    print(f"koserve: TensorRT-LLM versions agree: {check.summary()}")
+    return 0
+
+
 def _common(p, *, paths: bool) -> None:
     p.add_argument("recipe", help="built-in recipe name (see `koserve build list`) or a recipe YAML file")
     if paths:
@@ -124,3 +138,18 @@ def register(subparsers) -> None:
     p.add_argument("--heartbeat", type=float, default=60.0, help="seconds between progress lines of a running step")
     p.add_argument("--step-timeout", type=float, default=None, help="kill a step that runs longer (seconds)")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser(
+        "preflight",
+        help="check that tensorrt_llm.__version__, the engine's config.json version and the recipe agree",
+        description="Compare the TensorRT-LLM that PYTHON imports, the version in ENGINE_DIR/config.json and the "
+        "expected release (--recipe's trtllm_version, else --expect, else engine_manifest.json, else koserve's "
+        "pinned 1.2.1). Exit 0 when all agree; otherwise exit 2 with an error naming all three. The chart's init "
+        "container runs it before rendering the repository.",
+    )
+    p.add_argument("--engine-dir", required=True, help="TensorRT-LLM engine folder (config.json + rank*.engine)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--recipe", help="built-in recipe name or YAML: expect its trtllm_version")
+    g.add_argument("--expect", help="expected TensorRT-LLM version, e.g. 1.2.1")
+    p.add_argument("--python", default="python3", help="interpreter whose tensorrt_llm is checked (default python3)")
+    p.set_defaults(func=_preflight)
