@@ -69,39 +69,96 @@ def server_extra_args(args) -> tuple[str, ...]:
     return tuple(a for a in args.extra if a != "--") if args.extra else ()
 
 
+def _check_health_args(args) -> None:
+    from koserve.errors import ConfigError
+
+    if not 0 <= args.health_port <= 65535:
+        raise ConfigError(f"--health-port must be a TCP port in [0, 65535] (0 = off), got {args.health_port}")
+    for name in ("probe_interval", "probe_timeout", "restart_window"):
+        if not getattr(args, name) > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be > 0 seconds, got {getattr(args, name)}")
+    if args.restart_grace < 0:
+        raise ConfigError(f"--restart-grace must be >= 0 seconds, got {args.restart_grace}")
+    if not 0 <= args.max_restarts <= 1000:
+        raise ConfigError(f"--max-restarts must be in [0, 1000], got {args.max_restarts}")
+
+
+def _probe_url(server, extra: tuple[str, ...]) -> str:
+    """gRPC unless tritonserver's gRPC endpoint is off (then HTTP)."""
+    from koserve.serving.tritonserver import tritonserver_arg
+
+    grpc_off = (tritonserver_arg(extra, "--allow-grpc") or "true").lower() in ("false", "0", "no", "off")
+    return server.http_url if grpc_off else server.grpc_url
+
+
 def _serve(args) -> int:
+    from koserve.errors import ConfigError
+    from koserve.serving.health import HealthState, Prober, serve_health, text_models_in
     from koserve.serving.http_queue import http_stream_warning
+    from koserve.serving.supervisor import RestartPolicy, Supervisor
 
     server = build_server(args)
     if args.print_command:
         print(shlex.join(server.cmd))
         return 0
+    if not args.skip_version_check and args.gpu is not False:
+        from koserve.build.preflight import preflight_repo  # GPU repository: TensorRT-LLM versions must agree
+
+        preflight_repo(Path(args.repo).expanduser().resolve())
+    _check_health_args(args)
 
     def _terminate(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    state = HealthState(models=text_models_in(Path(args.repo).expanduser().resolve()),
+                        probe_interval=args.probe_interval, probe_timeout=args.probe_timeout)
+    health = prober = None
+    if args.health_port:
+        try:
+            health = serve_health(state, args.host, args.health_port)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve health on {args.host}:{args.health_port}: {exc} "
+                              "(choose another --health-port, or 0 for none)") from None
     try:
         server.start(args.ready_timeout)
+        health_line = f"\n  health  http://{args.host}:{args.health_port}/health/ready" if health else ""
         print(
             f"koserve: Triton is ready\n  gRPC    {server.grpc_url}\n  HTTP    {server.http_url}\n"
-            f"  metrics {server.metrics_url}\n  log     {server.log_path}",
+            f"  metrics {server.metrics_url}{health_line}\n  log     {server.log_path}",
             file=sys.stderr, flush=True,
         )
         warning = http_stream_warning(server_extra_args(args))
         if warning:
             print(f"koserve: {warning}", file=sys.stderr, flush=True)
-        code = server.wait()
-        print(f"koserve: tritonserver exited with code {code}", file=sys.stderr)
-        return code or 0
+        if health is not None and state.models:
+            prober = Prober(state, _probe_url(server, server_extra_args(args)), state.models,
+                            interval=args.probe_interval, timeout=args.probe_timeout).start()
+        policy = RestartPolicy(args.max_restarts, args.restart_window, args.restart_grace)
+        return Supervisor(server, state, policy=policy, ready_timeout=args.ready_timeout, prober=prober).run()
     except KeyboardInterrupt:
+        state.set_phase("stopping")
         print("koserve: stopping Triton", file=sys.stderr)
         return 0
     finally:
+        if prober is not None:
+            prober.stop()
         server.stop()
+        if health is not None:
+            health.shutdown()
+            health.server_close()
 
 
 def register(subparsers) -> None:
+    # dependency-free modules: `koserve --help` stays fast
+    from koserve.serving.health import DEFAULT_HEALTH_PORT, DEFAULT_PROBE_INTERVAL_S, DEFAULT_PROBE_TIMEOUT_S
+    from koserve.serving.supervisor import (
+        DEFAULT_MAX_RESTARTS,
+        DEFAULT_RESTART_GRACE_S,
+        DEFAULT_RESTART_WINDOW_S,
+        EXIT_GAVE_UP,
+    )
+
     p = subparsers.add_parser(
         "serve",
         help="run tritonserver on a rendered model repository",
@@ -126,8 +183,28 @@ def register(subparsers) -> None:
         help="on SIGTERM/Ctrl-C: seconds between SIGTERM to tritonserver and SIGKILL, so in-flight streams can "
         "finish (default: --exit-timeout-secs given after `--` + 5, else 15)",
     )
+    h = p.add_argument_group("health and restarts (docs/reliability.md)")
+    h.add_argument("--health-port", type=int, default=DEFAULT_HEALTH_PORT, metavar="PORT",
+                   help=f"serve GET /health/ready and /health/live on --host:PORT (default {DEFAULT_HEALTH_PORT}; "
+                   "0 = off)")
+    h.add_argument("--probe-interval", type=float, default=DEFAULT_PROBE_INTERVAL_S, metavar="SECONDS",
+                   help="seconds between one-token probe requests through ensemble and tensorrt_llm_bls "
+                   f"(default {DEFAULT_PROBE_INTERVAL_S:g})")
+    h.add_argument("--probe-timeout", type=float, default=DEFAULT_PROBE_TIMEOUT_S, metavar="SECONDS",
+                   help=f"seconds a probe may take (default {DEFAULT_PROBE_TIMEOUT_S:g})")
+    h.add_argument("--max-restarts", type=int, default=DEFAULT_MAX_RESTARTS, metavar="N",
+                   help="restart tritonserver when a python stub dies or it exits, at most N times within "
+                   f"--restart-window, then exit {EXIT_GAVE_UP} (default {DEFAULT_MAX_RESTARTS}; 0 = exit at once)")
+    h.add_argument("--restart-window", type=float, default=DEFAULT_RESTART_WINDOW_S, metavar="SECONDS",
+                   help=f"window of --max-restarts (default {DEFAULT_RESTART_WINDOW_S:g})")
+    h.add_argument("--restart-grace", type=float, default=DEFAULT_RESTART_GRACE_S, metavar="SECONDS",
+                   help="on a restart: seconds between SIGTERM and SIGKILL (requests waiting on a dead stub never "
+                   f"finish) (default {DEFAULT_RESTART_GRACE_S:g})")
     p.add_argument("--log-verbose", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="do not echo the server log")
     p.add_argument("--print-command", action="store_true", help="print the command line and exit")
+    p.add_argument("--skip-version-check", action="store_true",
+                   help="GPU: do not compare tensorrt_llm.__version__, the engine's config.json version and the "
+                        "recipe's trtllm_version before starting (koserve build preflight)")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="-- then extra tritonserver arguments")
     p.set_defaults(func=_serve)

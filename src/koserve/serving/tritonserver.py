@@ -7,6 +7,10 @@ HTTP/gRPC/metrics; ranks > 0 load only ``tensorrt_llm``; one shm-region prefix p
 
 Every server gets its own python-backend shm-region prefix, so the ``/dev/shm`` files it leaks (a stub that dies or
 never starts leaves its region behind) are found and removed exactly, without touching other servers' regions.
+
+A server dies with its launcher: tritonserver gets ``PR_SET_PDEATHSIG`` = SIGKILL, and a small reaper process
+(:mod:`koserve.serving.reaper`) kills the whole process group (stubs, mpirun ranks) and removes the shm regions when
+the launcher is gone without having stopped the server (SIGKILL of ``koserve serve``, OOM kill).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -317,6 +322,30 @@ def default_stop_grace(extra_args: tuple[str, ...] | list[str] = ()) -> float:
     return DEFAULT_STOP_GRACE_S if exit_timeout is None else exit_timeout + 5.0
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel SIGKILLs it when the thread that started it dies."""
+    import ctypes  # noqa: PLC0415
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+_IN_FLIGHT = re.compile(r"Found (\d+) model versions that have in-flight inferences|has (\d+) in-flight inferences")
+
+
+def in_flight_at_shutdown(log_text: str) -> list[str]:
+    """Lines of a tritonserver log in which, while shutting down, it still waited for in-flight inferences."""
+    out = []
+    for line in log_text.splitlines():
+        m = _IN_FLIGHT.search(line)
+        if m and int(m.group(1) or m.group(2)) > 0:
+            out.append(line.strip())
+    return out
+
+
 def _http_ready(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=timeout) as resp:
@@ -360,6 +389,8 @@ class TritonServer:
             log_path = Path(name)
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
+        self._reaper: subprocess.Popen | None = None
+        self._reaper_fd: int | None = None
         self._log_file = None
         self._tail_thread: threading.Thread | None = None
 
@@ -392,6 +423,9 @@ class TritonServer:
         if self.process is not None:
             raise KoserveError("server already started")
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115
+        # PR_SET_PDEATHSIG belongs to the forking *thread*: set it only from the main thread (a server started from
+        # a worker thread would die with that thread); the reaper covers every case, stubs and shm included.
+        on_main = threading.current_thread() is threading.main_thread()
         self.process = subprocess.Popen(
             self.cmd,
             env=self.env,
@@ -399,7 +433,9 @@ class TritonServer:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() signals the group (mpirun ranks, stubs)
+            preexec_fn=_die_with_parent if on_main and sys.platform.startswith("linux") else None,
         )
+        self._start_reaper()
         if self.echo:
             self._tail_thread = threading.Thread(target=self._tail, daemon=True)
             self._tail_thread.start()
@@ -441,6 +477,46 @@ class TritonServer:
         if self.is_alive():
             self._signal_group(signal.SIGTERM)
 
+    def restart(self, timeout: float = 120.0, grace: float = 5.0) -> "TritonServer":
+        """Stop the server (SIGKILL after ``grace`` s: a dead stub's requests never finish) and start it again with
+        the same command line (same ports, same shm prefix)."""
+        self.stop(grace)
+        self.process = None
+        return self.start(timeout)
+
+    def _start_reaper(self) -> None:
+        """Spawn :mod:`koserve.serving.reaper`: it kills the group and removes the shm regions if we die."""
+        read_fd, write_fd = os.pipe()
+        try:
+            self._reaper = subprocess.Popen(
+                [sys.executable, "-S", str(Path(__file__).with_name("reaper.py")), str(read_fd),
+                 str(self.process.pid), *self.shm_prefixes],
+                pass_fds=(read_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True,
+            )
+        except OSError:
+            os.close(write_fd)
+            raise
+        finally:
+            os.close(read_fd)
+        self._reaper_fd = write_fd
+
+    def _release_reaper(self) -> None:
+        """A normal stop: tell the reaper so (it exits without killing anything)."""
+        fd, self._reaper_fd = self._reaper_fd, None
+        if fd is not None:
+            try:
+                os.write(fd, b"done")
+            except OSError:
+                pass
+            os.close(fd)
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            try:
+                reaper.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                reaper.kill()
+
     def stop(self, grace: float | None = None) -> int | None:
         """SIGTERM the process group, SIGKILL after ``grace`` seconds (default: ``self.stop_grace``, see
         :func:`default_stop_grace`) so in-flight streams can finish; remove the shm regions it leaked."""
@@ -463,6 +539,7 @@ class TritonServer:
             self._log_file = None
         for prefix in self.shm_prefixes:
             remove_shm_regions(prefix)
+        self._release_reaper()
         return code
 
     def _signal_group(self, sig: int) -> None:
