@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -179,6 +181,191 @@ def load_values(*files: str) -> dict:
     return merged
 
 
+# ------------------------------------------------------------------------------ containers and their commands
+
+@dataclass
+class RenderedContainer:
+    """One container of a rendered pod template, with where it came from."""
+
+    where: str  # Kind/name/role/container
+    container: dict
+    init: bool
+
+    @property
+    def argv(self) -> list[str]:
+        return list(self.container.get("command", [])) + list(self.container.get("args", []))
+
+    def port(self, name_or_number) -> int:
+        """A probe's port: a number, or the containerPort with that name (KeyError when there is none)."""
+        if isinstance(name_or_number, int):
+            return name_or_number
+        return {p["name"]: p["containerPort"] for p in self.container.get("ports", []) if "name" in p}[name_or_number]
+
+
+def pod_specs(doc: dict) -> list[tuple[str, dict]]:
+    """(role, pod spec) of every pod template in a rendered object (none for kinds without pods)."""
+    if doc["kind"] == "LeaderWorkerSet":
+        lwt = doc["spec"]["leaderWorkerTemplate"]
+        return [(r, lwt[r]["spec"]) for r in ("leaderTemplate", "workerTemplate") if r in lwt]
+    if doc["kind"] == "Pod":
+        return [("pod", doc["spec"])]
+    if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        return [("pod", doc["spec"]["template"]["spec"])]
+    return []
+
+
+def all_containers(docs: list[dict]) -> list[RenderedContainer]:
+    out = []
+    for doc in docs:
+        for role, spec in pod_specs(doc):
+            for init, key in ((True, "initContainers"), (False, "containers")):
+                for c in spec.get(key, []):
+                    out.append(RenderedContainer(f"{doc['kind']}/{doc['metadata']['name']}/{role}/{c['name']}", c, init))
+    return out
+
+
+def shell_lines(script: str) -> list[str]:
+    """The script's logical lines (backslash-newline continuations joined), heredoc bodies dropped."""
+    lines, current, heredoc_end = [], "", None
+    for raw in script.splitlines():
+        if heredoc_end is not None:
+            if raw.strip() == heredoc_end:
+                heredoc_end = None
+            continue
+        if raw.rstrip().endswith("\\"):
+            current += raw.rstrip()[:-1] + " "
+            continue
+        line = (current + raw).strip()
+        current = ""
+        match = re.search(r"<<-?\s*'?\"?([A-Za-z_]+)'?\"?", line)
+        if match:
+            heredoc_end = match.group(1)
+        lines.append(line)
+    return lines
+
+
+def koserve_invocations(script: str) -> list[list[str]]:
+    """argv (without the leading `koserve`) of every `koserve ...` / `exec koserve ...` line in a shell script.
+    Shell variables stay as written ("$ENGINE_DIR"): argparse sees the same flags the pod's shell would pass."""
+    found = []
+    for line in shell_lines(script):
+        if re.match(r"(exec\s+)?koserve(\s|$)", line):
+            words = shlex.split(line)
+            found.append(words[2:] if words[0] == "exec" else words[1:])
+    return found
+
+
+def parse_koserve(argv: list[str]):
+    """``koserve <argv>`` parsed by koserve's real parser (built as src/koserve/cli/__init__.py does).
+    Returns (namespace, None) or (None, argparse's message)."""
+    import contextlib
+    import io
+
+    from koserve.cli import build_parser
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return None, f"exit {exc.code}: {err.getvalue().strip()}"
+    if not getattr(args, "func", None):
+        return None, "no subcommand"
+    return args, None
+
+
+@pytest.fixture(scope="session")
+def tritonserver_flags() -> frozenset[str]:
+    """Flag names (without --) that the real bundled tritonserver 2.51 prints in --help."""
+    from koserve.errors import ConfigError
+
+    try:
+        from koserve.serving.tritonserver import find_pytriton, server_env
+
+        dist = find_pytriton()
+    except ConfigError as e:
+        pytest.skip(f"no bundled tritonserver: {e}")
+    proc = subprocess.run([str(dist.binary), "--help"], env=server_env(dist), capture_output=True, text=True,
+                          timeout=60)
+    flags = frozenset(re.findall(r"^\s+--([a-z0-9][a-z0-9-]*)", proc.stdout + proc.stderr, re.M))
+    assert {"model-repository", "http-restricted-api", "grpc-restricted-protocol", "exit-timeout-secs"} <= flags, \
+        f"tritonserver --help printed no usable flag list:\n{(proc.stdout + proc.stderr)[:2000]}"
+    return flags
+
+
+def tritonserver_flag_problems(extra: list[str] | tuple[str, ...], flags: frozenset[str]) -> list[str]:
+    """Arguments after `koserve serve ... --` whose flag name the real tritonserver does not know."""
+    problems = []
+    for arg in extra:
+        if arg.startswith("--"):
+            name = arg[2:].split("=", 1)[0]
+            if name not in flags:
+                problems.append(f"tritonserver has no flag --{name} (in {arg!r})")
+    return problems
+
+
+def parse_quantity(q) -> float:
+    """A Kubernetes quantity (512Mi, 1Gi, 500m, 2) as a number (bytes / cores)."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60, "k": 1e3, "M": 1e6,
+             "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18, "m": 1e-3}
+    match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(q))
+    assert match, f"not a quantity: {q!r}"
+    return float(match.group(1)) * units.get(match.group(2), 1) if match.group(2) else float(match.group(1))
+
+
+# ----------------------------------------------------------------------------------- NetworkPolicy semantics
+
+def _selects(selector: dict | None, labels: dict) -> bool:
+    """A LabelSelector against labels (matchLabels and matchExpressions; {} selects everything)."""
+    if selector is None:
+        return True
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        present, value = e["key"] in labels, labels.get(e["key"])
+        op = e["operator"]
+        if (op == "In" and value not in e["values"]) or (op == "NotIn" and present and value in e["values"]) \
+                or (op == "Exists" and not present) or (op == "DoesNotExist" and present):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A client pod: its namespace (with the namespace's labels) and its own labels."""
+
+    namespace: str
+    labels: dict
+    namespace_labels: dict | None = None
+
+    def ns_labels(self) -> dict:
+        return {"kubernetes.io/metadata.name": self.namespace, **(self.namespace_labels or {})}
+
+
+def network_policy_admits(policy: dict, peer: Peer, port: int, policy_namespace: str) -> bool:
+    """Whether an Ingress NetworkPolicy admits TCP traffic from ``peer`` to ``port`` of the pods it selects
+    (Kubernetes semantics: rules are ORed; a rule without ports admits every port, without from every source; a peer
+    with only podSelector means the policy's own namespace)."""
+    for rule in policy["spec"].get("ingress") or []:
+        ports = rule.get("ports")
+        if ports and not any(p.get("protocol", "TCP") == "TCP" and p.get("port") in (None, port) for p in ports):
+            continue
+        sources = rule.get("from")
+        if not sources:
+            return True
+        for src in sources:
+            if "ipBlock" in src:
+                continue  # pod-to-pod traffic is judged by the selectors here
+            ns_sel = src.get("namespaceSelector")
+            if ns_sel is None:
+                ns_ok = peer.namespace == policy_namespace
+            else:
+                ns_ok = _selects(ns_sel, peer.ns_labels())
+            if ns_ok and _selects(src.get("podSelector"), peer.labels):
+                return True
+    return False
+
+
 class DeployKit:
     """The helpers above, handed to tests as a fixture (pytest runs with --import-mode=importlib, so test modules
     cannot import conftest)."""
@@ -192,6 +379,15 @@ class DeployKit:
     gpu_count = staticmethod(gpu_count)
     load_values = staticmethod(load_values)
     pod_template_as_pod = staticmethod(pod_template_as_pod)
+    pod_specs = staticmethod(pod_specs)
+    all_containers = staticmethod(all_containers)
+    shell_lines = staticmethod(shell_lines)
+    koserve_invocations = staticmethod(koserve_invocations)
+    parse_koserve = staticmethod(parse_koserve)
+    tritonserver_flag_problems = staticmethod(tritonserver_flag_problems)
+    parse_quantity = staticmethod(parse_quantity)
+    network_policy_admits = staticmethod(network_policy_admits)
+    Peer = Peer
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import time
 
@@ -42,6 +43,18 @@ TOGGLES = {
     "everything": (("values-both-h100x8.yaml",), GATEWAY_SETS + MONITORING_SETS + (
         "models.komt-13b.autoscaling.enabled=true", "models.akallama-70b.build.enabled=true",
         "triton.extraArgs[0]=--log-info=true")),
+    "lws-gateway": ((), LWS_SETS + GATEWAY_SETS),
+    "gateway-bls-ports": (("values-komt-13b-fp8-tp1.yaml",), GATEWAY_SETS + (
+        "gateway.target=tensorrt_llm_bls", "gateway.port=9100", "triton.ports.grpc=9001", "triton.ports.http=9002",
+        "triton.ports.metrics=9003", "triton.ports.health=9004", "triton.logVerbose=1",
+        "triton.extraArgs[0]=--grpc-infer-allocation-pool-size=16", "triton.extraArgs[1]=--log-format=ISO8601")),
+    "extra-init": ((), ("extraInitContainers[0].name=fetch-engine", "extraInitContainers[0].image=busybox:1.36",
+                        "extraInitContainers[0].command[0]=/bin/sh", "extraInitContainers[0].command[1]=-c",
+                        "extraInitContainers[0].command[2]=test -d /models || exit 1",
+                        "extraInitContainers[1].name=own-limits", "extraInitContainers[1].image=busybox:1.36",
+                        "extraInitContainers[1].command[0]=/bin/sh", "extraInitContainers[1].command[1]=-c",
+                        "extraInitContainers[1].command[2]=exit 0",
+                        "extraInitContainers[1].resources.limits.memory=64Mi")),
 }
 TOGGLES.update({f"file:{f}": ((f,), ()) for f in ALL_VALUES[1:]})
 
@@ -198,9 +211,13 @@ def test_probes_and_graceful_shutdown(chart, kit, values_file, model, min_startu
     values = kit.load_values(values_file)
     d = triton_workload(chart.template([values_file]), model)
     c = kit.containers(d)["triton"]
-    assert c["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    # koserve serve's health server, not Triton's /v2/health (which stays 200 after a python stub died).
+    assert c["startupProbe"]["httpGet"] == {"path": "/health/ready", "port": "health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "health"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "health"}
+    assert "--health-port 8003 " in c["args"][0]
+    # A dead stub takes the pod out of the Service within seconds, not minutes.
+    assert c["readinessProbe"]["periodSeconds"] * c["readinessProbe"]["failureThreshold"] <= 10
     startup_budget = c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"]
     assert startup_budget >= min_startup_s, f"engine load budget {startup_budget}s is too short"
     # koserve serve waits as long as the startupProbe before it gives up on Triton.
@@ -215,7 +232,8 @@ def test_probes_and_graceful_shutdown(chart, kit, values_file, model, min_startu
     shm = {v["name"]: v for v in spec["volumes"]}["dshm"]["emptyDir"]
     assert shm == {"medium": "Memory", "sizeLimit": values["models"][model]["shmSize"]}
     assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002,
+                                                                     "health": 8003}
     assert d["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
 
 
@@ -224,10 +242,11 @@ def test_server_and_render_commands(chart, kit):
     c = kit.containers(d)
     script = c["triton"]["args"][0]
     assert re.search(r"exec koserve serve --repo /repo/model_repository \\\n\s+--http-port 8000 --grpc-port 8001 "
-                     r"--metrics-port 8002 \\\n\s+--host 0.0.0.0 --ready-timeout 2400 \\\n\s+-- \\", script), script
+                     r"--metrics-port 8002 \\\n\s+--health-port 8003 \\\n\s+--host 0.0.0.0 --ready-timeout 2400 "
+                     r"\\\n\s+-- \\", script), script
+    restricted = "model-repository,shared-memory,logging,trace:koserve-admin-key=${TRITON_ADMIN_KEY}"
     for flag in ("--model-control-mode=none", "--metrics-config histogram_latencies=true",
-                 '--http-restricted-api="model-repository,shared-memory:koserve-admin-key=${TRITON_ADMIN_KEY}"',
-                 '--grpc-restricted-api="model-repository,shared-memory:koserve-admin-key=${TRITON_ADMIN_KEY}"'):
+                 f'--http-restricted-api="{restricted}"', f'--grpc-restricted-protocol="{restricted}"'):
         assert flag in script
     render = c["render-repository"]["args"][0]
     assert ('exec koserve repo render --profile akallama-70b --tokenizer "$TOKENIZER_DIR" --engine "$ENGINE_DIR" '
@@ -278,6 +297,12 @@ def _run_init(script, env, engine_dir, tmp_path, timeout=60):
     return subprocess.run(["bash", "-ec", script], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _until_first_koserve(script: str) -> str:
+    lines = script.splitlines()
+    first = next(i for i, line in enumerate(lines) if re.match(r"\s*(exec\s+)?koserve\s", line))
+    return "\n".join(lines[:first] + ["exit 0"])
+
+
 def test_init_refuses_an_engine_of_another_world_size(chart, kit, tmp_path):
     """The init container's check runs for real: a TP2 engine under a TP4 deployment stops the pod with a clear
     message before anything is rendered."""
@@ -298,8 +323,9 @@ def test_init_accepts_a_matching_engine_and_reports_a_missing_one(chart, kit, tm
     engine.mkdir()
     (engine / "config.json").write_text(json.dumps(
         {"pretrained_config": {"mapping": {"world_size": 4, "tp_size": 4, "pp_size": 1}}}))
-    # Stop right before `koserve repo render` (which needs a real tokenizer and engine).
-    proc = _run_init(script.replace("exec koserve repo render", "exit 0 # koserve repo render"), env, engine, tmp_path)
+    # Stop right before the first koserve command (the version preflight and `koserve repo render` need
+    # TensorRT-LLM and a real tokenizer; test_pod_commands_run_with_the_real_koserve_cli runs them).
+    proc = _run_init(_until_first_koserve(script), env, engine, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "tp=4 pp=1 world_size=4" in proc.stdout
     missing = _run_init(script, env, tmp_path / "nowhere", tmp_path)
@@ -333,19 +359,81 @@ def test_security_contexts(chart, kit, case):
                     assert "valueFrom" in e, f"{name}/{c['name']}: {e['name']} must come from a Secret reference"
 
 
-def test_network_policy_limits_ingress_to_service_ports(chart, kit):
-    rendered = chart.template((), TOGGLES["netpol-from"][1])
+def _pod_labels(doc: dict, kit) -> dict:
+    return doc["metadata"]["labels"] if doc["kind"] == "Pod" else doc["spec"]["template"]["metadata"]["labels"]
+
+
+# Pods around the release, judged by the rendered NetworkPolicy (namespace "serving", as chart.template renders).
+PROMETHEUS = {"app.kubernetes.io/name": "prometheus", "app.kubernetes.io/managed-by": "prometheus-operator",
+              "prometheus": "kps-prometheus"}
+
+
+def test_network_policy_admits_only_gateway_tests_and_prometheus_by_default(chart, kit):
+    rendered = chart.template((), GATEWAY_SETS)
     netpol = rendered.one("NetworkPolicy", "-komt-13b")
     assert netpol["spec"]["policyTypes"] == ["Ingress"]
-    ports = sorted(p["port"] for rule in netpol["spec"]["ingress"] for p in rule.get("ports", []))
-    assert ports == [8000, 8001, 8002]
-    api_rule = netpol["spec"]["ingress"][0]
-    components = [p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
-                  for p in api_rule["from"]]
-    assert {"team": "chat"} == api_rule["from"][0]["namespaceSelector"]["matchLabels"]
-    assert "gateway" in components and "test" in components
+    # Every rule names its sources: a rule without `from` would admit any pod of any namespace.
+    assert all(rule.get("from") for rule in netpol["spec"]["ingress"]), netpol["spec"]["ingress"]
+    gateway = _pod_labels(rendered.one("Deployment", "-komt-13b-gateway"), kit)
+    test_pod = rendered.one("Pod", "-komt-13b-test-chat")["metadata"]["labels"]
+    Peer = kit.Peer
+    admits = lambda peer, port: kit.network_policy_admits(netpol, peer, port, "serving")  # noqa: E731
+    for port in (8000, 8001):
+        assert admits(Peer("serving", gateway), port)
+        assert admits(Peer("serving", test_pod), port)
+        assert not admits(Peer("serving", {"app": "anything"}), port), "a random pod of the namespace"
+        assert not admits(Peer("other", gateway), port), "a look-alike gateway in another namespace"
+        assert not admits(Peer("monitoring", PROMETHEUS), port), "Prometheus needs the metrics port only"
+    assert admits(Peer("monitoring", PROMETHEUS), 8002)
+    assert not admits(Peer("serving", gateway), 8002)
+    assert not admits(Peer("other", {"app": "x"}), 8002)
+    # The health port is only for the kubelet (node traffic, which NetworkPolicies do not filter).
+    assert not any(admits(Peer(ns, labels), 8003) for ns, labels in
+                   (("serving", gateway), ("monitoring", PROMETHEUS), ("other", {})))
+    # Another model's gateway does not reach this model's Triton.
+    both = chart.template(("values-both-h100x8.yaml",), GATEWAY_SETS)
+    aka_gateway = _pod_labels(both.one("Deployment", "-akallama-70b-gateway"), kit)
+    komt_policy = both.one("NetworkPolicy", "-komt-13b")
+    assert not kit.network_policy_admits(komt_policy, Peer("serving", aka_gateway), 8001, "serving")
     gw = rendered.one("NetworkPolicy", "-gateway")
     assert [p["port"] for p in gw["spec"]["ingress"][0]["ports"]] == [9000]
+
+
+def test_network_policy_with_no_client_admits_nobody(chart, kit, tmp_path):
+    """No gateway, no helm test pods, no `from`: the HTTP/gRPC ports get no rule at all (an empty `from` would admit
+    everyone); an empty metricsFrom closes the metrics port too."""
+    closed = tmp_path / "closed.yaml"
+    closed.write_text("tests: {enabled: false}\nnetworkPolicy: {metricsFrom: []}\n")
+    rendered = chart.template((str(closed),))
+    netpol = rendered.one("NetworkPolicy", "-komt-13b")
+    assert netpol["spec"]["ingress"] == []
+    for peer in (kit.Peer("serving", {}), kit.Peer("monitoring", PROMETHEUS)):
+        for port in (8000, 8001, 8002, 8003):
+            assert not kit.network_policy_admits(netpol, peer, port, "serving")
+
+
+def test_network_policy_from_adds_peers(chart, kit):
+    rendered = chart.template((), TOGGLES["netpol-from"][1])
+    netpol = rendered.one("NetworkPolicy", "-komt-13b")
+    chat_ns = kit.Peer("apps", {"app": "chatbot"}, {"team": "chat"})
+    assert kit.network_policy_admits(netpol, chat_ns, 8001, "serving")
+    assert not kit.network_policy_admits(netpol, chat_ns, 8002, "serving")
+    assert not kit.network_policy_admits(netpol, kit.Peer("apps", {"app": "chatbot"}, {"team": "ads"}), 8001, "serving")
+    gateway = _pod_labels(rendered.one("Deployment", "-komt-13b-gateway"), kit)
+    assert kit.network_policy_admits(netpol, kit.Peer("serving", gateway), 8001, "serving")
+    # Peers that are not NetworkPolicyPeer objects are refused by the schema.
+    error = chart.template_error((), ("networkPolicy.from[0].namespace=chat",))
+    assert "/networkPolicy/from/0" in error, error
+
+
+def test_network_policy_evaluator_can_say_yes_to_everything(kit):
+    """The evaluator above is not a constant no: a rule without `from` admits every pod, one without ports every
+    port (the cases the chart must never render for Triton's API ports)."""
+    open_rule = {"spec": {"ingress": [{"ports": [{"port": 8001, "protocol": "TCP"}]}]}}
+    assert kit.network_policy_admits(open_rule, kit.Peer("anywhere", {}), 8001, "serving")
+    assert not kit.network_policy_admits(open_rule, kit.Peer("anywhere", {}), 8000, "serving")
+    any_ns = {"spec": {"ingress": [{"from": [{"namespaceSelector": {}}]}]}}
+    assert kit.network_policy_admits(any_ns, kit.Peer("anywhere", {}), 1234, "serving")
 
 
 # ------------------------------------------------------------------------------ autoscaling and monitoring
@@ -424,18 +512,35 @@ def test_grafana_dashboard(chart, kit):
 # ------------------------------------------------------------------------------ gateway, build job, helm test
 
 def test_gateway(chart, kit):
+    from koserve.gateway import load_config
+
     rendered = chart.template(*TOGGLES["gateway"])
     for model in ("akallama-70b", "komt-13b"):
         d = rendered.one("Deployment", f"-{model}-gateway")
         c = kit.containers(d)["gateway"]
         triton_svc = rendered.one("Service", f"-{model}")["metadata"]["name"]
-        assert c["command"] + c["args"] == ["koserve", "gateway", "--triton-url", f"{triton_svc}:8001", "--protocol",
-                                            "grpc", "--host", "0.0.0.0", "--port", "9000"]
+        assert c["command"] == ["koserve"]
+        args, error = kit.parse_koserve(c["args"])
+        assert error is None, error
+        assert (args.command, args.host, args.port) == ("gateway", "0.0.0.0", 9000)
+        # The gateway's own config loader accepts the route: OpenAI name = model key, the profile, Triton over gRPC.
+        route, = load_config(model_specs=args.models, environ={}).models
+        assert (route.name, route.profile, route.url, route.protocol, route.target) == (
+            model, model, f"{triton_svc}:8001", "grpc", "ensemble")
         env = {e["name"]: e for e in c["env"]}
         assert env["KOSERVE_API_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "koserve-api-keys", "key": "api-keys"}
         assert kit.gpu_count(c) == (0, 0)
+        # Ready = the gateway's /health (200 only while its Triton answers ready); alive = /metrics (no backend).
+        assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+        assert c["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "http"}
+        assert "tcpSocket" not in c["readinessProbe"] and "tcpSocket" not in c["livenessProbe"]
         svc = rendered.one("Service", f"-{model}-gateway")
         assert [p["port"] for p in svc["spec"]["ports"]] == [9000]
+    bls = kit.containers(chart.template(*TOGGLES["gateway-bls-ports"]).one("Deployment", "-komt-13b-gateway"))
+    args, error = kit.parse_koserve(bls["gateway"]["args"])
+    assert error is None and args.port == 9100, error
+    assert load_config(model_specs=args.models, environ={}).models[0].target == "tensorrt_llm_bls"
+    assert load_config(model_specs=args.models, environ={}).models[0].url.endswith(":9001")
 
 
 def test_engine_build_job(chart, kit):
@@ -482,8 +587,11 @@ def test_helm_test_pod_chats_in_korean(chart, kit, values_file, profile):
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     c = pod["spec"]["containers"][0]
     svc = rendered.one("Service", f"-{profile}")["metadata"]["name"]
-    assert c["command"] + c["args"] == ["koserve", "chat", "--url", f"{svc}:8001", "--protocol", "grpc", "-p", profile,
-                                        "네 이름은 뭐야?"]
+    assert c["command"] == ["koserve"]
+    args, error = kit.parse_koserve(c["args"])
+    assert error is None, error
+    assert (args.command, args.url, args.protocol, args.profile, args.prompt, args.model) == (
+        "chat", f"{svc}:8001", "grpc", profile, "네 이름은 뭐야?", "ensemble")
     assert pod["spec"]["restartPolicy"] == "Never"
 
 
@@ -555,13 +663,29 @@ def test_pod_commands_run_with_the_real_koserve_cli(chart, kit, tmp_path):
     repo = tmp_path / "repo" / "model_repository"
     env = {"PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "HOME": str(tmp_path),
            "KOSERVE_CACHE": os.environ.get("KOSERVE_CACHE", str(kit.repo / ".cache" / "koserve"))}
+    # TensorRT-LLM does not install here: the version preflight imports a stand-in package that only carries the
+    # version of the image's TensorRT-LLM (as tests/build does).
+    site = tmp_path / "site" / "tensorrt_llm"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text('__version__ = "1.2.1"\n')
+    env["PYTHONPATH"] = str(site.parent)
 
     init_env = {e["name"]: e["value"] for e in c["render-repository"]["env"]}
     init_env.update(env, ENGINE_DIR=str(engine), TOKENIZER_DIR=str(tokenizer))
     init = c["render-repository"]["args"][0].replace("/repo/model_repository", str(repo))
-    proc = subprocess.run(["bash", "-ec", init], env=init_env, capture_output=True, text=True, timeout=120)
+    # A fresh wrapper process reports the peak RSS of the script's processes (RUSAGE_CHILDREN: the largest one).
+    peak = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+            "print('peak-rss-kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+            "sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", peak, "bash", "-ec", init], env=init_env, capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert 'backend: "tensorrtllm"' in (repo / "tensorrt_llm" / "config.pbtxt").read_text()
+    # The init container's memory limit leaves at least 2x headroom over what rendering really takes.
+    peak_bytes = int(re.search(r"peak-rss-kib (\d+)", proc.stderr).group(1)) * 1024
+    limit = kit.parse_quantity(c["render-repository"]["resources"]["limits"]["memory"])
+    print(f"init container peak RSS {peak_bytes / 2**20:.0f} MiB, limit {limit / 2**20:.0f} MiB")
+    assert peak_bytes * 2 <= limit, f"render-repository peaked at {peak_bytes / 2**20:.0f} MiB of {limit / 2**20:.0f}"
 
     server = c["triton"]["args"][0].replace("/repo/model_repository", str(repo))
     server = server.replace("exec koserve serve ", "exec koserve serve --print-command ")
@@ -575,9 +699,10 @@ def test_pod_commands_run_with_the_real_koserve_cli(chart, kit, tmp_path):
                  "--model-control-mode=none", "--exit-timeout-secs=300", "--metrics-config histogram_latencies=true",
                  f"--model-repository={repo}"):
         assert flag in rank0, f"{flag} not in {rank0}"
-    key = re.search(r"--http-restricted-api=model-repository,shared-memory:koserve-admin-key=([0-9a-f]+)", rank0)
+    apis = "model-repository,shared-memory,logging,trace"
+    key = re.search(rf"--http-restricted-api={apis}:koserve-admin-key=([0-9a-f]+)", rank0)
     assert key and len(key.group(1)) == 64, rank0
-    assert f"--grpc-restricted-api=model-repository,shared-memory:koserve-admin-key={key.group(1)}" in rank0
+    assert f"--grpc-restricted-protocol={apis}:koserve-admin-key={key.group(1)}" in rank0
     assert all("--allow-http=false" in r for r in ranks[1:])
 
 
@@ -605,3 +730,154 @@ def test_install_dry_run_prints_usage_notes(chart, kit):
         assert f"{gpus} GPU(s) per server" in notes
         assert f'koserve chat --url 127.0.0.1:8001 --protocol grpc -p {model} "네 이름은 뭐야?"' in notes
     assert "helm test koserve -n koserve" in notes
+
+
+# ------------------------------------------------------- every rendered container command against the real programs
+
+SHELLS = {"/bin/bash": "bash", "/bin/sh": "sh", "bash": "bash", "sh": "sh"}
+
+
+class CommandCheck:
+    """Checks one rendered container's command + args (and its exec hooks) against what really runs it:
+    `koserve ...` through koserve's real argument parser (and the gateway's config loader), the flags `koserve serve`
+    passes to tritonserver against the real tritonserver's --help, shell scripts with `bash -n` / `sh -n` (and the
+    `koserve` lines inside them like direct commands), scripts of the image (/opt/koserve/...) in this repository."""
+
+    def __init__(self, kit, tritonserver_flags):
+        self.kit = kit
+        self.flags = tritonserver_flags
+        self.problems: list[str] = []
+        self.seen: set[str] = set()  # koserve subcommands checked
+
+    def container(self, rc) -> None:
+        argv = rc.argv
+        if not argv:
+            self.problems.append(f"{rc.where}: no command (the image's entrypoint is not checked)")
+        else:
+            self.command(rc, argv, main=True)
+        hooks = [rc.container.get("lifecycle", {}).get(h, {}) for h in ("preStop", "postStart")]
+        hooks += [rc.container.get(p, {}) for p in ("startupProbe", "readinessProbe", "livenessProbe")]
+        for hook in hooks:
+            if "exec" in hook:
+                self.command(rc, hook["exec"]["command"], main=False)
+            for kind in ("httpGet", "tcpSocket", "grpc"):
+                if kind in hook:
+                    try:
+                        rc.port(hook[kind]["port"])
+                    except KeyError:
+                        self.problems.append(f"{rc.where}: a probe uses port {hook[kind]['port']!r}, which the "
+                                             f"container does not declare")
+
+    def command(self, rc, argv: list[str], *, main: bool) -> None:
+        if argv[0] == "koserve":
+            self.koserve(rc, argv[1:], main=main)
+        elif argv[0] in SHELLS and len(argv) >= 3 and argv[1].startswith("-") and "c" in argv[1]:
+            shell, script = SHELLS[argv[0]], argv[2]
+            proc = subprocess.run([shell, "-n"], input=script, capture_output=True, text=True, timeout=30)
+            if proc.returncode != 0:
+                self.problems.append(f"{rc.where}: {shell} -n: {proc.stderr.strip()}")
+            for words in self.kit.koserve_invocations(script):
+                self.koserve(rc, words, main=main)
+        elif argv[0].startswith("/opt/koserve/"):
+            path = self.kit.repo / argv[0].removeprefix("/opt/koserve/")
+            if not path.is_file():
+                self.problems.append(f"{rc.where}: {argv[0]} is not in the repository (the image copies it from there)")
+            elif path.suffix == ".sh":
+                proc = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, timeout=30)
+                if proc.returncode != 0:
+                    self.problems.append(f"{rc.where}: bash -n {path.name}: {proc.stderr.strip()}")
+        else:
+            self.problems.append(f"{rc.where}: unknown command {argv[0]!r}: teach tests/deploy how to check it")
+
+    def koserve(self, rc, words: list[str], *, main: bool) -> None:
+        from koserve.cli.serve import server_extra_args
+        from koserve.errors import ConfigError
+        from koserve.gateway import load_config
+
+        where = f"{rc.where}: koserve {shlex.join(words)}"
+        args, error = self.kit.parse_koserve(words)
+        if error:
+            self.problems.append(f"{where}: {error}")
+            return
+        self.seen.add(args.command)
+        if args.command == "serve":
+            self.problems += [f"{where}: {p}" for p in
+                              self.kit.tritonserver_flag_problems(server_extra_args(args), self.flags)]
+            if main:  # the ports koserve serve listens on are the ones the container declares
+                for name, value in (("http", args.http_port), ("grpc", args.grpc_port),
+                                    ("metrics", args.metrics_port), ("health", args.health_port)):
+                    try:
+                        if rc.port(name) != value:
+                            self.problems.append(f"{where}: serves {name} on {value}, the container declares "
+                                                 f"{rc.port(name)}")
+                    except KeyError:
+                        self.problems.append(f"{where}: serves {name} on {value}; the container has no such port")
+        elif args.command == "gateway":
+            try:
+                load_config(args.config, model_specs=args.models, environ={})
+            except ConfigError as e:
+                self.problems.append(f"{where}: {e}")
+            if main and rc.port("http") != args.port:
+                self.problems.append(f"{where}: listens on {args.port}, the container declares {rc.port('http')}")
+
+
+@pytest.mark.parametrize("case", sorted(TOGGLES))
+def test_every_container_command_runs_with_the_real_programs(chart, kit, tritonserver_flags, case):
+    rendered = chart.template(*TOGGLES[case])
+    check = CommandCheck(kit, tritonserver_flags)
+    containers = kit.all_containers(rendered.docs)
+    assert containers
+    for rc in containers:
+        check.container(rc)
+    assert not check.problems, "\n".join(check.problems)
+    # Every Triton pod's script really contains the koserve commands that were checked.
+    assert {"serve", "repo"} <= check.seen, check.seen
+
+
+def test_command_check_covers_every_koserve_subcommand_the_chart_uses(chart, kit, tritonserver_flags):
+    check = CommandCheck(kit, tritonserver_flags)
+    for case in ("everything", "lws-gateway"):
+        for rc in kit.all_containers(chart.template(*TOGGLES[case]).docs):
+            check.container(rc)
+    assert not check.problems, "\n".join(check.problems)
+    assert check.seen == {"serve", "repo", "build", "gateway", "chat"}
+
+
+def test_command_check_catches_the_old_mistakes(kit, tritonserver_flags):
+    """The check fails on the chart's former gateway argv and gRPC restriction flag (both made pods exit at start)."""
+    from types import SimpleNamespace
+
+    def problems(container):
+        check = CommandCheck(kit, tritonserver_flags)
+        check.container(SimpleNamespace(where="x", container=container, argv=container["command"] + container["args"],
+                                        port=lambda name: {"http": 9000, "grpc": 8001, "metrics": 8002,
+                                                           "health": 8003}[name]))
+        return "\n".join(check.problems)
+
+    old_gateway = {"command": ["koserve"], "args": ["gateway", "--triton-url", "svc:8001", "--protocol", "grpc",
+                                                    "--host", "0.0.0.0", "--port", "9000"]}
+    assert "unrecognized arguments: --triton-url svc:8001 --protocol grpc" in problems(old_gateway)
+    unknown_profile = {"command": ["koserve"], "args": ["gateway", "--model", "m=svc:8001,profile=gpt-4"]}
+    assert "gpt-4" in problems(unknown_profile)
+    old_serve = {"command": ["/bin/bash", "-ec"], "args": [
+        'exec koserve serve --repo /r --http-port 8000 --grpc-port 8001 --metrics-port 8002 --health-port 8003 \\\n'
+        '  -- --grpc-restricted-api="model-repository:k=${KEY}" --exit-timeout-secs=5']}
+    assert "tritonserver has no flag --grpc-restricted-api" in problems(old_serve)
+    assert "bash -n" in problems({"command": ["/bin/bash", "-ec"], "args": ["if true; then echo"]})
+    assert "serves health on 8003; the container has no such port" not in problems(old_serve)
+
+
+def test_init_containers_have_memory_limits(chart, kit):
+    for case in ("everything", "lws", "extra-init"):
+        for rc in kit.all_containers(chart.template(*TOGGLES[case]).docs):
+            if rc.init:  # (a memory limit alone also sets the request)
+                assert "memory" in rc.container.get("resources", {}).get("limits", {}), rc.where
+    values = kit.load_values()
+    init = {rc.container["name"]: rc.container for rc in kit.all_containers(chart.template(*TOGGLES["extra-init"]).docs)
+            if rc.init and "komt-13b" in rc.where}
+    assert init["render-repository"]["resources"] == values["initContainer"]["resources"]
+    # An extra init container without resources gets the same; one with its own keeps them.
+    assert init["fetch-engine"]["resources"] == values["initContainer"]["resources"]
+    assert init["own-limits"]["resources"] == {"limits": {"memory": "64Mi"}}
+    error = chart.template_error((), ("initContainer.resources.limits=null",))
+    assert "initContainer/resources" in error, error

@@ -77,6 +77,10 @@ koserve.io/profile: {{ .m.profile }}
 
 {{/* Checks that templates cannot express in values.schema.json. */}}
 {{- define "koserve.model.validate" -}}
+{{- $ports := .root.Values.triton.ports -}}
+{{- if ne (len (uniq (list $ports.http $ports.grpc $ports.metrics $ports.health))) 4 -}}
+{{- fail (printf "triton.ports: http, grpc, metrics and health must be four different ports, got %v" $ports) -}}
+{{- end -}}
 {{- $ws := int (include "koserve.model.worldSize" .) -}}
 {{- if and (not .m.multiNode.enabled) (gt $ws 8) -}}
 {{- fail (printf "models.%s: tensorParallel × pipelineParallel = %d GPUs does not fit one node (max 8): set multiNode.enabled=true" .name $ws) -}}
@@ -181,6 +185,8 @@ render the Triton model repository with `koserve repo render`.
   imagePullPolicy: {{ .root.Values.image.pullPolicy }}
   securityContext:
     {{- toYaml .root.Values.containerSecurityContext | nindent 4 }}
+  resources:
+    {{- toYaml .root.Values.initContainer.resources | nindent 4 }}
   env:
     - name: ENGINE_DIR
       value: {{ include "koserve.model.engineDir" . | quote }}
@@ -229,6 +235,21 @@ render the Triton model repository with `koserve repo render`.
       mountPath: /tmp
 {{- end -}}
 
+{{/* extraInitContainers, each given initContainer.resources unless it sets its own (a list, maybe empty). */}}
+{{- define "koserve.extraInitContainers" -}}
+{{- $out := list -}}
+{{- range .Values.extraInitContainers -}}
+{{- $c := deepCopy . -}}
+{{- if not (hasKey $c "resources") -}}
+{{- $_ := set $c "resources" (deepCopy $.Values.initContainer.resources) -}}
+{{- end -}}
+{{- $out = append $out $c -}}
+{{- end -}}
+{{- if $out -}}
+{{- toYaml $out -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Volume mounts of the Triton container. */}}
 {{- define "koserve.model.serverMounts" -}}
 - name: models
@@ -261,7 +282,9 @@ render the Triton model repository with `koserve repo render`.
 {{/*
 The Triton server command: `koserve serve` (which runs `mpirun -n TP×PP tritonserver` on GPUs and waits on it) with
 extra tritonserver flags after `--`. A small shell prologue sets the restricted-API key; `exec` keeps koserve as the
-process that receives SIGTERM.
+process that receives SIGTERM. `--health-port`: koserve's own health server, whose /health/ready and /health/live
+the probes use (Triton's /v2/health/ready keeps answering 200 after a python stub died).
+Triton names the flag --http-restricted-api for HTTP but --grpc-restricted-protocol for gRPC (2.51 `--help`).
 */}}
 {{- define "koserve.model.serverScript" -}}
 {{- $t := .root.Values.triton -}}
@@ -271,11 +294,12 @@ if [ -z "${TRITON_ADMIN_KEY:-}" ]; then
 fi
 exec koserve serve --repo {{ include "koserve.repoDir" . }} \
   --http-port {{ $t.ports.http }} --grpc-port {{ $t.ports.grpc }} --metrics-port {{ $t.ports.metrics }} \
+  --health-port {{ $t.ports.health }} \
   --host 0.0.0.0 --ready-timeout {{ mul (int .m.probes.startup.periodSeconds) (int .m.probes.startup.failureThreshold) }} \
   -- \
   --model-control-mode={{ $t.modelControlMode }} \
   --http-restricted-api="{{ $restricted }}" \
-  --grpc-restricted-api="{{ $restricted }}" \
+  --grpc-restricted-protocol="{{ $restricted }}" \
   --exit-timeout-secs={{ .root.Values.shutdown.exitTimeoutSeconds }} \
   {{- if $t.histogramLatencies }}
   --metrics-config histogram_latencies=true \
@@ -286,21 +310,24 @@ exec koserve serve --repo {{ include "koserve.repoDir" . }} \
   --log-verbose={{ $t.logVerbose }}
 {{- end -}}
 
-{{/* Probes on Triton's health endpoints. */}}
+{{/*
+Probes on koserve serve's health server (port `health`): ready = a real one-token request through `ensemble` and
+`tensorrt_llm_bls` succeeded recently and every python stub is alive; live = not broken beyond recovery.
+*/}}
 {{- define "koserve.model.probes" -}}
 {{- $p := .m.probes -}}
 startupProbe:
-  httpGet: {path: /v2/health/ready, port: http}
+  httpGet: {path: /health/ready, port: health}
   periodSeconds: {{ $p.startup.periodSeconds }}
   failureThreshold: {{ $p.startup.failureThreshold }}
   timeoutSeconds: {{ $p.startup.timeoutSeconds }}
 readinessProbe:
-  httpGet: {path: /v2/health/ready, port: http}
+  httpGet: {path: /health/ready, port: health}
   periodSeconds: {{ $p.readiness.periodSeconds }}
   failureThreshold: {{ $p.readiness.failureThreshold }}
   timeoutSeconds: {{ $p.readiness.timeoutSeconds }}
 livenessProbe:
-  httpGet: {path: /v2/health/live, port: http}
+  httpGet: {path: /health/live, port: health}
   periodSeconds: {{ $p.liveness.periodSeconds }}
   failureThreshold: {{ $p.liveness.failureThreshold }}
   timeoutSeconds: {{ $p.liveness.timeoutSeconds }}
@@ -310,6 +337,7 @@ livenessProbe:
 - {name: http, containerPort: {{ .root.Values.triton.ports.http }}, protocol: TCP}
 - {name: grpc, containerPort: {{ .root.Values.triton.ports.grpc }}, protocol: TCP}
 - {name: metrics, containerPort: {{ .root.Values.triton.ports.metrics }}, protocol: TCP}
+- {name: health, containerPort: {{ .root.Values.triton.ports.health }}, protocol: TCP}
 {{- end -}}
 
 {{/* preStop: keep serving while the endpoint is removed from Services, then Triton drains on SIGTERM. */}}
@@ -364,9 +392,7 @@ tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 initContainers:
-  {{- with .root.Values.extraInitContainers }}
-  {{- toYaml . | nindent 2 }}
-  {{- end }}
+  {{- include "koserve.extraInitContainers" .root | nindent 2 }}
   {{- include "koserve.model.renderInitContainer" . | nindent 2 }}
 volumes:
   {{- include "koserve.model.volumes" . | nindent 2 }}

@@ -1,0 +1,201 @@
+"""The chart's own commands, run for real: the Triton container's script (`koserve serve` + the chart's tritonserver
+flags) on a CPU replay repository, and the gateway container's argv in front of it. Every probe of both containers
+is asked over HTTP, and Triton's restricted APIs (logging included) refuse anonymous callers.
+
+Only what a pod needs is changed: the repository path (the init container's output), `--host 0.0.0.0` → 127.0.0.1,
+and the Service name → 127.0.0.1; ports are free ports chosen now and rendered through the chart's values."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.server
+
+ADMIN_KEY = "chart-test-admin-key"
+API_KEY = "sk-chart-test"
+START_TIMEOUT_S = 180
+STOP_TIMEOUT_S = 30
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> httpx.Response:
+    """GET url until it answers 200 (bounded); fail early with the log when the process exits."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"exited with {proc.returncode} before {url} answered 200:\n{log.read_text()[-4000:]}")
+        try:
+            r = httpx.get(url, timeout=3)
+            if r.status_code == 200:
+                return r
+            last = f"{r.status_code} {r.text[:200]}"
+        except httpx.HTTPError as e:
+            last = repr(e)
+        time.sleep(0.5)
+    pytest.fail(f"{url} did not answer 200 within {timeout}s (last: {last}):\n{log.read_text()[-4000:]}")
+
+
+@contextmanager
+def _running(argv: list[str], env: dict, log: Path):
+    """A process in its own session, stopped with SIGTERM (then SIGKILL of its group) when the block ends."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        try:  # anything the process group left behind (a tritonserver whose launcher died)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _probe_url(rc, probe: str) -> str:
+    get = rc.container[probe]["httpGet"]
+    return f"http://127.0.0.1:{rc.port(get['port'])}{get['path']}"
+
+
+@pytest.fixture(scope="module")
+def chart_stack(chart, kit, tmp_path_factory, replay_text_file):
+    from koserve.errors import ConfigError
+    from koserve.fixtures import tokenizer_dir
+    from koserve.serving.tritonserver import free_ports
+
+    try:
+        tokenizer = tokenizer_dir("llama2")
+    except ConfigError as e:
+        pytest.skip(f"tokenizer fixtures missing ({e}); run `koserve setup fixtures`")
+    work = tmp_path_factory.mktemp("chart-stack")
+    http, grpc, metrics, health, gateway_port = free_ports(5)
+    rendered = chart.template(("values-komt-13b-fp8-tp1.yaml",), (
+        f"triton.ports.http={http}", f"triton.ports.grpc={grpc}", f"triton.ports.metrics={metrics}",
+        f"triton.ports.health={health}", f"gateway.port={gateway_port}", "shutdown.exitTimeoutSeconds=5",
+        "gateway.enabled=true", "gateway.apiKeysSecret.name=koserve-api-keys",
+        "triton.restrictedApi.secret.name=triton-admin"))
+    containers = {rc.container["name"]: rc for rc in kit.all_containers(rendered.docs)
+                  if rc.where.startswith("Deployment/")}
+    triton, gateway = containers["triton"], containers["gateway"]
+    bindir = str(Path(sys.executable).parent)
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}", "HOME": str(work),
+           "KOSERVE_CACHE": os.environ.get("KOSERVE_CACHE", str(kit.repo / ".cache" / "koserve"))}
+
+    # What the init container leaves in /repo/model_repository, for the CPU stand-in (replay) instead of an engine.
+    repo = work / "model_repository"
+    proc = subprocess.run([f"{bindir}/koserve", "repo", "render", "--profile", "komt-13b", "--tokenizer", str(tokenizer),
+                           "--replay", "--replay-text", str(replay_text_file), "--max-seq-len", "512",
+                           "--max-input-len", "384", "--out", str(repo)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    script = triton.container["args"][0]
+    assert triton.container["command"] == ["/bin/bash", "-ec"]
+    assert script.count("/repo/model_repository") == 1 and script.count("--host 0.0.0.0 ") == 1, script
+    script = script.replace("/repo/model_repository", str(repo)).replace("--host 0.0.0.0 ", "--host 127.0.0.1 ")
+    server_env = {**env, **{e["name"]: e["value"] for e in triton.container["env"] if "value" in e},
+                  "HOME": str(work), "TRITON_ADMIN_KEY": ADMIN_KEY}
+    with _running(["bash", "-ec", script], server_env, work / "triton.log") as server:
+        _wait_http(_probe_url(triton, "startupProbe"), server, work / "triton.log", START_TIMEOUT_S)
+
+        svc = rendered.one("Service", "-komt-13b")["metadata"]["name"]
+        argv = [a.replace(f"{svc}:", "127.0.0.1:") for a in gateway.argv]
+        assert argv[0] == "koserve" and argv.count("0.0.0.0") == 1, argv
+        argv[argv.index("0.0.0.0")] = "127.0.0.1"
+        argv[0] = f"{bindir}/koserve"
+        gateway_env = {**env, **{e["name"]: e["value"] for e in gateway.container["env"] if "value" in e},
+                       "HOME": str(work), "KOSERVE_API_KEYS": API_KEY}
+        with _running(argv, gateway_env, work / "gateway.log") as gw:
+            _wait_http(_probe_url(gateway, "readinessProbe"), gw, work / "gateway.log", 60)
+            yield {"triton": triton, "gateway": gateway, "server": server, "gateway_proc": gw,
+                   "http": f"http://127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}",
+                   "metrics": f"http://127.0.0.1:{metrics}/metrics", "gateway_url": f"http://127.0.0.1:{gateway_port}",
+                   "header": kit.load_values()["triton"]["restrictedApi"]["header"], "work": work}
+
+
+def test_triton_container_probes_answer_on_the_real_server(chart_stack):
+    triton = chart_stack["triton"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        r = httpx.get(_probe_url(triton, probe), timeout=5)
+        assert r.status_code == 200, f"{probe}: {r.status_code} {r.text}"
+    assert chart_stack["server"].poll() is None
+    # The chart's ports are the ones serving: Triton's metrics on the metrics port.
+    assert "nv_inference_request_success" in httpx.get(chart_stack["metrics"], timeout=5).text
+
+
+def test_gateway_container_serves_chat_through_the_chart_triton(chart_stack, replay_text_file):
+    gateway = chart_stack["gateway"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        r = httpx.get(_probe_url(gateway, probe), timeout=5)
+        assert r.status_code == 200, f"{probe}: {r.status_code} {r.text}"
+    assert httpx.get(_probe_url(gateway, "readinessProbe"), timeout=5).json()["models"] == {"komt-13b": "ready"}
+    url = chart_stack["gateway_url"] + "/v1/chat/completions"
+    body = {"model": "komt-13b", "messages": [{"role": "user", "content": "안녕하세요"}], "max_tokens": 40}
+    assert httpx.post(url, json=body, timeout=60).status_code == 401
+    r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
+    assert r.status_code == 200, r.text
+    text = r.json()["choices"][0]["message"]["content"]
+    assert text and replay_text_file.read_text(encoding="utf-8").startswith(text[:10]), text
+
+
+RESTRICTED_HTTP = [
+    ("POST", "/v2/logging", {"log_verbose_level": 1}),
+    ("GET", "/v2/logging", None),
+    ("POST", "/v2/trace/setting", {"trace_level": ["TIMESTAMPS"]}),
+    ("POST", "/v2/repository/index", {}),
+    ("POST", "/v2/repository/models/ensemble/unload", {}),
+]
+
+
+@pytest.mark.parametrize("method,path,body", RESTRICTED_HTTP, ids=[f"{m} {p}" for m, p, _ in RESTRICTED_HTTP])
+def test_restricted_http_apis_refuse_anonymous_callers(chart_stack, method, path, body):
+    header = chart_stack["header"]
+    for headers in ({}, {header: "wrong-key"}):
+        r = httpx.request(method, chart_stack["http"] + path, json=body, headers=headers, timeout=10)
+        assert r.status_code == 403, f"{method} {path} with {headers}: {r.status_code} {r.text}"
+        assert f"expecting header '{header}'" in r.text
+    assert chart_stack["server"].poll() is None
+
+
+def test_logging_settings_change_only_with_the_key(chart_stack):
+    http, header = chart_stack["http"], chart_stack["header"]
+    r = httpx.post(http + "/v2/logging", json={"log_verbose_level": 1}, headers={header: ADMIN_KEY}, timeout=10)
+    assert r.status_code == 200 and r.json()["log_verbose_level"] == 1, r.text
+    r = httpx.post(http + "/v2/logging", json={"log_verbose_level": 0}, headers={header: ADMIN_KEY}, timeout=10)
+    assert r.status_code == 200 and r.json()["log_verbose_level"] == 0, r.text
+    # Inference, health and metadata stay open (the gateway and tensorrt_llm_bls send no key).
+    assert httpx.get(http + "/v2/health/ready", timeout=5).status_code == 200
+    assert httpx.get(http + "/v2/models/ensemble", timeout=5).status_code == 200
+
+
+def test_restricted_grpc_protocols_refuse_anonymous_callers(chart_stack):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    header = chart_stack["header"]
+    client = grpcclient.InferenceServerClient(chart_stack["grpc"])
+    try:
+        for headers in (None, {header: ADMIN_KEY}, {f"triton-grpc-protocol-{header}": "wrong-key"}):
+            with pytest.raises(InferenceServerException, match="This protocol is restricted"):
+                client.update_log_settings({"log_verbose_level": 1}, headers=headers)
+            with pytest.raises(InferenceServerException, match="This protocol is restricted"):
+                client.get_model_repository_index(headers=headers)
+        # gRPC carries the key as metadata `triton-grpc-protocol-<header>` (Triton's prefix).
+        granted = {f"triton-grpc-protocol-{header}": ADMIN_KEY}
+        settings = client.update_log_settings({"log_verbose_level": 0}, headers=granted, as_json=True)
+        assert "log_verbose_level" in str(settings)
+        assert client.is_server_ready()
+    finally:
+        client.close()
