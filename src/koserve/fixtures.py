@@ -50,10 +50,34 @@ _TINY_FAMILY = {
 }
 
 
+CACHE_ENV = "KOSERVE_CACHE"
+
+
+def source_checkout() -> Path | None:
+    """The koserve source checkout this package is imported from (``<root>/src/koserve``), or ``None``."""
+    root = Path(__file__).resolve().parent.parent.parent
+    try:
+        pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return root if re.search(r'(?m)^name\s*=\s*"koserve"\s*$', pyproject) else None
+
+
 def cache_dir() -> Path:
-    """Where fixtures live: ``$KOSERVE_CACHE``, else ``~/.cache/koserve``."""
-    env = os.environ.get("KOSERVE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "koserve"
+    """Where fixtures live, the same for every command whatever the working directory:
+
+    1. ``$KOSERVE_CACHE`` when set;
+    2. else, when koserve runs from a source checkout (an editable install, as ``make setup`` makes),
+       ``<checkout>/.cache/koserve`` — where ``make fixtures`` writes;
+    3. else ``~/.cache/koserve``.
+    """
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    checkout = source_checkout()
+    if checkout is not None:
+        return checkout / ".cache" / "koserve"
+    return Path.home() / ".cache" / "koserve"
 
 
 def _check_family(family: str) -> None:

@@ -4,7 +4,9 @@ Injection policy: **reject**. Text that could forge the prompt's structure — a
 ``<|eot_id|>`` / ``<|start_header_id|>`` / ``<s>``, or a komt role marker such as ``### Response:`` — is refused
 with :class:`PromptInjectionError` naming the message and the offending string. Rejecting (rather than silently
 rewriting) keeps what the model sees equal to what the caller sent, and makes attacks visible in logs. Ordinary
-markdown (``### 제목``) is allowed; only the role markers are refused.
+markdown (``### 제목``) is allowed; only the role markers are refused. The check is judged on what the model sees
+(:mod:`koserve.chat.injection`): text normalised as the tokenizer does (``▁`` is a space to Llama-2) and folded for
+look-alikes, and — given a tokenizer — the token ids each message contributes to the rendered prompt.
 """
 
 from __future__ import annotations
@@ -13,12 +15,25 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Literal, Mapping, Union
+from typing import TYPE_CHECKING, Iterable, Literal, Mapping, Union
 
 import jinja2
 
+from koserve.chat.injection import (
+    PromptInjectionError,
+    TextSpan,
+    check_no_control_strings,
+    check_prompt_tokens,
+    control_string_pattern,
+)
 from koserve.errors import InvalidRequestError
 from koserve.profiles import ModelProfile, load_profile
+
+if TYPE_CHECKING:
+    from koserve.text.tokenizer import TextTokenizer
+
+__all__ = ["USE_DEFAULT", "Message", "PromptInjectionError", "RenderedPrompt", "control_string_pattern",
+           "check_no_control_strings", "render_prompt", "render_prompt_spans"]
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -33,10 +48,6 @@ USE_DEFAULT = _UseDefault()
 """Sentinel for ``system_prompt``: use the profile's default system prompt (when the messages have none)."""
 
 
-class PromptInjectionError(InvalidRequestError):
-    """A message contains a control token or role marker of the chat format."""
-
-
 @dataclass(frozen=True)
 class Message:
     role: Role
@@ -44,19 +55,6 @@ class Message:
 
 
 MessageLike = Union[Message, Mapping[str, str]]
-
-# Llama-3 special tokens all look like <|name|> (including <|reserved_special_token_N|>).
-_LLAMA3_CONTROL = r"<\|[A-Za-z0-9_]+\|>"
-# Llama-2 SentencePiece specials, komt's own end marker, and komt's role markers at any position.
-_KOMT_CONTROL = r"</?s>|<unk>|<\|end\|>|###\s*(?:instruction|response|input)\s*:"
-
-_CONTROL = {"llama3": _LLAMA3_CONTROL, "komt": _KOMT_CONTROL}
-
-
-@lru_cache(maxsize=None)
-def control_string_pattern(chat_format: str) -> re.Pattern[str]:
-    """Regex of the strings user-supplied text may not contain for ``chat_format``."""
-    return re.compile(_CONTROL[chat_format], re.IGNORECASE)
 
 
 @lru_cache(maxsize=None)
@@ -106,29 +104,33 @@ def _check_order(messages: list[Message], add_generation_prompt: bool) -> None:
         raise InvalidRequestError("the last message must be from the user to generate a reply")
 
 
-def check_no_control_strings(text: str, chat_format: str, where: str) -> None:
-    """Raise :class:`PromptInjectionError` if ``text`` contains a control string of ``chat_format``."""
-    match = control_string_pattern(chat_format).search(text)
-    if match:
-        raise PromptInjectionError(
-            f"{where} contains the control sequence {match.group(0)!r}, which is reserved by the "
-            f"{chat_format} chat format; remove it"
-        )
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """A rendered prompt and where each message's content sits in it (``spans[i]`` is ``messages[i]``)."""
+
+    text: str
+    spans: tuple[TextSpan, ...]
 
 
-def render_prompt(
+# Private-use characters around a message index stand in for the contents while the template renders, so that
+# the contents' positions in the output are known exactly (the templates ``trim`` contents; so does the
+# substitution).
+_SLOT = re.compile("\ue000(\\d+)\ue001")
+
+
+def _slot(i: int) -> str:
+    return f"\ue000{i}\ue001"
+
+
+def render_prompt_spans(
     profile: ModelProfile | str,
     messages: Iterable[MessageLike],
     *,
     system_prompt: str | None | _UseDefault = USE_DEFAULT,
     add_generation_prompt: bool = True,
-) -> str:
-    """Render ``messages`` into the prompt string for ``profile``.
-
-    ``system_prompt``: ``USE_DEFAULT`` uses the profile's default unless the messages start with a system message;
-    a string replaces it; ``None`` sends no system prompt. Raises :class:`InvalidRequestError` (or its subclass
-    :class:`PromptInjectionError`) for malformed conversations or injected control strings.
-    """
+    tokenizer: TextTokenizer | None = None,
+) -> RenderedPrompt:
+    """:func:`render_prompt`, also returning each message's span in the prompt."""
     profile = load_profile(profile)
     msgs = _coerce(messages)
     has_system = bool(msgs) and msgs[0].role == "system"
@@ -140,8 +142,48 @@ def render_prompt(
         raise InvalidRequestError("give the system prompt either as the first message or as system_prompt, not both")
     _check_order(msgs, add_generation_prompt)
     fmt = profile.chat.format
-    for i, m in enumerate(msgs):
-        check_no_control_strings(m.content, fmt, f"{m.role} message {i}")
-    return _template(fmt).render(
-        messages=msgs, bos_token=profile.chat.bos_token, add_generation_prompt=add_generation_prompt
+    names = [f"{m.role} message {i}" for i, m in enumerate(msgs)]
+    for m, where in zip(msgs, names):
+        check_no_control_strings(m.content, fmt, where)
+    skeleton = _template(fmt).render(
+        messages=[Message(m.role, _slot(i)) for i, m in enumerate(msgs)],
+        bos_token=profile.chat.bos_token,
+        add_generation_prompt=add_generation_prompt,
     )
+    parts: list[str] = []
+    spans: list[TextSpan] = []
+    length = 0
+    pos = 0
+    for slot in _SLOT.finditer(skeleton):
+        i = int(slot.group(1))
+        parts.append(skeleton[pos:slot.start()])
+        length += slot.start() - pos
+        content = msgs[i].content.strip()  # what the templates' ``trim`` does
+        spans.append(TextSpan(length, length + len(content), names[i]))
+        parts.append(content)
+        length += len(content)
+        pos = slot.end()
+    parts.append(skeleton[pos:])
+    text = "".join(parts)
+    if tokenizer is not None:
+        check_prompt_tokens(tokenizer, text, spans, fmt)
+    return RenderedPrompt(text, tuple(spans))
+
+
+def render_prompt(
+    profile: ModelProfile | str,
+    messages: Iterable[MessageLike],
+    *,
+    system_prompt: str | None | _UseDefault = USE_DEFAULT,
+    add_generation_prompt: bool = True,
+    tokenizer: TextTokenizer | None = None,
+) -> str:
+    """Render ``messages`` into the prompt string for ``profile``.
+
+    ``system_prompt``: ``USE_DEFAULT`` uses the profile's default unless the messages start with a system message;
+    a string replaces it; ``None`` sends no system prompt. Raises :class:`InvalidRequestError` (or its subclass
+    :class:`PromptInjectionError`) for malformed conversations or injected control strings. With ``tokenizer``
+    (the model's), the injection check also runs on the token ids each message contributes to the prompt.
+    """
+    return render_prompt_spans(profile, messages, system_prompt=system_prompt,
+                               add_generation_prompt=add_generation_prompt, tokenizer=tokenizer).text

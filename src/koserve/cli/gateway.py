@@ -11,29 +11,41 @@ def register(subparsers: Any) -> None:
         "gateway",
         help="OpenAI-compatible HTTP API in front of Triton",
         description="Serve /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics, mapping each "
-        "model name to a koserve profile and its Triton server. API keys: KOSERVE_API_KEYS (comma-separated).",
+        "model name to a koserve profile and its Triton server. API keys: KOSERVE_API_KEYS (comma-separated). "
+        "Tokenizer (for usage.prompt_tokens and the token-level injection check): tokenizer=DIR, else the fixture "
+        "tokenizer of the profile's family, looked up in $KOSERVE_CACHE if set, else <checkout>/.cache/koserve "
+        "when koserve runs from a source checkout (where `make fixtures` writes), else ~/.cache/koserve; "
+        "tokenizer=none goes without (prompt_tokens 0). Sampling without a seed gets a random seed per request. "
+        "/v1/completions prompts get the same injection policy as chat messages unless --allow-raw-prompts.",
         epilog="example: koserve gateway --model akallama-70b=127.0.0.1:8001 --model komt-13b=http://127.0.0.1:9000",
     )
     p.add_argument("--config", metavar="YAML", help="gateway config file (models, limits)")
     p.add_argument("--model", dest="models", action="append", metavar="NAME=URL[,key=value...]",
                    help="a served model: NAME (also the profile unless profile=...) at Triton URL; options "
-                   "profile=, target=ensemble|tensorrt_llm_bls, protocol=grpc|http, tokenizer=DIR, max_tokens=N "
+                   "profile=, target=ensemble|tensorrt_llm_bls, protocol=grpc|http, tokenizer=DIR|none, max_tokens=N "
                    "(repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 in a pod)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.add_argument("--max-request-bytes", type=int, help="largest accepted request body (default 1 MiB)")
     p.add_argument("--request-timeout", type=float, help="seconds allowed per request (default 300)")
+    p.add_argument("--allow-raw-prompts", action="store_true", default=None,
+                   help="let /v1/completions prompts contain the chat format's control tokens and role markers "
+                   "(pre-templated prompts); default: refused like in chat messages")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging  # noqa: PLC0415
+
     import uvicorn  # noqa: PLC0415
 
     from koserve.gateway import create_app, load_config  # noqa: PLC0415
 
     config = load_config(args.config, model_specs=args.models, max_request_bytes=args.max_request_bytes,
-                         request_timeout=args.request_timeout)
+                         request_timeout=args.request_timeout, allow_raw_prompts=args.allow_raw_prompts)
+    # the gateway's own start-up lines (which tokenizer each model uses) in uvicorn's format
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     app = create_app(config)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)
     return 0

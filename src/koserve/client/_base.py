@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,23 @@ def infer_protocol(url: str, protocol: str | None) -> tuple[str, Protocol]:
     if protocol == "http":
         return "http://" + url.rstrip("/"), "http"
     return url.rstrip("/"), "grpc"
+
+
+def draw_seed() -> int:
+    """A fresh random seed (63 bits: fits TensorRT-LLM's UINT64 ``random_seed`` and any signed 64-bit parser)."""
+    return secrets.randbits(63)
+
+
+def with_seed(params: SamplingParams) -> SamplingParams:
+    """``params`` with a random seed drawn when sampling without one.
+
+    TensorRT-LLM (and the CPU stand-in) seed every request with the same default, so unseeded sampling would
+    repeat itself: the same prompt at temperature 1 gave the same text every time. Greedy decoding needs no seed.
+    """
+    sampling = params.temperature > 0 and params.top_k != 1
+    if params.seed is not None or not sampling:
+        return params
+    return dataclasses.replace(params, seed=draw_seed())
 
 
 def backoff_delays(retries: int, *, base: float = 0.1, cap: float = 2.0) -> Iterator[float]:
@@ -160,12 +179,12 @@ class ClientBase:
             system_prompt = self.system_prompt
         if system_prompt is not USE_DEFAULT and not system_prompt:
             system_prompt = None
-        return render_prompt(self.profile, messages, system_prompt=system_prompt)
+        return render_prompt(self.profile, messages, system_prompt=system_prompt, tokenizer=self.tokenizer)
 
     def _prepare(self, prompt: str, kwargs: dict[str, Any], options: dict[str, Any], *, stream: bool | None = None
                  ) -> Prepared:
         explicit = {k for k, v in kwargs.items() if v is not None}
-        params = resolve_params(self.profile, {**self.default_params, **kwargs})
+        params = with_seed(resolve_params(self.profile, {**self.default_params, **kwargs}))
         explicit |= {k for k, v in self.default_params.items() if v is not None}
         timeout = options.get("timeout", self.timeout)
         timeout = self._check_timeout(timeout, "timeout")
@@ -219,4 +238,5 @@ class ClientBase:
             model=prepared.model,
             stop_string=asm.matched,
             prompt=prepared.prompt,
+            seed=prepared.params.seed,
         )

@@ -10,11 +10,20 @@ from koserve.errors import InvalidRequestError, KoserveError
 
 __all__ = [
     "ClientError",
+    "InvalidParameterError",
     "InvalidRequestError",
     "RequestTimeoutError",
     "ServerError",
     "ServerUnavailableError",
 ]
+
+
+class InvalidParameterError(InvalidRequestError):
+    """A request parameter is out of range or malformed; ``param`` names it (as the caller spelled it)."""
+
+    def __init__(self, message: str, *, param: str):
+        super().__init__(message)
+        self.param = param
 
 
 class ClientError(KoserveError):

@@ -10,12 +10,17 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from koserve.client.errors import InvalidParameterError
 from koserve.errors import InvalidRequestError
 from koserve.profiles import ModelProfile
 
 MAX_STOP_STRINGS = 32
 MAX_STOP_STRING_CHARS = 256
-_UINT64_MAX = 2**64 - 1
+# Limits of the wire types (Triton tensors). Triton's HTTP JSON parser wraps integers into an INT32 tensor
+# (max_tokens 4294967300 runs as 4), so every value is checked against its tensor's type before sending.
+UINT64_MAX = 2**64 - 1
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+FP32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
@@ -79,23 +84,24 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _int(name: str, v: Any, lo: int, hi: int | None = None) -> int:
+def _int(name: str, v: Any, lo: int, hi: int = INT32_MAX) -> int:
+    """An integer parameter in ``[lo, hi]`` (by default the INT32 range its tensor has)."""
     if not _is_int(v):
-        raise InvalidRequestError(f"{name} must be an integer, got {v!r}")
-    if v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
-        raise InvalidRequestError(f"{name} must be {rng}, got {v}")
+        raise InvalidParameterError(f"{name} must be an integer, got {v!r}", param=name)
+    if v < lo or v > hi:
+        raise InvalidParameterError(f"{name} must be between {lo} and {hi}, got {v}", param=name)
     return int(v)
 
 
-def _float(name: str, v: Any, lo: float, hi: float | None = None, *, lo_open: bool = False) -> float:
+def _float(name: str, v: Any, lo: float, hi: float = FP32_MAX, *, lo_open: bool = False) -> float:
+    """A finite number in ``lo..hi`` (by default up to the largest FP32, its tensor's type)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise InvalidRequestError(f"{name} must be a finite number, got {v!r}")
+        raise InvalidParameterError(f"{name} must be a finite number, got {v!r}", param=name)
     bad = v <= lo if lo_open else v < lo
-    if bad or (hi is not None and v > hi):
+    if bad or v > hi:
         left = f"> {lo}" if lo_open else f">= {lo}"
-        rng = left if hi is None else f"{left} and <= {hi}"
-        raise InvalidRequestError(f"{name} must be {rng}, got {v}")
+        top = f"{hi:g} (the largest FP32)" if hi == FP32_MAX else str(hi)
+        raise InvalidParameterError(f"{name} must be {left} and <= {top}, got {v}", param=name)
     return float(v)
 
 
@@ -105,17 +111,19 @@ def _strings(name: str, v: Any) -> tuple[str, ...]:
     if isinstance(v, str):
         v = [v]
     if not isinstance(v, (list, tuple)):
-        raise InvalidRequestError(f"{name} must be a string or a list of strings, got {type(v).__name__}")
+        raise InvalidParameterError(f"{name} must be a string or a list of strings, got {type(v).__name__}",
+                                    param=name)
     if len(v) > MAX_STOP_STRINGS:
-        raise InvalidRequestError(f"{name} takes at most {MAX_STOP_STRINGS} strings, got {len(v)}")
+        raise InvalidParameterError(f"{name} takes at most {MAX_STOP_STRINGS} strings, got {len(v)}", param=name)
     out = []
     for i, s in enumerate(v):
         if not isinstance(s, str):
-            raise InvalidRequestError(f"{name}[{i}] must be a string, got {type(s).__name__}")
+            raise InvalidParameterError(f"{name}[{i}] must be a string, got {type(s).__name__}", param=name)
         if not s:
-            raise InvalidRequestError(f"{name}[{i}] must not be empty")
+            raise InvalidParameterError(f"{name}[{i}] must not be empty", param=name)
         if len(s) > MAX_STOP_STRING_CHARS:
-            raise InvalidRequestError(f"{name}[{i}] is {len(s)} characters long; the limit is {MAX_STOP_STRING_CHARS}")
+            raise InvalidParameterError(
+                f"{name}[{i}] is {len(s)} characters long; the limit is {MAX_STOP_STRING_CHARS}", param=name)
         out.append(s)
     return tuple(out)
 
@@ -136,7 +144,7 @@ def resolve_params(profile: ModelProfile, overrides: Mapping[str, Any] | None = 
     def get(name: str, default: Any) -> Any:
         return overrides.get(name, default)
 
-    def opt_float(name: str, lo: float, hi: float | None = None, *, lo_open: bool = False) -> float | None:
+    def opt_float(name: str, lo: float, hi: float = FP32_MAX, *, lo_open: bool = False) -> float | None:
         v = overrides.get(name)
         return None if v is None else _float(name, v, lo, hi, lo_open=lo_open)
 
@@ -150,7 +158,7 @@ def resolve_params(profile: ModelProfile, overrides: Mapping[str, Any] | None = 
         top_p=_float("top_p", get("top_p", gen.top_p), 0.0, 1.0, lo_open=True),
         top_k=_int("top_k", get("top_k", gen.top_k), 0, vocab),
         stop=_strings("stop", overrides.get("stop")),
-        seed=None if seed is None else _int("seed", seed, 0, _UINT64_MAX),
+        seed=None if seed is None else _int("seed", seed, 0, UINT64_MAX),
         repetition_penalty=opt_float("repetition_penalty", 0.0, lo_open=True),
         presence_penalty=opt_float("presence_penalty", -2.0, 2.0),
         frequency_penalty=opt_float("frequency_penalty", -2.0, 2.0),
@@ -162,7 +170,7 @@ def resolve_params(profile: ModelProfile, overrides: Mapping[str, Any] | None = 
         profile_stop_words=tuple(gen.stop_words),
     )
     if params.min_tokens is not None and params.min_tokens > params.max_tokens:
-        raise InvalidRequestError(
-            f"min_tokens ({params.min_tokens}) must not exceed max_tokens ({params.max_tokens})"
+        raise InvalidParameterError(
+            f"min_tokens ({params.min_tokens}) must not exceed max_tokens ({params.max_tokens})", param="min_tokens"
         )
     return params

@@ -37,7 +37,9 @@ class ChatResult:
     (the caller closed the stream early). Times are seconds from sending the request: ``ttft`` is the first
     response, ``token_times`` one entry per generated token, the arrival of the response that carried it (a BLS
     response covering several tokens gives them the same time).
-    Token counts are ``None`` when they cannot be known (see the client docs).
+    Token counts are ``None`` when they cannot be known (see the client docs). ``seed`` is the sampling seed sent
+    (the caller's, or the one drawn for this request when sampling without one; ``None`` for greedy decoding):
+    pass it back as ``seed=`` to repeat a generation.
     """
 
     text: str
@@ -51,6 +53,7 @@ class ChatResult:
     model: str
     stop_string: str | None = None
     prompt: str = field(default="", repr=False)
+    seed: int | None = None
 
     @property
     def inter_token_latencies(self) -> tuple[float, ...]:
@@ -84,6 +87,7 @@ class ChatResult:
             "request_id": self.request_id,
             "model": self.model,
             "stop_string": self.stop_string,
+            "seed": self.seed,
         }
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from koserve.client.params import SamplingParams
+from koserve.client.errors import InvalidParameterError
+from koserve.client.params import FP32_MAX, INT32_MAX, INT32_MIN, UINT64_MAX, SamplingParams
 from koserve.errors import InvalidRequestError
 
 _NP = {"BYTES": np.object_, "INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64, "BOOL": np.bool_}
@@ -31,6 +32,24 @@ PARAM_TENSORS = {
     "min_tokens": "min_length",
     "bad_words": "bad_words",
 }
+
+
+_RANGES = {"INT32": (INT32_MIN, INT32_MAX), "UINT64": (0, UINT64_MAX), "FP32": (-FP32_MAX, FP32_MAX)}
+
+
+def check_wire_range(name: str, datatype: str, value: Any, param: str | None = None) -> None:
+    """Refuse a value its tensor type cannot hold (Triton's HTTP JSON parser would wrap it silently)."""
+    bounds = _RANGES.get(datatype)
+    if bounds is None or isinstance(value, bool):
+        return
+    lo, hi = bounds
+    if not lo <= value <= hi:  # NaN fails this too
+        what = param or name
+        shown = (lambda x: f"{x:g}") if datatype == "FP32" else str
+        raise InvalidParameterError(
+            f"{what} is {value}, outside the range of its {datatype} tensor {name!r} ({shown(lo)} to {shown(hi)})",
+            param=what,
+        )
 
 
 @dataclass(frozen=True)
@@ -98,8 +117,11 @@ def build_request(prompt: str, params: SamplingParams, *, stream: bool, request_
     if request_id is not None and (not isinstance(request_id, str) or not request_id):
         raise InvalidRequestError("request_id must be a non-empty string")
     t: dict[str, WireTensor] = {}
+    param_of = {tensor: param for param, tensor in PARAM_TENSORS.items()}
 
     def put(name: str, datatype: str, *values: Any) -> None:
+        for v in values:
+            check_wire_range(name, datatype, v, param_of.get(name, name))
         t[name] = WireTensor(name, datatype, tuple(values))
 
     put("text_input", "BYTES", prompt)

@@ -25,10 +25,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from koserve import __version__
 from koserve.client import AsyncChatClient, ChatResult
-from koserve.client.errors import ClientError, RequestTimeoutError, ServerError, ServerUnavailableError
+from koserve.chat import PromptInjectionError, check_prompt
+from koserve.client.errors import (
+    ClientError,
+    InvalidParameterError,
+    RequestTimeoutError,
+    ServerError,
+    ServerUnavailableError,
+)
 from koserve.errors import InvalidRequestError, KoserveError
-from koserve.gateway.config import GatewayConfig, ModelRoute
-from koserve.gateway.schemas import ChatCompletionRequest, CompletionRequest
+from koserve.gateway.config import NO_TOKENIZER, GatewayConfig, ModelRoute
+from koserve.gateway.schemas import ChatCompletionRequest, CompletionRequest, UnsupportedParameterError
 from koserve.profiles import load_profile
 
 log = logging.getLogger("koserve.gateway")
@@ -42,6 +49,25 @@ _REQUEST_PROBLEM = re.compile(
     re.IGNORECASE,
 )
 _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
+
+# Triton input names in koserve's error messages -> the OpenAI parameter a caller set
+_TENSOR_PARAMS = {
+    "max_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
+    "repetition_penalty": "repetition_penalty", "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty", "min_length": "min_tokens", "random_seed": "seed",
+    "stop_words": "stop", "seed": "seed", "min_tokens": "min_tokens", "stop": "stop",
+}
+_NAMED = re.compile(r"^(?:inputs? )?'?([a-z_]+)'?")
+
+
+def server_error_param(message: str, prompt_param: str | None) -> str | None:
+    """Which request parameter a koserve serving-side error is about (OpenAI's ``param``), when it says."""
+    if message.startswith(("prompt is", "text_input")):
+        return prompt_param
+    if "max_tokens" in message:
+        return "max_tokens"
+    m = _NAMED.match(message)
+    return _TENSOR_PARAMS.get(m.group(1)) if m else None
 
 
 class GatewayError(Exception):
@@ -61,8 +87,8 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
     return JSONResponse(error_body(message, type_, code, param), status_code=status)
 
 
-def as_gateway_error(exc: BaseException) -> GatewayError:
-    """What a koserve/client failure means for an API caller."""
+def as_gateway_error(exc: BaseException, prompt_param: str | None = None) -> GatewayError:
+    """What a koserve/client failure means for an API caller (``prompt_param``: ``messages`` or ``prompt``)."""
     if isinstance(exc, GatewayError):
         return exc
     if isinstance(exc, RequestTimeoutError):
@@ -73,13 +99,25 @@ def as_gateway_error(exc: BaseException) -> GatewayError:
     if isinstance(exc, ServerError):
         message = _ENSEMBLE_PREFIX.sub("", exc.server_message)
         if str(exc.status or "") in ("INVALID_ARGUMENT", "400") or _REQUEST_PROBLEM.search(message):
-            return GatewayError(400, message, code="invalid_request")
+            return GatewayError(400, message, code="invalid_request", param=server_error_param(message, prompt_param))
         return GatewayError(502, f"the model server failed: {message}", type_="server_error", code="backend_error")
+    if isinstance(exc, InvalidParameterError):
+        return GatewayError(400, str(exc), code="invalid_request", param=exc.param)
+    if isinstance(exc, PromptInjectionError):
+        return GatewayError(400, str(exc), code="prompt_injection", param=prompt_param)
     if isinstance(exc, (InvalidRequestError, ValueError)):
-        return GatewayError(400, str(exc), code="invalid_request")
+        return GatewayError(400, str(exc), code="invalid_request", param=prompt_param)
     if isinstance(exc, (ClientError, KoserveError)):
         return GatewayError(502, str(exc), type_="server_error", code="backend_error")
     return GatewayError(500, "internal error in the gateway", type_="server_error", code="internal_error")
+
+
+def caller_error(exc: BaseException, prompt_param: str, max_tokens_param: str = "max_tokens") -> GatewayError:
+    """:func:`as_gateway_error` with ``param`` spelled as the caller did (``max_completion_tokens``, ...)."""
+    err = as_gateway_error(exc, prompt_param)
+    if err.param == "max_tokens":
+        err.param = max_tokens_param
+    return err
 
 
 class Metrics:
@@ -120,18 +158,28 @@ class Backend:
     created: int
 
 
-def _default_tokenizer(route: ModelRoute) -> str | None:
-    """The route's tokenizer, else the real tokenizer of the profile's family from ``koserve setup fixtures``."""
+def resolve_tokenizer(route: ModelRoute) -> str | None:
+    """The route's tokenizer folder: ``tokenizer=`` when given (``none``: go without), else the real tokenizer of
+    the profile's family prepared by ``koserve setup fixtures`` (found by :func:`koserve.fixtures.cache_dir`'s
+    rule, whatever the working directory). The tokenizer counts ``usage.prompt_tokens`` and lets the injection
+    check look at token ids; without one prompt_tokens is 0 and the check works on normalised text only."""
+    if route.tokenizer == NO_TOKENIZER:
+        log.info("model %s: no tokenizer (tokenizer=none): usage.prompt_tokens will be 0", route.name)
+        return None
     if route.tokenizer:
         return route.tokenizer
-    try:
-        from koserve.fixtures import tokenizer_dir  # noqa: PLC0415
+    from koserve.errors import ConfigError  # noqa: PLC0415
+    from koserve.fixtures import tokenizer_dir  # noqa: PLC0415
 
-        return str(tokenizer_dir(load_profile(route.profile).tokenizer_family))
-    except Exception:  # noqa: BLE001 - no tokenizer: usage reports 0 prompt tokens
-        log.warning("model %s: no tokenizer found; usage.prompt_tokens will be 0 (set tokenizer: in the config)",
-                    route.name)
+    family = load_profile(route.profile).tokenizer_family
+    try:
+        path = str(tokenizer_dir(family))
+    except ConfigError as exc:
+        log.warning("model %s: no tokenizer: %s; usage.prompt_tokens will be 0 — give the model's tokenizer folder "
+                    "with tokenizer=DIR (or tokenizer=none to silence this)", route.name, exc)
         return None
+    log.info("model %s: %s tokenizer from %s", route.name, family, path)
+    return path
 
 
 class _Guard:
@@ -219,7 +267,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     backends: dict[str, Backend] = {}
     for route in config.models:
         client = AsyncChatClient(route.url, route.profile, protocol=route.protocol, model=route.target,
-                                 tokenizer=_default_tokenizer(route), timeout=config.request_timeout,
+                                 tokenizer=resolve_tokenizer(route), timeout=config.request_timeout,
                                  retries=config.retries)
         backends[route.name] = Backend(route, client, int(time.time()))
 
@@ -280,19 +328,24 @@ def create_app(config: GatewayConfig) -> FastAPI:
         if not isinstance(data, dict):
             raise GatewayError(400, "the request body must be a JSON object", code="invalid_request")
         try:
-            return schema.model_validate(data)
+            body = schema.model_validate(data)
         except ValidationError as exc:
             first = exc.errors()[0]
             param = ".".join(str(p) for p in first["loc"]) or None
             msg = first["msg"].removeprefix("Value error, ")
             raise GatewayError(400, f"{param}: {msg}" if param else msg, param=param,
                                code="invalid_request") from None
+        try:
+            body.check_supported()
+        except UnsupportedParameterError as exc:
+            raise GatewayError(400, str(exc), param=exc.param, code="unsupported_parameter") from None
+        return body
 
-    def check_max_tokens(b: Backend, params: dict[str, Any]) -> None:
+    def check_max_tokens(b: Backend, params: dict[str, Any], param: str = "max_tokens") -> None:
         cap = b.route.max_tokens
         if cap is not None and params.get("max_tokens") is not None and params["max_tokens"] > cap:
-            raise GatewayError(400, f"max_tokens is {params['max_tokens']}; the limit for {b.route.name} is {cap}",
-                               param="max_tokens", code="invalid_request")
+            raise GatewayError(400, f"{param} is {params['max_tokens']}; the limit for {b.route.name} is {cap}",
+                               param=param, code="invalid_request")
         if cap is not None and params.get("max_tokens") is None:
             params["max_tokens"] = min(cap, b.client.profile.generation.max_new_tokens)
 
@@ -304,10 +357,12 @@ def create_app(config: GatewayConfig) -> FastAPI:
         return "length" if result.finish_reason == "length" else "stop"
 
     async def run(endpoint: str, b: Backend, stream_obj: Any, include_usage: bool,
-                  chunk: Callable[[str | None, str | None, bool], dict], whole: Callable[[ChatResult], dict]
-                  ) -> Response:
+                  chunk: Callable[[str | None, str | None, bool], dict], whole: Callable[[ChatResult], dict],
+                  max_tokens_param: str = "max_tokens") -> Response:
         """Serve one request: ``stream_obj`` is an AsyncChatStream (SSE) or an awaitable ChatResult."""
         name = b.route.name
+        prompt_param = "messages" if endpoint == "chat" else "prompt"
+
         started = time.perf_counter()
         metrics.in_flight.labels(name).inc()
         if not hasattr(stream_obj, "__anext__"):
@@ -315,7 +370,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
                 result = await stream_obj
             except BaseException as exc:
                 metrics.in_flight.labels(name).dec()
-                err = as_gateway_error(exc)
+                err = caller_error(exc, prompt_param, max_tokens_param)
                 metrics.observe(name, endpoint, err.status, started, None)
                 raise err from None
             metrics.in_flight.labels(name).dec()
@@ -329,7 +384,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
         except BaseException as exc:
             await stream_obj.aclose()
             metrics.in_flight.labels(name).dec()
-            err = as_gateway_error(exc)
+            err = caller_error(exc, prompt_param, max_tokens_param)
             metrics.observe(name, endpoint, err.status, started, None)
             raise err from None
 
@@ -349,7 +404,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
                     yield _sse({**final, "choices": [], "usage": usage(result)})
                 yield b"data: [DONE]\n\n"
             except Exception as exc:  # noqa: BLE001 - headers are sent: report in-band, as OpenAI does
-                err = as_gateway_error(exc)
+                err = caller_error(exc, prompt_param, max_tokens_param)
                 status = err.status
                 yield _sse(error_body(err.message, err.type, err.code, err.param))
             except BaseException:  # client went away (cancelled): stop the generation on the server
@@ -377,11 +432,12 @@ def create_app(config: GatewayConfig) -> FastAPI:
         except ValueError as exc:
             raise GatewayError(400, str(exc), param="messages", code="invalid_request") from None
         params = body.sampling()
-        check_max_tokens(b, params)
+        tokens_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+        check_max_tokens(b, params, tokens_param)
         try:
             stream_obj = b.client.stream(messages, **params) if body.stream else b.client.chat(messages, **params)
         except (InvalidRequestError, KoserveError) as exc:
-            raise as_gateway_error(exc) from None
+            raise caller_error(exc, "messages", tokens_param) from None
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
 
@@ -398,7 +454,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
                     "usage": usage(result)}
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await run("chat", b, stream_obj, include_usage, chunk, whole)
+        return await run("chat", b, stream_obj, include_usage, chunk, whole, tokens_param)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -408,13 +464,20 @@ def create_app(config: GatewayConfig) -> FastAPI:
             prompt = body.prompt_text()
         except ValueError as exc:
             raise GatewayError(400, str(exc), param="prompt", code="invalid_request") from None
+        if not config.allow_raw_prompts:
+            try:
+                check_prompt(b.client.profile.chat.format, prompt, tokenizer=b.client.tokenizer)
+            except InvalidRequestError as exc:
+                raise GatewayError(400, f"{exc} (this gateway applies the chat-format policy to completions "
+                                   "prompts: allow_raw_prompts is off)", param="prompt",
+                                   code="prompt_injection") from None
         params = body.sampling()
         check_max_tokens(b, params)
         try:
             stream_obj = b.client.generate_stream(prompt, **params) if body.stream else \
                 b.client.generate(prompt, **params)
         except (InvalidRequestError, KoserveError) as exc:
-            raise as_gateway_error(exc) from None
+            raise caller_error(exc, "prompt") from None
         cid = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
 

@@ -7,9 +7,12 @@ A YAML file (``koserve gateway --config gateway.yaml``)::
         profile: akallama-70b       # koserve profile (defaults to name)
         url: 127.0.0.1:8001         # this profile's Triton (host:port = gRPC, http://... = HTTP)
         target: ensemble            # or tensorrt_llm_bls
-        tokenizer: /models/akallama/ # optional: for prompt token counts (usage)
+        tokenizer: /models/akallama/ # for usage.prompt_tokens and the token-level injection check; default:
+                                     # the fixture tokenizer of the profile's family (`koserve setup fixtures`);
+                                     # "none": go without (prompt_tokens 0)
     max_request_bytes: 1048576
     request_timeout: 300
+    allow_raw_prompts: false        # true: /v1/completions prompts skip the chat-format injection policy
 
 or the same per model on the command line: ``--model akallama-70b=127.0.0.1:8001`` (``NAME=URL[,key=value...]``).
 API keys come from ``KOSERVE_API_KEYS`` (comma-separated); none set means no authentication.
@@ -27,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from koserve.errors import ConfigError, validation_error_message
 
 API_KEYS_ENV = "KOSERVE_API_KEYS"
+NO_TOKENIZER = "none"  # tokenizer: none — serve without a tokenizer (usage.prompt_tokens is 0)
 
 
 class ModelRoute(BaseModel):
@@ -58,6 +62,9 @@ class GatewayConfig(BaseModel):
     max_messages: int = Field(default=256, gt=0)
     request_timeout: float = Field(default=300.0, gt=0)
     retries: int = Field(default=2, ge=0, le=10)
+    # /v1/completions prompts are checked like chat messages (no control tokens, no role markers) unless this is on:
+    # then a caller may send a whole pre-templated prompt (as a raw Triton client can).
+    allow_raw_prompts: bool = False
 
     @field_validator("models")
     @classmethod

@@ -1,4 +1,10 @@
-"""OpenAI request bodies the gateway accepts (the subset koserve can honour; unknown fields are ignored)."""
+"""OpenAI request bodies the gateway accepts (the subset koserve can honour).
+
+OpenAI parameters koserve cannot honour (``response_format``, ``tools``, ``tool_choice``, ``logit_bias``, ...) are
+refused with a 400 naming the parameter, unless they carry their neutral value (``{"type": "text"}``, ``[]``,
+``"none"``, ``{}``): accepting them silently would return text that ignores what the caller asked for. Fields
+OpenAI defines that do not change the output (``user``, ``metadata``, ``store``, ...) and unknown fields are ignored.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +43,20 @@ class StreamOptions(_Lenient):
     include_usage: bool = False
 
 
+class UnsupportedParameterError(ValueError):
+    """An OpenAI parameter koserve cannot honour was set; ``param`` names it."""
+
+    def __init__(self, param: str, value: Any, why: str = ""):
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        super().__init__(f"{param} is not supported by koserve (got {shown}){why}; leave it out")
+        self.param = param
+
+
+def _neutral(value: Any, *neutral: Any) -> bool:
+    return value is None or any(value == n for n in neutral)
+
+
 class _Sampling(_Lenient):
     model: str = Field(min_length=1)
     max_tokens: int | None = None
@@ -46,7 +66,7 @@ class _Sampling(_Lenient):
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    n: int = 1
+    n: int | None = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -55,12 +75,26 @@ class _Sampling(_Lenient):
     repetition_penalty: float | None = None
     min_tokens: int | None = None
 
+    # OpenAI parameters koserve cannot honour: refused by check_supported() unless neutral
+    logit_bias: Any = None
+    top_logprobs: Any = None
+
     @field_validator("n")
     @classmethod
-    def _one(cls, n: int) -> int:
+    def _one(cls, n: int | None) -> int:
+        if n is None:  # OpenAI's own default: one choice
+            return 1
         if n != 1:
             raise ValueError("only n=1 is supported")
         return n
+
+    def check_supported(self) -> None:
+        """Raise :class:`UnsupportedParameterError` for a parameter koserve would otherwise ignore."""
+        if not _neutral(self.logit_bias, {}):
+            raise UnsupportedParameterError("logit_bias", self.logit_bias,
+                                            " (ban words with the koserve client's bad_words instead)")
+        if not _neutral(self.top_logprobs, 0):
+            raise UnsupportedParameterError("top_logprobs", self.top_logprobs)
 
     def sampling(self) -> dict[str, Any]:
         fields = ("max_tokens", "temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty",
@@ -72,6 +106,35 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
+    response_format: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if not _neutral(self.response_format, {"type": "text"}):
+            raise UnsupportedParameterError("response_format", self.response_format,
+                                            ": koserve returns plain text only (no JSON mode or schemas)")
+        for name in ("tools", "functions"):
+            value = getattr(self, name)
+            if not _neutral(value, []):
+                raise UnsupportedParameterError(name, value, ": koserve's models are served without tool calling")
+        no_tools = ("none", "auto") if not self.tools else ("none",)
+        for name in ("tool_choice", "function_call"):
+            value = getattr(self, name)
+            if not _neutral(value, *no_tools):
+                raise UnsupportedParameterError(name, value, ": koserve's models are served without tool calling")
+        if not _neutral(self.modalities, ["text"]):
+            raise UnsupportedParameterError("modalities", self.modalities, ": text only")
+        for name in ("audio", "prediction"):
+            value = getattr(self, name)
+            if value is not None:
+                raise UnsupportedParameterError(name, value)
 
     @field_validator("logprobs")
     @classmethod
@@ -92,6 +155,12 @@ class CompletionRequest(_Sampling):
     echo: bool = False
     logprobs: int | None = None
     suffix: str | None = None
+    best_of: int | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if not _neutral(self.best_of, 1):
+            raise UnsupportedParameterError("best_of", self.best_of, ": only best_of=1")
 
     @field_validator("echo")
     @classmethod
