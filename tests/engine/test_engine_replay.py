@@ -32,9 +32,10 @@ def test_replays_the_exact_text(family):
     assert ids == tokens
     tok = Tokenizer.from_file(str(tokenizer_dir(family) / "tokenizer.json"))
     assert tok.decode(ids) == BUILTIN_REPLAY_TEXT
-    # the end of the text is known in advance: the final flag rides on the last token, no empty final chunk
-    assert chunks[-1].finished and chunks[-1].token_ids and chunks[-1].finish_reason is FinishReason.END_ID
-    assert len(chunks) == len(tokens)
+    # as TensorRT-LLM: the end of the text (an end id) is seen one step later, so the last token comes in a chunk of
+    # its own and the final chunk carries none (postprocessing tells a stream's end by it)
+    assert chunks[-1].finished and chunks[-1].token_ids == [] and chunks[-1].finish_reason is FinishReason.END_ID
+    assert not chunks[-2].finished and len(chunks) == len(tokens) + 1
 
 
 def test_text_file_and_settings(tmp_path):
@@ -79,7 +80,8 @@ def test_length_end_id_and_stop_words(engine):
 
     c = chunks_of(engine, max_new_tokens=50, end_ids=(999, 107))
     assert [t for x in c for t in x.token_ids] == TOKENS[:7]  # the end id is not emitted
-    assert c[-1].token_ids == [106] and c[-1].finish_reason is FinishReason.END_ID
+    # TensorRT-LLM: the end id step sends a final response without tokens
+    assert c[-2].token_ids == [106] and c[-1].token_ids == [] and c[-1].finish_reason is FinishReason.END_ID
 
     c = chunks_of(engine, max_new_tokens=50, stop_words=((103, 104),))
     assert [t for x in c for t in x.token_ids] == TOKENS[:5]  # the stop word is emitted, then it stops

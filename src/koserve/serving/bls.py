@@ -87,10 +87,15 @@ class _Run:
 
     __slots__ = ("model", "req", "sender", "engine_id", "text", "reply", "done", "_lock", "_last_chunk_at")
 
-    def __init__(self, model: "BlsModel", req: GenerationRequest, sender, engine_id: str):
+    def __init__(self, model: "BlsModel", req: GenerationRequest, sender, engine_id: str, prompt_ids=None):
         self.model, self.req, self.sender, self.engine_id = model, req, sender, engine_id
         self.text = TextStream(model.pre.tokenizer, model.pre.stop_words(req.stop_words))
-        self.reply = StreamReply(self._build, self._send, prefix="" if req.exclude_input_in_output else req.text)
+        prefix = ""
+        if not req.exclude_input_in_output and not req.stream and prompt_ids is not None:
+            # the prompt's decoded ids, as the ensemble (and NVIDIA's BLS) give it; never stop-matched. A streamed
+            # answer never starts with the prompt (TensorRT-LLM streams new tokens only).
+            prefix = self.text.detokenizer.add(prompt_ids)
+        self.reply = StreamReply(self._build, self._send, prefix=prefix)
         self.done = False
         self._lock = threading.Lock()
         self._last_chunk_at = 0.0
@@ -253,7 +258,7 @@ class BlsModel:
             return
         run = None
         try:
-            run = _Run(self, req, sender, self.engine_id(request))
+            run = _Run(self, req, sender, self.engine_id(request), prepared.input_ids)
             tensors, outputs = self.engine_tensors(req, prepared)
             with self._runs_lock:
                 self._runs.add(run)

@@ -9,17 +9,16 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
+
 from koserve.errors import KoserveError
-from koserve.serving.postprocess import StreamRegistry, tokens_of
+from koserve.serving.postprocess import Decoded, StreamRegistry, tokens_of
 from koserve.serving.preprocess import Preprocessor
 from koserve.serving.settings import ModelSettings
 from koserve.serving.startsignal import StartReceiver, StartSender
 from koserve.serving.triton_io import bytes_tensor, error_response, read_inputs
 
-PREPROCESSING_INPUTS = (
-    "QUERY", "REQUEST_OUTPUT_LEN", "BAD_WORDS_DICT", "STOP_WORDS_DICT", "END_ID", "PAD_ID", "STREAM",
-    *Preprocessor.SAMPLING_TENSORS.values(),
-)
+PREPROCESSING_INPUTS = Preprocessor.INPUT_TENSORS
 
 
 class PreprocessingModel:
@@ -35,10 +34,14 @@ class PreprocessingModel:
         for request in requests:
             try:
                 request_id = request.request_id() or ""
-                outputs = self.preprocessor.preprocessing_outputs(
+                outputs, start = self.preprocessor.prepare(
                     read_inputs(pb, request, PREPROCESSING_INPUTS), request_id=request_id
                 )
-                self.start_sender.started(request_id)  # before the engine can answer: postprocessing resets the id
+                # before the engine can answer: postprocessing starts a fresh stream for the id, or refuses it
+                refusal = self.start_sender.started(start)
+                if refusal is not None:
+                    responses.append(error_response(pb, refusal))
+                    continue
                 responses.append(pb.InferenceResponse([pb.Tensor(k, v) for k, v in outputs.items()]))
             except (KoserveError, ValueError) as exc:
                 responses.append(error_response(pb, str(exc)))
@@ -63,7 +66,7 @@ class PostprocessingModel:
             max_streams=settings.max_streams,
         )
         try:
-            self.start_receiver = StartReceiver()
+            self.start_receiver = StartReceiver(self.registry.start)
         except OSError as exc:  # another postprocessing of this server holds it: ids are then never reset
             logging.getLogger("koserve").warning("postprocessing: no request-start channel (%s)", exc)
             self.start_receiver = None
@@ -74,20 +77,28 @@ class PostprocessingModel:
         stream in arrival order; they are decoded strictly in list order, so each request id's text stays in order."""
         pb = self.pb
         responses = []
-        if self.start_receiver is not None:
-            for request_id in self.start_receiver.take():
-                self.registry.reset(request_id)
         for request in requests:
             try:
                 inputs = read_inputs(pb, request, ("TOKENS_BATCH", "SEQUENCE_LENGTH"))
                 ids = tokens_of(inputs["TOKENS_BATCH"], inputs["SEQUENCE_LENGTH"])
-                text = self.registry.decode(request.request_id(), ids)
-                responses.append(pb.InferenceResponse([bytes_tensor(pb, "OUTPUT", text)]))
+                decoded = self.registry.decode_response(request.request_id(), ids)
+                responses.append(pb.InferenceResponse(self.output_tensors(decoded)))
             except (KoserveError, ValueError) as exc:  # e.g. a token id outside the vocabulary: not the client's
                 responses.append(error_response(pb, f"postprocessing: {exc}", invalid=False))
             except Exception as exc:  # noqa: BLE001
                 responses.append(error_response(pb, f"postprocessing: {type(exc).__name__}: {exc}", invalid=False))
         return responses
+
+    def output_tensors(self, decoded: Decoded) -> list:
+        """``OUTPUT`` shaped ``[1]`` like NVIDIA's postprocessing (one string per batch item × beam), plus the token
+        counts when the request asked (TensorRT-LLM 1.x ``return_num_input_tokens`` / ``return_num_output_tokens``)."""
+        pb = self.pb
+        tensors = [bytes_tensor(pb, "OUTPUT", decoded.text)]
+        if decoded.num_input_tokens is not None:
+            tensors.append(pb.Tensor("num_input_tokens", np.array([[decoded.num_input_tokens]], dtype=np.int32)))
+        if decoded.num_output_tokens is not None:
+            tensors.append(pb.Tensor("num_output_tokens", np.array([[decoded.num_output_tokens]], dtype=np.int32)))
+        return tensors
 
     def finalize(self):
         if self.start_receiver is not None:

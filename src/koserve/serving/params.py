@@ -60,6 +60,9 @@ class GenerationRequest:
     stream: bool = False
     exclude_input_in_output: bool = True
     return_log_probs: bool = False
+    return_num_input_tokens: bool = False  # TensorRT-LLM 1.x: num_input_tokens / num_output_tokens outputs
+    return_num_output_tokens: bool = False
+    input_tokens: int = 0  # the prompt's token count, once tokenized (the BLS's num_input_tokens)
 
 
 # name -> (kind, numpy dtypes accepted)
@@ -80,6 +83,8 @@ _SCALARS: dict[str, str] = {
     "stream": "bool",
     "exclude_input_in_output": "bool",
     "return_log_probs": "bool",
+    "return_num_input_tokens": "bool",
+    "return_num_output_tokens": "bool",
 }
 
 
@@ -190,8 +195,8 @@ def validate_sampling(s: SamplingParams) -> None:
         raise InvalidRequestError(f"min_length must be >= 0, got {s.min_length}")
     if s.beam_width is not None and s.beam_width != 1:
         raise InvalidRequestError(f"beam_width must be 1 (koserve serves greedy/sampling only), got {s.beam_width}")
-    if s.random_seed is not None and s.random_seed < 0:
-        raise InvalidRequestError(f"random_seed must be >= 0, got {s.random_seed}")
+    if s.random_seed is not None and not 0 <= s.random_seed < SEED_LIMIT:
+        raise InvalidRequestError(f"random_seed must be in [0, 2**64), got {s.random_seed}")
 
 
 def validate_token_id(value: int | None, name: str, vocab_size: int) -> None:
@@ -223,6 +228,15 @@ def sampling_from(inputs: Mapping[str, np.ndarray | None], names: Mapping[str, s
         tensor = names.get(field_name, field_name)
         return scalar(inputs.get(tensor), tensor, kind)
 
+    def get_aliased(field_name: str, alias: str, kind: str):
+        tensor, alias_tensor = names.get(field_name, field_name), names.get(alias, alias)
+        value = scalar(inputs.get(tensor), tensor, kind)
+        other = scalar(inputs.get(alias_tensor), alias_tensor, kind)
+        if value is not None and other is not None and value != other:
+            raise InvalidRequestError(
+                f"inputs {field_name!r} ({value}) and {alias!r} ({other}) name the same option: give one")
+        return other if value is None else value
+
     params = SamplingParams(
         temperature=get("temperature", "float"),
         top_k=get("top_k", "int"),
@@ -231,18 +245,82 @@ def sampling_from(inputs: Mapping[str, np.ndarray | None], names: Mapping[str, s
         repetition_penalty=get("repetition_penalty", "float"),
         presence_penalty=get("presence_penalty", "float"),
         frequency_penalty=get("frequency_penalty", "float"),
-        min_length=get("min_length", "int"),
+        min_length=get_aliased("min_length", "min_tokens", "int"),
         beam_width=get("beam_width", "int"),
-        random_seed=get("random_seed", "uint"),
+        random_seed=get_aliased("random_seed", "seed", "uint"),
     )
     validate_sampling(params)
     return params
+
+
+# NVIDIA's ensemble/BLS inputs (v0.19 and the 1.2.1 triton_backend templates) that koserve accepts only at their
+# "off" value: None = must be absent (or empty), else the one value allowed. A request that asks for more gets a
+# clear INVALID_ARG instead of being silently ignored.
+UNSUPPORTED_INPUTS: dict[str, object] = {
+    "decoder_text_input": None,  # encoder-decoder models
+    "num_return_sequences": 1,
+    "return_context_logits": False,
+    "return_generation_logits": False,
+    "return_perf_metrics": False,
+    "prompt_embedding_table": None,
+    "prompt_table_extra_id": None,
+    "prompt_vocab_size": None,
+    "embedding_bias_words": None,
+    "embedding_bias_weights": None,
+    "lora_task_id": None,
+    "lora_weights": None,
+    "lora_config": None,
+    "guided_decoding_guide_type": None,
+    "guided_decoding_guide": None,
+    # tensorrt_llm_bls only
+    "image_input": None,
+    "image_bytes_input": None,
+    "image_url_input": None,
+    "video_bytes_input": None,
+    "num_draft_tokens": 0,
+    "use_draft_logits": False,
+}
+# TensorRT-LLM 1.x client-facing names (1.2.1 templates) → the v0.19 names koserve keeps as its own
+INPUT_ALIASES = {"min_tokens": "min_length", "seed": "random_seed"}
+SEED_LIMIT = 2**64
+
+
+# every input of ``ensemble`` / ``tensorrt_llm_bls`` that koserve reads (NVIDIA's names)
+GENERATION_INPUTS = (
+    "text_input", "max_tokens", "bad_words", "stop_words", "end_id", "pad_id", "top_k", "top_p", "temperature",
+    "length_penalty", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_length", "min_tokens",
+    "beam_width", "random_seed", "seed", "stream", "exclude_input_in_output", "return_log_probs",
+    "return_num_input_tokens", "return_num_output_tokens", *UNSUPPORTED_INPUTS,
+)
+
+
+def check_unsupported(inputs: Mapping[str, np.ndarray | None], names: Mapping[str, str] | None = None) -> None:
+    """Refuse NVIDIA inputs koserve does not implement, by name (``names`` maps our names to the tensor names used,
+    e.g. ``PROMPT_VOCAB_SIZE`` in preprocessing)."""
+    names = names or {}
+    for name, allowed in UNSUPPORTED_INPUTS.items():
+        arr = inputs.get(names.get(name, name))
+        if arr is None or np.asarray(arr).size == 0:
+            continue
+        if allowed is None:
+            flat = np.asarray(arr).reshape(-1)
+            if flat.dtype == np.object_ and all(x in (b"", "") for x in flat):
+                continue  # batched clients pad with empty strings
+            raise InvalidRequestError(
+                f"input {name!r} is not supported by koserve (decoder-only text models, no LoRA, prompt tables, "
+                f"embedding bias, guided decoding or images): leave it out"
+            )
+        kind = "bool" if isinstance(allowed, bool) else "int"
+        value = scalar(arr, name, kind)
+        if value != allowed:
+            raise InvalidRequestError(f"input {name!r} = {value} is not supported by koserve (only {allowed})")
 
 
 def parse_generation_request(inputs: Mapping[str, np.ndarray | None]) -> GenerationRequest:
     """Parse the ``ensemble``/``tensorrt_llm_bls`` inputs (tensor names as in NVIDIA's inflight_batcher_llm)."""
     present = {k: v for k, v in inputs.items() if v is not None}
     check_batch_one(present)
+    check_unsupported(inputs)
     text = text_value(inputs.get("text_input"), "text_input")
     if not text.strip():
         raise InvalidRequestError("text_input is empty: send a non-empty prompt")
@@ -267,4 +345,6 @@ def parse_generation_request(inputs: Mapping[str, np.ndarray | None]) -> Generat
         stream=flag("stream", False),
         exclude_input_in_output=flag("exclude_input_in_output", True),
         return_log_probs=flag("return_log_probs", False),
+        return_num_input_tokens=flag("return_num_input_tokens", False),
+        return_num_output_tokens=flag("return_num_output_tokens", False),
     )

@@ -10,7 +10,9 @@ nor which request a response belongs to, except through the client's request id,
 ``idle_timeout_s`` (and the least recently used beyond ``max_streams``), and for responses without a request id
 decodes each response alone (whole characters only, never partial UTF-8 or U+FFFD). ``preprocessing`` makes the
 engine stream a request only when it has an id, so a response without an id carries the whole answer and decoding it
-alone is exact. A new request with an id resets that id's stream (:mod:`koserve.serving.startsignal`). This relies on
+alone is exact. ``preprocessing`` announces every request with an id (:mod:`koserve.serving.startsignal`): the id
+gets a fresh stream that knows how the engine ends it (:class:`StreamEnd`), so the stream's last response flushes
+what the stop-string matcher held back and a second request with an id still in flight is refused. This relies on
 ONE postprocessing instance (responses of a stream then arrive in order; measured on Triton 2.51).
 """
 
@@ -19,13 +21,18 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 
+from koserve.serving.startsignal import StreamStart
 from koserve.text import IncrementalDetokenizer, StopStringMatcher
 from koserve.text.tokenizer import TextTokenizer
 
 REPLACEMENT = "\ufffd"
+# An announced stream that has not ended counts as in flight (a new request with its id is refused) while it saw a
+# response within this many seconds: a stream abandoned mid-way (client gone, engine error) frees its id after that.
+IN_FLIGHT_IDLE_S = 10.0
 
 
 class TextStream:
@@ -76,6 +83,66 @@ def tokens_of(tokens_batch: np.ndarray, sequence_length: np.ndarray | None) -> n
     return arr
 
 
+class StreamEnd:
+    """How the engine ends a stream announced by :class:`StreamStart`, with TensorRT-LLM's rules (the CPU stand-in
+    follows them): a streamed response carries only new tokens; an end id is never emitted, so when one is sampled
+    the last streamed response carries no tokens; stop-word tokens are emitted and then generation stops; at most
+    ``max_tokens`` tokens; not streaming, the one response is the whole answer."""
+
+    __slots__ = ("start", "generated", "tail", "_longest")
+
+    def __init__(self, start: StreamStart):
+        self.start = start
+        self.generated = 0
+        self.tail: tuple[int, ...] = ()
+        self._longest = max((len(w) for w in start.stop_ids), default=0)
+
+    def last(self, ids: np.ndarray) -> bool:
+        """Whether the response with these (new) token ids is the stream's last."""
+        start = self.start
+        if not start.streaming:
+            return True
+        n = int(ids.shape[0])
+        if n == 0:
+            return True
+        self.generated += n
+        if start.max_tokens and self.generated >= start.max_tokens:
+            return True
+        last_id = int(ids[-1])
+        if last_id in start.end_ids:
+            return True
+        if self._longest:
+            self.tail = (self.tail + tuple(int(t) for t in ids[-self._longest:]))[-self._longest:]
+            for word in start.stop_ids:
+                if word and self.tail[-len(word):] == tuple(word):
+                    return True
+        return False
+
+
+@dataclass
+class Decoded:
+    """One postprocessing response: the text and, when the request asked, the token counts."""
+
+    text: str
+    num_input_tokens: int | None = None
+    num_output_tokens: int | None = None
+
+
+class _Tracked:
+    """A stream announced by preprocessing: its text state until its last response, then only that it ended."""
+
+    __slots__ = ("text", "end", "last_used")
+
+    def __init__(self, text: TextStream, end: StreamEnd):
+        self.text: TextStream | None = text
+        self.end = end
+        self.last_used = time.monotonic()
+
+    @property
+    def ended(self) -> bool:
+        return self.text is None
+
+
 class StreamRegistry:
     """Text streams keyed by request id, for the ensemble's ``postprocessing`` model (see module doc)."""
 
@@ -91,35 +158,91 @@ class StreamRegistry:
         self.stop_strings = stop_strings
         self.idle_timeout_s = idle_timeout_s
         self.max_streams = max_streams
-        self._streams: OrderedDict[str, TextStream] = OrderedDict()
+        self._streams: OrderedDict[str, TextStream | _Tracked] = OrderedDict()
         self._lock = threading.Lock()
         self._last_sweep = time.monotonic()
 
     def __len__(self) -> int:
         return len(self._streams)
 
+    # -- announced streams ---------------------------------------------------------------------------------
+    def start(self, start: StreamStart) -> str | None:
+        """A request with this id starts (called by the start channel's thread): None, or why it is refused."""
+        with self._lock:
+            now = time.monotonic()
+            old = self._streams.get(start.request_id)
+            busy_for = min(self.idle_timeout_s, IN_FLIGHT_IDLE_S)
+            if isinstance(old, _Tracked) and not old.ended and now - old.last_used < busy_for:
+                return (
+                    f"request id {start.request_id!r} is already in flight (another request with this id has not "
+                    f"finished); the ensemble follows a stream by its id: give every concurrent request its own id"
+                )
+            words = tuple(dict.fromkeys([*self.stop_strings, *start.stop_words]))
+            self._streams[start.request_id] = _Tracked(TextStream(self.tokenizer, words), StreamEnd(start))
+            self._streams.move_to_end(start.request_id)
+            self._trim(now)
+        return None
+
+    def reset(self, request_id: str) -> None:
+        """Forget the stream an id had."""
+        with self._lock:
+            self._streams.pop(request_id, None)
+
+    # -- responses -----------------------------------------------------------------------------------------
     def decode(self, request_id: str, ids) -> str:
         """Text for the ids of one engine response of request ``request_id``."""
+        return self.decode_response(request_id, ids).text
+
+    def decode_response(self, request_id: str, ids) -> Decoded:
+        """The text (and asked-for token counts) for one engine response of request ``request_id``."""
         if not request_id:
-            return self.decode_alone(ids)
+            return Decoded(self.decode_alone(ids))
         with self._lock:
             now = time.monotonic()
             stream = self._streams.get(request_id)
-            if stream is None:
+            if stream is None:  # not announced (no start channel, or postprocessing called directly)
                 stream = TextStream(self.tokenizer, self.stop_strings)
                 self._streams[request_id] = stream
-                if len(self._streams) > self.max_streams:
-                    self._streams.popitem(last=False)
+                self._trim(now)
             else:
                 self._streams.move_to_end(request_id)
             if now - self._last_sweep > min(self.idle_timeout_s, 5.0):
                 self._sweep(now)
-        return stream.add(ids)
+        if isinstance(stream, TextStream):
+            return Decoded(stream.add(ids))
+        return self._decode_tracked(stream, np.asarray(ids))
 
-    def reset(self, request_id: str) -> None:
-        """A new request with this id starts: forget the stream the id had (see :mod:`koserve.serving.startsignal`)."""
-        with self._lock:
-            self._streams.pop(request_id, None)
+    def _decode_tracked(self, tracked: _Tracked, ids: np.ndarray) -> Decoded:
+        tracked.last_used = time.monotonic()
+        start = tracked.end.start
+        text_stream = tracked.text
+        if text_stream is None:  # after the stream's end (e.g. the engine ran on after a text-level stop string)
+            text = ""
+            generated = 0
+        else:
+            generated = int(ids.shape[0])
+            if not start.streaming and not start.exclude_input_in_output and start.input_len:
+                # the whole answer, preceded by the prompt: the prompt's text is echoed, never stop-matched
+                prompt, ids = ids[:start.input_len], ids[start.input_len:]
+                generated -= int(prompt.shape[0])
+                text = text_stream.detokenizer.add(prompt)
+            else:
+                text = ""
+            text += text_stream.add(ids)
+            if text_stream.stopped or tracked.end.last(ids):
+                text += text_stream.finish()
+                tracked.text = None  # ended: later responses of this id add nothing
+        # the token count when asked, or when it is not one (as the BLS): clients count tokens exactly, and most
+        # responses (one token each) carry one tensor less
+        return Decoded(
+            text,
+            start.input_len if start.return_num_input_tokens else None,
+            generated if start.return_num_output_tokens or generated != 1 else None,
+        )
+
+    def _trim(self, now: float) -> None:  # caller holds the lock
+        while len(self._streams) > self.max_streams:
+            self._streams.popitem(last=False)
 
     def _sweep(self, now: float) -> None:
         self._last_sweep = now

@@ -7,16 +7,19 @@ request's), and BOS is added once (never twice when the prompt text already star
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
 
 from koserve.errors import InvalidRequestError
 from koserve.serving.params import (
+    SEED_LIMIT,
     GenerationRequest,
     SamplingParams,
     ServingLimits,
     check_batch_one,
+    check_unsupported,
     sampling_from,
     scalar,
     text_value,
@@ -25,7 +28,17 @@ from koserve.serving.params import (
     word_values,
 )
 from koserve.serving.settings import ModelSettings
+from koserve.serving.startsignal import StreamStart
 from koserve.text import bad_words_list, stop_words_list
+from koserve.text.stop_words import parse_word_list
+
+_seeds = random.SystemRandom()
+
+
+def draw_seed(given: int | None) -> int:
+    """The sampling seed for a request: the client's, or a fresh random one. TensorRT-LLM's default seed is fixed
+    (0), so without this every unseeded request at temperature > 0 would sample the same text."""
+    return given if given is not None else _seeds.randrange(SEED_LIMIT)
 
 
 def _nonempty(word_list: np.ndarray) -> np.ndarray:
@@ -64,9 +77,38 @@ class Preprocessor:
         "presence_penalty": "PRESENCE_PENALTY",
         "frequency_penalty": "FREQUENCY_PENALTY",
         "min_length": "MIN_LENGTH",
+        "min_tokens": "MIN_TOKENS",
         "beam_width": "BEAM_WIDTH",
         "random_seed": "RANDOM_SEED",
+        "seed": "SEED",
     }
+    # NVIDIA inputs koserve refuses unless off (see koserve.serving.params.UNSUPPORTED_INPUTS) -> preprocessing names
+    UNSUPPORTED_TENSORS = {
+        "decoder_text_input": "DECODER_QUERY",
+        "num_return_sequences": "NUM_RETURN_SEQUENCES",
+        "return_context_logits": "RETURN_CONTEXT_LOGITS",
+        "return_generation_logits": "RETURN_GENERATION_LOGITS",
+        "return_perf_metrics": "RETURN_PERF_METRICS",
+        "prompt_embedding_table": "PROMPT_EMBEDDING_TABLE",
+        "prompt_table_extra_id": "PROMPT_TABLE_EXTRA_ID",
+        "prompt_vocab_size": "PROMPT_VOCAB_SIZE",
+        "embedding_bias_words": "EMBEDDING_BIAS_WORDS",
+        "embedding_bias_weights": "EMBEDDING_BIAS_WEIGHTS",
+        "lora_task_id": "LORA_TASK_ID",
+        "lora_weights": "LORA_WEIGHTS",
+        "lora_config": "LORA_CONFIG",
+        "guided_decoding_guide_type": "GUIDED_DECODING_GUIDE_TYPE",
+        "guided_decoding_guide": "GUIDED_DECODING_GUIDE",
+        "image_input": "IMAGE_INPUT",
+        "image_bytes_input": "IMAGE_BYTES",
+        "image_url_input": "IMAGE_URL",
+        "video_bytes_input": "VIDEO_BYTES",
+    }
+    FLAG_TENSORS = ("STREAM", "EXCLUDE_INPUT_IN_OUTPUT", "RETURN_NUM_INPUT_TOKENS", "RETURN_NUM_OUTPUT_TOKENS")
+    INPUT_TENSORS = (
+        "QUERY", "REQUEST_OUTPUT_LEN", "BAD_WORDS_DICT", "STOP_WORDS_DICT", "END_ID", "PAD_ID", "IMAGES",
+        *FLAG_TENSORS, *dict.fromkeys(SAMPLING_TENSORS.values()), *UNSUPPORTED_TENSORS.values(),
+    )
 
     def __init__(self, settings: ModelSettings):
         self.settings = settings
@@ -149,39 +191,83 @@ class Preprocessor:
         )
 
     # -- the preprocessing model ---------------------------------------------------------------------------
-    def preprocessing_outputs(
-        self, inputs: dict[str, np.ndarray | None], request_id: str = ""
-    ) -> dict[str, np.ndarray]:
-        """NVIDIA-compatible ``preprocessing``: QUERY, REQUEST_OUTPUT_LEN, STOP_WORDS_DICT, BAD_WORDS_DICT, END_ID,
-        PAD_ID (+ sampling inputs, validated only) → INPUT_ID, REQUEST_INPUT_LEN, STOP_WORDS_IDS, BAD_WORDS_IDS,
-        OUT_END_ID, OUT_PAD_ID, each with a batch dimension of 1.
+    def prepare(self, inputs: dict[str, np.ndarray | None], request_id: str = "") -> tuple[dict, StreamStart]:
+        """NVIDIA-compatible ``preprocessing`` (v0.19 and the 1.2.1 triton_backend template): QUERY,
+        REQUEST_OUTPUT_LEN, STOP_WORDS_DICT, BAD_WORDS_DICT, END_ID, PAD_ID → INPUT_ID, REQUEST_INPUT_LEN,
+        DECODER_INPUT_ID (``[[pad_id]]``), REQUEST_DECODER_INPUT_LEN (``[[1]]``), STOP_WORDS_IDS, BAD_WORDS_IDS,
+        EMBEDDING_BIAS (``[1, 0]``), REQUEST_OUTPUT_LEN, OUT_END_ID, OUT_PAD_ID, OUT_PROMPT_TABLE_EXTRA_IDS (zeros),
+        each with a batch dimension of 1, as NVIDIA's text path emits them (its multimodal outputs only come with
+        images, which koserve refuses).
 
-        Plus ``STREAM`` → ``OUT_STREAMING`` (the engine's ``streaming``): true only when the client asked to stream
-        **and** set a request id. ``postprocessing`` can follow a stream only by its request id; without one the
-        engine answers in one response, which is decoded exactly (rather than streaming pieces from which a
-        character split across two responses would be lost)."""
+        koserve additions: the sampling inputs (validated before the engine; ``min_length``/``min_tokens`` and
+        ``random_seed``/``seed`` are the same option) → OUT_MIN_TOKENS and OUT_SEED (the client's seed, else a fresh
+        random one: :func:`draw_seed`), OUT_EXCLUDE_INPUT_IN_OUTPUT (the client's, default true; true whenever it asked
+to stream); ``STREAM`` → ``OUT_STREAMING`` (the engine's ``streaming``): true only when
+        the client asked to stream **and** set a request id (``postprocessing`` follows a stream by its id; without
+        one the engine answers in one response, decoded exactly). Also returns the :class:`StreamStart` that
+        ``postprocessing`` needs to see the request's end."""
         check_batch_one({k: v for k, v in inputs.items() if v is not None})
+        check_unsupported(inputs, self.UNSUPPORTED_TENSORS)
+        images = inputs.get("IMAGES")
+        if images is not None and np.asarray(images).size:
+            raise InvalidRequestError("input 'IMAGES' is not supported by koserve (text models only): leave it out")
         text = text_value(inputs.get("QUERY"), "text_input")
         max_tokens = scalar(inputs.get("REQUEST_OUTPUT_LEN"), "max_tokens", "int")
         if max_tokens is None:
             raise InvalidRequestError("input 'max_tokens' is required")
         sampling: SamplingParams = sampling_from(inputs, self.SAMPLING_TENSORS)
-        del sampling  # validated; the ensemble passes the values to the engine itself
+        request_words = word_values(inputs.get("STOP_WORDS_DICT"), "stop_words")
         prepared = self.engine_inputs(
             text,
             max_tokens,
-            stop_words=word_values(inputs.get("STOP_WORDS_DICT"), "stop_words"),
+            stop_words=request_words,
             bad_words=word_values(inputs.get("BAD_WORDS_DICT"), "bad_words"),
             end_id=scalar(inputs.get("END_ID"), "end_id", "int"),
             pad_id=scalar(inputs.get("PAD_ID"), "pad_id", "int"),
         )
-        stream = scalar(inputs.get("STREAM"), "stream", "bool")
-        return {
-            "OUT_STREAMING": np.array([[bool(stream) and bool(request_id)]], dtype=np.bool_),
+
+        def flag(name: str, default: bool) -> bool:
+            value = scalar(inputs.get(name), name.lower(), "bool")
+            return default if value is None else value
+
+        asked_to_stream = flag("STREAM", False)
+        streaming = asked_to_stream and bool(request_id)
+        # a streamed answer never starts with the prompt (TensorRT-LLM streams new tokens only), also when it comes
+        # in one response for want of a request id
+        exclude = flag("EXCLUDE_INPUT_IN_OUTPUT", True) or asked_to_stream
+        n = prepared.input_len
+        outputs = {
             "INPUT_ID": prepared.input_ids[None, :],
-            "REQUEST_INPUT_LEN": np.array([[prepared.input_len]], dtype=np.int32),
-            "STOP_WORDS_IDS": prepared.stop_words_list[None, :, :],
+            "REQUEST_INPUT_LEN": np.array([[n]], dtype=np.int32),
+            "DECODER_INPUT_ID": np.array([[prepared.pad_id]], dtype=np.int32),
+            "REQUEST_DECODER_INPUT_LEN": np.array([[1]], dtype=np.int32),
             "BAD_WORDS_IDS": prepared.bad_words_list[None, :, :],
+            "STOP_WORDS_IDS": prepared.stop_words_list[None, :, :],
+            "EMBEDDING_BIAS": np.zeros((1, 0), dtype=np.float32),
+            "REQUEST_OUTPUT_LEN": np.array([[prepared.max_tokens]], dtype=np.int32),
             "OUT_END_ID": np.array([[prepared.end_id]], dtype=np.int32),
             "OUT_PAD_ID": np.array([[prepared.pad_id]], dtype=np.int32),
+            "OUT_PROMPT_TABLE_EXTRA_IDS": np.zeros((1, n), dtype=np.uint64),
+            "OUT_STREAMING": np.array([[streaming]], dtype=np.bool_),
+            "OUT_EXCLUDE_INPUT_IN_OUTPUT": np.array([[exclude]], dtype=np.bool_),
+            "OUT_SEED": np.array([[draw_seed(sampling.random_seed)]], dtype=np.uint64),
         }
+        if sampling.min_length is not None:  # absent: the engine's default
+            outputs["OUT_MIN_TOKENS"] = np.array([[sampling.min_length]], dtype=np.int32)
+        start = StreamStart(
+            request_id=request_id,
+            streaming=streaming,
+            max_tokens=prepared.max_tokens,
+            input_len=n,
+            exclude_input_in_output=exclude,
+            end_ids=(prepared.end_id,),
+            stop_ids=tuple(tuple(w) for w in parse_word_list(prepared.stop_words_list, "stop_words_list")),
+            stop_words=request_words,
+            return_num_input_tokens=flag("RETURN_NUM_INPUT_TOKENS", False),
+            return_num_output_tokens=flag("RETURN_NUM_OUTPUT_TOKENS", False),
+        )
+        return outputs, start
+
+    def preprocessing_outputs(self, inputs: dict[str, np.ndarray | None], request_id: str = "") -> dict:
+        """The output tensors of :meth:`prepare`."""
+        return self.prepare(inputs, request_id)[0]

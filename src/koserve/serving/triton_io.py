@@ -17,10 +17,11 @@ def read_inputs(pb, request, names: Iterable[str]) -> dict[str, np.ndarray | Non
 
 
 def bytes_tensor(pb, name: str, texts: list[str] | str, shape: tuple[int, ...] | None = None):
-    """A BYTES tensor of UTF-8 strings (default shape ``[1, len]``; one string → ``[1, 1]``)."""
+    """A BYTES tensor of UTF-8 strings (default shape ``[1, len]``; one string → ``[1]``, the shape NVIDIA's
+    postprocessing and BLS give ``text_output``: one string per batch item × beam, read as ``out[0].decode()``)."""
     if isinstance(texts, str) and shape is None:  # the per-token case: no list, no reshape
-        arr = np.empty((1, 1), dtype=np.object_)
-        arr[0, 0] = texts.encode("utf-8")
+        arr = np.empty((1,), dtype=np.object_)
+        arr[0] = texts.encode("utf-8")
         return pb.Tensor(name, arr)
     if isinstance(texts, str):
         texts = [texts]

@@ -5,8 +5,9 @@ one token every ``delay_ms`` milliseconds (the first one ``delay_ms`` after the 
 and the sampling parameters do not change what is emitted. End ids and stop words end a request exactly as in the
 ``hf`` engine (an end id in the text ends it unemitted; a stop word is emitted, then ends it), and so does
 ``request_output_len``. When the text runs out the request ends as if the model had sampled an end id
-(``at_end="stop"``) or the text starts over (``at_end="repeat"``). The final chunk carries the last tokens
-whenever the end is known in advance (length, stop word, end of text, end id next).
+(``at_end="stop"``) or the text starts over (``at_end="repeat"``). As in TensorRT-LLM, the final chunk carries
+the last tokens when the end is known with them (length, stop word) and no tokens when the end is an end id or the
+end of the text (seen one step later, the end id never being emitted).
 """
 
 from __future__ import annotations
@@ -94,11 +95,10 @@ class ReplayEngine(Engine):
         if token is None:
             seq.finish(FinishReason.END_ID)
             return True
+        # As TensorRT-LLM: the end is seen at the next step (the end id is not emitted), so a streamed request's last
+        # tokens come in a response of their own and the final response carries no tokens (postprocessing relies on
+        # this: koserve.serving.postprocess.StreamEnd).
         seq.accept(token)
-        if not seq.finished:
-            nxt = self._token_at(st.pos)
-            if nxt is None or seq.is_end(nxt):
-                seq.finish(FinishReason.END_ID)  # known now: send the last tokens with the final flag
         return True
 
     def _next_due(self) -> float:

@@ -68,6 +68,7 @@ def parse_triton_request(
     *,
     default_end_ids: tuple[int, ...] = (),
     request_id: str = "",
+    vocab_size: int | None = None,
 ) -> EngineRequest:
     """Build an :class:`EngineRequest` from the ``tensorrt_llm`` input tensors, with errors that name the input and
     the limit. Like TensorRT-LLM, ``request_output_len`` is cut to ``max_seq_len - input length`` when the sum is
@@ -91,6 +92,12 @@ def parse_triton_request(
     if not 1 <= length <= len(ids):
         raise InvalidRequestError(f"input_lengths is {length} but input_ids holds {len(ids)} tokens")
     prompt = tuple(int(t) for t in ids[:length])
+    if vocab_size is not None:  # as TensorRT-LLM (LlmRequest::checkTokenIdRange): every id in [0, vocab size)
+        bad = [t for t in prompt if not 0 <= t < vocab_size]
+        if bad:
+            raise InvalidRequestError(
+                f"input_ids hold {len(bad)} token id(s) outside the vocabulary [0, {vocab_size}), e.g. {bad[0]}"
+            )
     if length > settings.max_input_len:
         raise InvalidRequestError(
             f"input length {length} exceeds the engine's max_input_len {settings.max_input_len}"
@@ -112,6 +119,8 @@ def parse_triton_request(
             raise InvalidRequestError(f"{name}={value} is not supported by the CPU engine stand-in (only {allowed})")
 
     end_id = _scalar(get, "end_id", "int")
+    if end_id is not None and vocab_size is not None and not -1 <= end_id < vocab_size:  # LlmRequest::validate
+        raise InvalidRequestError(f"end_id {end_id} is outside [-1, {vocab_size}) (the vocabulary has {vocab_size} ids)")
     stop_words = get("stop_words_list")
     bad_words = get("bad_words_list")
     seed = _scalar(get, "seed", "uint", default=0)
@@ -160,6 +169,19 @@ def output_arrays(request: EngineRequest, out: EngineOutput) -> dict[str, np.nda
     return arrays
 
 
+def _vocab_size(engine: Engine, settings: EngineSettings) -> int | None:
+    """The ids the engine knows: the checkpoint's vocabulary (hf), the tokenizer's (replay)."""
+    size = getattr(engine, "vocab_size", None)
+    if size is None and settings.mode == "replay":
+        from pathlib import Path  # noqa: PLC0415
+
+        from tokenizers import Tokenizer  # noqa: PLC0415
+
+        path = Path(settings.tokenizer_dir or settings.model_dir)
+        size = Tokenizer.from_file(str(path / "tokenizer.json" if path.is_dir() else path)).get_vocab_size()
+    return size
+
+
 class TritonEngineModel:
     """The body of ``model_repository/tensorrt_llm_cpu/1/model.py`` (decoupled); ``pb_utils`` is Triton's
     ``triton_python_backend_utils`` module, passed in by the thin ``model.py``."""
@@ -176,6 +198,7 @@ class TritonEngineModel:
         self.settings = EngineSettings.from_parameters(params)
         self.default_end_ids = self.settings.default_end_ids()
         self.engine: Engine = create_engine(self.settings)
+        self.vocab_size = _vocab_size(self.engine, self.settings)
         self._lock = threading.Lock()
         self._by_request_id: dict[str, list] = {}
 
@@ -202,7 +225,8 @@ class TritonEngineModel:
                     sender.send(flags=final)
                     continue
                 ereq = parse_triton_request(
-                    get, self.settings, default_end_ids=self.default_end_ids, request_id=request_id
+                    get, self.settings, default_end_ids=self.default_end_ids, request_id=request_id,
+                    vocab_size=self.vocab_size,
                 )
                 self._submit(ereq, sender)
             except (InvalidRequestError, EngineBusyError, EngineClosedError) as exc:
