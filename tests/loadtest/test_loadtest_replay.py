@@ -40,15 +40,23 @@ def clean_length(profile, replay_ids, token_counter, candidates) -> tuple[int, s
     raise AssertionError("no clean cut among the candidates")
 
 
-def test_grpc_ensemble_fixed_concurrency_report(tmp_path, replay_llama3, replay_ids, token_counter):
+def test_grpc_ensemble_fixed_concurrency_report(tmp_path, replay_llama3, replay_ids, token_counter, capsys):
     osl, text = clean_length("akallama-70b", replay_ids, token_counter, (24, 25, 23, 26))
     out = tmp_path / "report"
     code, s, records = run(
         out, replay_llama3.grpc_url, "--protocol", "grpc", "--model", "ensemble", "--profile", "akallama-70b",
-        "--prompts", "all", "--osl", str(osl), "--shape", "fixed", "--concurrency", "4", "--duration", "6",
-        "--metrics-url", replay_llama3.metrics_url, "--slo", "ttft_p99=5s,itl_p99=250ms,error_rate=0",
+        "--prompts", "all", "--osl", str(osl), "--shape", "fixed", "--concurrency", "4", "--duration", "6s",
+        "--metrics-url", replay_llama3.metrics_url,
+        "--slo", "ttft_p99=5s,tpot_p99=30ms,chunk_gap_p99=250ms,itl_p99=250ms,error_rate=0",
     )
     assert code == 0, (out / "locust.log").read_text()[-3000:]
+    captured = capsys.readouterr()
+    # live progress while it ran (plain lines: stderr is not a terminal here), then the summary
+    lines = [ln for ln in captured.err.splitlines() if ln.startswith("loadtest: ") and "/6s" in ln]
+    assert lines and "in flight" in lines[-1] and "output tok/s" in lines[-1] and "TTFT p50" in lines[-1], captured.err
+    assert "run ended: the planned duration of 6s ran out" in captured.out
+    assert "TPOT ms:" in captured.out and "chunk gap ms:" in captured.out
+    assert s["run"]["end_reason"] == "duration"
     for name in ("summary.md", "summary.json", "latency_over_time.png", "throughput_over_time.png",
                  "ttft_vs_concurrency.png", "locust_stats.csv", "locust_stats_history.csv", "metrics-before.prom",
                  "metrics-after.prom", "locust.html"):
@@ -62,8 +70,23 @@ def test_grpc_ensemble_fixed_concurrency_report(tmp_path, replay_llama3, replay_
     assert s["output_tokens_total"] == osl * s["succeeded"]
     assert s["max_concurrency"] == 4
 
-    # timing follows the replay pace
+    # timing follows the replay pace: TPOT per request sits on it, chunk gaps around it (a split character)
     assert abs(s["itl_ms"]["p50"] - PACE_MS) <= ITL_TOLERANCE_MS, s["itl_ms"]
+    assert s["chunk_gap_ms"] == s["itl_ms"]
+    assert abs(s["tpot_ms"]["p50"] - PACE_MS) <= 2.0 and s["tpot_ms"]["p99"] <= s["chunk_gap_ms"]["p99"], s
+    for r in records:
+        assert r.tpot == pytest.approx((r.e2e - r.ttft) / (osl - 1))
+    # prompt tokens: the rendered chat prompt (template + system prompt) as the server encodes it
+    from koserve.chat import render_prompt
+    from koserve.loadtest.prompts import load_prompt_set
+    from koserve.profiles import load_profile
+
+    counter, profile = token_counter("akallama-70b"), load_profile("akallama-70b")
+    chats = {p.id: list(p.messages) for p in load_prompt_set("all")}
+    for r in records:
+        rendered = render_prompt(profile, chats[r.prompt_id])
+        assert r.prompt_tokens == len(counter.text_tokenizer.encode(rendered)) > r.input_tokens - 1
+    assert s["prompt_tokens_source"] == "tokenizer"
     assert PACE_MS * 0.9 <= s["ttft_ms"]["p50"] <= PACE_MS + 200, s["ttft_ms"]
     expected_e2e = s["ttft_ms"]["p50"] + (osl - 1) * PACE_MS
     assert abs(s["e2e_ms"]["p50"] - expected_e2e) <= 0.25 * expected_e2e, s["e2e_ms"]
@@ -73,7 +96,7 @@ def test_grpc_ensemble_fixed_concurrency_report(tmp_path, replay_llama3, replay_
     # locust saw the same measures as separate events
     with open(out / "locust_stats.csv", encoding="utf-8") as fh:
         rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(fh)}
-    for name in ("ttft", "itl", "e2e", "output_tokens", "output_tokens_per_s"):
+    for name in ("ttft", "tpot", "chunk_gap", "e2e", "output_tokens", "output_tokens_per_s"):
         assert int(rows[("grpc", name)]["Request Count"]) > 0, name
     assert 0 < int(rows[("grpc", "e2e")]["Request Count"]) <= len(records)
     assert float(rows[("grpc", "output_tokens")]["Average Response Time"]) == pytest.approx(osl)
@@ -89,12 +112,17 @@ def test_http_bls_request_budget_and_missed_slo(tmp_path, replay_llama3, replay_
     t0 = time.monotonic()
     code, s, records = run(
         tmp_path / "r", replay_llama3.http_url, "--protocol", "http", "--model", "tensorrt_llm_bls",
-        "--prompts", "synthetic", "--isl", "64", "--osl", str(osl), "--concurrency", "3", "--duration", "60",
-        "--max-requests", "12", "--metrics-url", "none", "--slo", "itl_p99=1ms", "--no-plots",
+        "--prompts", "synthetic", "--isl", "64", "--osl", str(osl), "--concurrency", "3", "--duration", "1m",
+        "--max-requests", "12", "--warmup-requests", "3", "--metrics-url", "none", "--slo", "itl_p99=1ms",
+        "--no-plots",
     )
     assert time.monotonic() - t0 < 40  # the request budget ended the run, not the 60 s shape
     assert code == 1 and s["slos_passed"] is False
-    assert len(records) == 12 and s["failed"] == 0
+    assert s["run"]["end_reason"] == "max_requests" and "--max-requests 12" in s["run"]["end_detail"]
+    assert len(records) == 15 and sum(r.warmup for r in records) == 3  # warm-up first, not counted
+    assert all(r.warmup for r in sorted(records, key=lambda r: r.start)[:3])
+    assert s["requests"] == 12 and s["warmup_requests"] == 3 and s["failed"] == 0
+    assert all(r.prompt_tokens == r.input_tokens + 1 for r in records)  # sent as it is; the server adds BOS
     assert {r.protocol for r in records} == {"http"} and {r.model for r in records} == {"tensorrt_llm_bls"}
     assert {r.output_tokens for r in records} == {osl}
     assert all(62 <= r.input_tokens <= 66 for r in records)
@@ -211,6 +239,19 @@ def test_openai_gateway_user(tmp_path, gateway, replay_ids, token_counter):
     assert code == 0 and s["failed"] == 0 and len(records) >= 5
     assert {r.protocol for r in records} == {"openai"} and {r.model for r in records} == {"akallama-70b"}
     assert {r.output_tokens for r in records} == {osl}  # the gateway's usage.completion_tokens
+    # the model received the chat template and the default system prompt, as the gateway's usage says
+    from koserve.chat import render_prompt
+    from koserve.loadtest.prompts import load_prompt_set
+    from koserve.profiles import load_profile
+
+    assert s["prompt_tokens_source"] == "server"
+    chats = {p.id: list(p.messages) for p in load_prompt_set("short")}
+    user_only = token_counter("akallama-70b")
+    for r in records:
+        rendered = render_prompt(load_profile("akallama-70b"), chats[r.prompt_id])
+        assert r.prompt_tokens == user_only.prompt_tokens(rendered)
+        assert r.prompt_tokens > user_only(chats[r.prompt_id][-1]["content"]) + 20  # template + system prompt
+    assert abs(s["tpot_ms"]["p50"] - PACE_MS) <= 2.0
     assert {r.output_chars for r in records} == {len(text)}
     assert abs(s["itl_ms"]["p50"] - PACE_MS) <= ITL_TOLERANCE_MS
     assert (tmp_path / "r" / "metrics-after.prom").is_file()  # the gateway's own /metrics

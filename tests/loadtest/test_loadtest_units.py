@@ -147,17 +147,36 @@ def test_locust_events_are_separate_per_measure():
     events = []
     fire_locust_events(lambda **kw: events.append(kw), _record())
     names = [e["name"] for e in events]
-    assert names == ["ttft", "itl", "itl", "itl", "e2e", "output_tokens", "output_tokens_per_s"]
+    assert names == ["ttft", "tpot", "chunk_gap", "chunk_gap", "chunk_gap", "e2e", "output_tokens",
+                     "output_tokens_per_s"]
     assert set(names) == set(EVENT_NAMES)
     assert all(e["exception"] is None and e["request_type"] == "grpc" for e in events)
     by = {e["name"]: e["response_time"] for e in events}
     assert by["ttft"] == pytest.approx(100.0) and by["e2e"] == pytest.approx(1000.0)
+    assert by["tpot"] == pytest.approx((1000.0 - 100.0) / 3)
     assert by["output_tokens"] == 4 and by["output_tokens_per_s"] == pytest.approx(4.0)
 
     events.clear()
     fire_locust_events(lambda **kw: events.append(kw), _record(error="model 'x' is not found", ttft=None, itls=[]))
     assert len(events) == 1 and events[0]["name"] == "e2e"
     assert "is not found" in str(events[0]["exception"])
+
+    events.clear()
+    fire_locust_events(lambda **kw: events.append(kw), _record(warmup=True))
+    assert events == []  # warm-up requests stay out of locust's tables too
+
+
+def test_tpot_is_per_request_e2e_minus_ttft_over_tokens_minus_one():
+    # 41 tokens in 21 chunks: Korean characters of two tokens arrive as one chunk, 40 ms apart at 20 ms per token
+    r = _record(ttft=0.1, e2e=0.1 + 40 * 0.02, output_tokens=41, chunks=21, itls=[0.04] * 20)
+    assert r.tpot == pytest.approx(0.02)
+    s = summarize([r])
+    assert s["tpot_ms"]["p50"] == pytest.approx(20.0) and s["chunk_gap_ms"]["p50"] == pytest.approx(40.0)
+    assert s["itl_ms"] == s["chunk_gap_ms"]  # the old key keeps its meaning
+    assert "(E2E - TTFT) / (output tokens - 1)" in s["definitions"]["tpot"]
+    assert _record(output_tokens=1, itls=[]).tpot is None  # one token: no time per output token
+    assert _record(error="boom").tpot is None
+    assert json.loads(_record().to_json())["tpot"] == pytest.approx(0.3)
 
 
 def test_records_round_trip_and_torn_lines_are_skipped(tmp_path):
@@ -261,6 +280,35 @@ def test_percentile_matches_linear_interpolation():
     assert percentile([5.0], 99) == 5.0
     assert percentile([1, 2, 3, 4], 50) == 2.5
     assert percentile(list(range(101)), 99) == pytest.approx(99.0)
+
+
+def test_warmup_records_are_counted_but_left_out_of_every_figure():
+    records = [_record(start=0.0, end=5.0, ttft=3.0, e2e=5.0, warmup=True),
+               _record(start=1.0, end=2.0, ttft=0.1, e2e=1.0), _record(start=1.5, end=2.5, ttft=0.3, e2e=1.0)]
+    s = summarize(records)
+    assert s["warmup_requests"] == 1 and s["requests"] == 2 and s["succeeded"] == 2
+    assert s["ttft_ms"]["max"] == pytest.approx(300.0) and s["duration_s"] == pytest.approx(1.5)
+
+
+def test_prompt_tokens_are_what_the_model_received(token_counter):
+    from koserve.chat import render_prompt
+    from koserve.profiles import load_profile
+
+    profile = load_profile("akallama-70b")
+    counter = token_counter("akallama-70b")
+    rng = random.Random(0)
+    src = SyntheticPromptSource(corpus_text(load_prompt_set("all")), isl=LengthSampler(128, rng=rng),
+                                osl=LengthSampler(8, rng=rng), counter=counter)
+    req = src.next()
+    assert abs(req.input_tokens - 128) <= 2
+    assert req.model_prompt_tokens == req.input_tokens + 1  # sent as it is: the server adds BOS
+    rendered = render_prompt(profile, req.messages)
+    # through the gateway the model gets the chat template and the default system prompt as well
+    assert counter.prompt_tokens(rendered) > req.input_tokens + 20
+    assert counter.prompt_tokens(rendered) == len(counter.text_tokenizer.encode(rendered))
+    s = summarize([_record(prompt_tokens=300, prompt_tokens_source="server"), _record(prompt_tokens=310)])
+    assert s["prompt_tokens_per_request"]["mean"] == pytest.approx(305.0)
+    assert s["input_tokens_per_request"]["mean"] == pytest.approx(5.0)
 
 
 def test_summary_counts_failures_and_computes_rates():
@@ -385,3 +433,144 @@ def test_server_token_count_follows_num_output_tokens():
     for value in (None, [4], 3, None, 0):  # one token, a response of four, of three, one, the last text alone
         bls.add(value)
     assert bls.total == 9
+
+
+# -- durations, help, progress, end of run, plots --------------------------------------------------------------
+
+@pytest.mark.parametrize("text,seconds", [("90", 90.0), ("90s", 90.0), ("2m", 120.0), ("1h", 3600.0),
+                                          ("1h30m", 5400.0), ("0.5s", 0.5), (" 2M ", 120.0), ("1m30s", 90.0)])
+def test_durations_read_like_locust_run_time(text, seconds):
+    from koserve.loadtest.durations import parse_duration
+
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "2 minutes", "m", "5d", "1h-3m", "s90"])
+def test_bad_durations_name_the_accepted_forms(text):
+    from koserve.loadtest.durations import parse_duration
+
+    with pytest.raises(ValueError, match="90s, 2m, 1h"):
+        parse_duration(text)
+
+
+def test_cli_durations_warmup_and_bad_duration(capsys):
+    from koserve.cli import build_parser
+
+    args = build_parser().parse_args(["loadtest", "h:1", "--duration", "2m", "--warmup", "10s",
+                                      "--step-duration", "30", "--request-timeout", "1m"])
+    assert (args.duration, args.warmup, args.step_duration, args.request_timeout) == (120.0, 10.0, 30.0, 60.0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["loadtest", "h:1", "--duration", "ten"])
+    assert "'ten' is not a duration" in capsys.readouterr().err
+
+
+def _loadtest_parser():
+    import argparse
+
+    from koserve.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["loadtest"]
+
+
+def test_every_loadtest_flag_has_help_and_no_default_is_shown_twice():
+    import re
+
+    parser = _loadtest_parser()
+    for action in parser._actions:
+        assert action.help and action.help.strip(), action.option_strings or action.dest
+    text = parser.format_help()
+    flat = " ".join(text.split())
+    assert not re.search(r"\(default: [^)]*\)\s*\(default:", flat), flat
+    for block in re.split(r"\n  (?=-)", text):  # one block per option
+        assert len(re.findall(r"default", block)) <= 1, block
+    assert "(default: 60s)" in flat and "90s, 2m, 1h" in flat
+
+
+def test_record_tail_reads_only_complete_new_lines(tmp_path):
+    from koserve.loadtest.progress import RecordTail
+
+    path = tmp_path / "records-1.jsonl"
+    path.write_text(_record(prompt_id="a").to_json() + "\n" + '{"protocol": "gr', encoding="utf-8")
+    tail = RecordTail(tmp_path)
+    assert [r.prompt_id for r in tail.new_records()] == ["a"]
+    with open(path, "w", encoding="utf-8") as fh:  # the torn line completed, one more
+        fh.write(_record(prompt_id="a").to_json() + "\n" + _record(prompt_id="b").to_json() + "\n")
+    assert [r.prompt_id for r in tail.new_records()] == ["b"]
+    assert tail.new_records() == []
+
+
+def test_progress_lines_show_time_requests_rate_ttft_and_in_flight(tmp_path):
+    import io
+
+    from koserve.loadtest.progress import ProgressMonitor
+
+    clock = FakeClock()
+    out = io.StringIO()
+    mon = ProgressMonitor(tmp_path, 60.0, out, tty=False, interval=5.0, clock=clock)
+    mon.poll(force=True)
+    assert "starting locust" in out.getvalue()
+    status = tmp_path / "status-1.json"
+    status.write_text(json.dumps({"in_flight": 3, "chunks": 0}))
+    mon.poll(force=True)
+    clock.t += 4.0
+    with open(tmp_path / "records-1.jsonl", "w", encoding="utf-8") as fh:
+        for ttft in (0.05, 0.08, 0.2):
+            fh.write(_record(ttft=ttft, output_tokens=30, chunks=20).to_json() + "\n")
+        fh.write(_record(error="boom", ttft=None, itls=[]).to_json() + "\n")
+        fh.write(_record(warmup=True).to_json() + "\n")
+    status.write_text(json.dumps({"in_flight": 3, "chunks": 200}))
+    assert mon.poll() is None  # not yet 5 s since the last line
+    clock.t += 1.0
+    state = mon.poll()
+    assert state is not None and (state.done, state.failed, state.warmup, state.in_flight) == (4, 1, 1, 3)
+    assert state.ttft_p50_ms == pytest.approx(80.0)
+    assert state.tokens_per_s == pytest.approx(200 * 1.5 / 5.0)  # chunks/s x tokens per chunk
+    last = out.getvalue().strip().splitlines()[-1]
+    assert last.startswith("loadtest: 5s/1m00s") and "done 4 (+1 warm-up)" in last and "failed 1" in last
+    assert "in flight 3" in last and "60 output tok/s" in last and "TTFT p50 80 ms" in last
+
+    tty = io.StringIO()
+    bar = ProgressMonitor(tmp_path, 60.0, tty, tty=True, clock=clock)
+    bar.poll(force=True)
+    bar.close()
+    assert tty.getvalue().startswith("\r\x1b[K[") and tty.getvalue().endswith("\n")
+
+
+def test_the_report_says_why_the_run_ended(tmp_path):
+    from koserve.loadtest.runner import end_of_run
+
+    cfg = LoadTestConfig(url="h:1", out_dir=tmp_path, duration=60, warmup=10, max_requests=40)
+    kw = dict(returncode=0, killed=False, interrupted=False, statuses=[{}], elapsed=71.0)
+    reason, text = end_of_run(cfg, **kw)
+    assert reason == "duration" and "1m10s" in text and "10s warm-up" in text
+    assert end_of_run(cfg, **{**kw, "statuses": [{"stop_reason": "max_requests"}]})[0] == "max_requests"
+    assert end_of_run(cfg, **{**kw, "returncode": 1})[1].startswith("error: locust exited with code 1")
+    assert end_of_run(cfg, **{**kw, "killed": True})[0] == "time_limit"
+    assert end_of_run(cfg, **{**kw, "interrupted": True})[0] == "interrupted"
+
+
+def test_locust_command_runs_warmup_plus_duration_and_echo_keeps_the_periodic_stats(tmp_path):
+    cfg = LoadTestConfig(url="127.0.0.1:8001", out_dir=tmp_path, duration=20, warmup=5, warmup_requests=3,
+                         processes=2)
+    cmd = locust_command(cfg, tmp_path / "records")
+    assert cmd[cmd.index("--shape-duration") + 1] == "25"
+    assert cmd[cmd.index("--warmup-seconds") + 1] == "5"
+    assert cmd[cmd.index("--warmup-requests") + 1] == "2"  # per process
+    assert "--only-summary" in cmd and "--only-summary" not in locust_command(cfg, tmp_path, echo=True)
+    assert cfg.hard_timeout() == 25 + 60 + 30
+
+
+def test_throughput_rates_use_a_rolling_window_of_a_few_seconds():
+    from koserve.loadtest.report import plot_window, rolling_rate
+
+    # 16 requests finishing together every second (a closed loop of 16 streams): 0.5 s buckets swing 0 <-> 32
+    ends = [float(t) + 0.999 for t in range(30) for _ in range(16)]
+    grid = [i * 0.25 for i in range(121)]
+    window = plot_window(30.0)
+    assert 2.0 <= window <= 5.0
+    rates = rolling_rate(ends, None, grid, window, 30.0)
+    inner = rates[8:-8]
+    assert min(inner) > 12 and max(inner) < 20  # ~16/s, readable
+    assert rolling_rate([1.0, 2.0], [3.0, 5.0], [1.5], 2.0, 10.0) == [pytest.approx(4.0)]

@@ -1,4 +1,13 @@
-"""Per-request streaming metrics: TTFT, inter-token latencies, end-to-end latency, output tokens.
+"""Per-request streaming metrics: TTFT, TPOT, chunk gaps, end-to-end latency, prompt and output tokens.
+
+Definitions (the names AIPerf / genai-perf and vLLM use):
+
+- TTFT: send -> first non-empty streamed text chunk.
+- TPOT (time per output token; AIPerf's and genai-perf's per-request "inter-token latency", vLLM's "TPOT"):
+  ``(E2E - TTFT) / (output tokens - 1)``, one value per request with at least two output tokens.
+- chunk gap: the time between two consecutive non-empty chunks of one stream (every gap of every request). One
+  chunk can carry several tokens (a Korean character spanning 2-3 byte tokens arrives as one chunk), so single
+  gaps of 2-3x the token pace are normal: the tail of the chunk gaps is longer than the tail of TPOT.
 
 A :class:`StreamTimer` is fed every streamed chunk of one request; :meth:`StreamTimer.finish`
 returns a :class:`StreamRecord`. Records are written one JSON object per line (JSONL) by
@@ -22,11 +31,12 @@ from typing import Any
 
 # Locust event names (the "Name" column); the request type column is the protocol.
 EVENT_TTFT = "ttft"
-EVENT_ITL = "itl"
+EVENT_TPOT = "tpot"
+EVENT_CHUNK_GAP = "chunk_gap"  # named "itl" before the TPOT event existed
 EVENT_E2E = "e2e"
 EVENT_OUTPUT_TOKENS = "output_tokens"
 EVENT_TOKENS_PER_S = "output_tokens_per_s"
-EVENT_NAMES = (EVENT_TTFT, EVENT_ITL, EVENT_E2E, EVENT_OUTPUT_TOKENS, EVENT_TOKENS_PER_S)
+EVENT_NAMES = (EVENT_TTFT, EVENT_TPOT, EVENT_CHUNK_GAP, EVENT_E2E, EVENT_OUTPUT_TOKENS, EVENT_TOKENS_PER_S)
 
 
 @dataclass
@@ -39,20 +49,31 @@ class StreamRecord:
     start: float  # time.time() when the request was sent
     end: float  # time.time() when the last response (or the error) arrived
     input_chars: int
-    input_tokens: int | None
+    input_tokens: int | None  # tokens of the text the load generator sent (gateway: the user message only)
     max_tokens: int
     ttft: float | None  # seconds from send to the first non-empty chunk
-    itls: list[float] = field(default_factory=list)  # seconds between consecutive non-empty chunks
+    itls: list[float] = field(default_factory=list)  # chunk gaps: seconds between consecutive non-empty chunks
     e2e: float = 0.0
     chunks: int = 0  # non-empty streamed chunks
     output_tokens: int = 0  # tokenizer count of the output text, or `chunks` without a tokenizer
     output_chars: int = 0
     concurrency: int = 0  # requests in flight in this process when this one started
     error: str | None = None
+    prompt_tokens: int | None = None  # what the model received: the rendered prompt (template, system prompt)
+    prompt_tokens_source: str = ""  # "server" (usage.prompt_tokens), "tokenizer" (counted here) or "" (unknown)
+    warmup: bool = False  # sent during the warm-up: kept in the records, left out of every figure
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def tpot(self) -> float | None:
+        """Time per output token after the first: ``(e2e - ttft) / (output_tokens - 1)`` (seconds); None for a
+        failed request or one with fewer than two output tokens."""
+        if self.error is not None or self.ttft is None or self.output_tokens < 2:
+            return None
+        return max(0.0, self.e2e - self.ttft) / (self.output_tokens - 1)
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -64,6 +85,8 @@ class StreamRecord:
     def to_json(self) -> str:
         data = asdict(self)
         data["itls"] = [round(x, 6) for x in self.itls]
+        tpot = self.tpot
+        data["tpot"] = None if tpot is None else round(tpot, 6)  # derived; ignored when read back
         return json.dumps(data, ensure_ascii=False)
 
     @classmethod
@@ -111,9 +134,13 @@ class StreamTimer:
         input_tokens: int | None,
         max_tokens: int,
         concurrency: int = 0,
+        prompt_tokens: int | None = None,
+        warmup: bool = False,
+        on_chunk: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._clock = clock
+        self._on_chunk = on_chunk
         self._t0 = clock()
         self._wall0 = time.time()
         self._last: float | None = None
@@ -129,6 +156,9 @@ class StreamTimer:
             input_tokens=input_tokens,
             max_tokens=max_tokens,
             concurrency=concurrency,
+            prompt_tokens=prompt_tokens,
+            prompt_tokens_source="tokenizer" if prompt_tokens is not None else "",
+            warmup=warmup,
         )
 
     def chunk(self, text: str) -> None:
@@ -143,10 +173,18 @@ class StreamTimer:
         self._last = now
         self._chunks += 1
         self._parts.append(text)
+        if self._on_chunk is not None:
+            self._on_chunk()
 
     @property
     def text(self) -> str:
         return "".join(self._parts)
+
+    def server_prompt_tokens(self, count: int | None) -> None:
+        """The server's own prompt token count (``usage.prompt_tokens``); replaces the local count when > 0."""
+        if count:
+            self._meta["prompt_tokens"] = int(count)
+            self._meta["prompt_tokens_source"] = "server"
 
     def finish(
         self, *, error: str | None = None, count_tokens: Callable[[str], int] | None = None
@@ -179,9 +217,11 @@ def fire_locust_events(fire: Callable[..., Any], record: StreamRecord) -> None:
     Each measure is its own event name so locust's tables keep them apart; latencies are in ms,
     ``output_tokens`` and ``output_tokens_per_s`` are reported in the response-time column (their
     unit is then tokens and tokens/s, not ms). A failed request is one ``e2e`` failure carrying the
-    server's message.
+    server's message. Warm-up requests fire nothing.
     """
     rtype = record.protocol
+    if record.warmup:
+        return
     if record.error is not None:
         fire(
             request_type=rtype,
@@ -195,8 +235,11 @@ def fire_locust_events(fire: Callable[..., Any], record: StreamRecord) -> None:
     common = dict(request_type=rtype, response_length=0, exception=None, context={})
     if record.ttft is not None:
         fire(name=EVENT_TTFT, response_time=record.ttft * 1000.0, **common)
+    tpot = record.tpot
+    if tpot is not None:
+        fire(name=EVENT_TPOT, response_time=tpot * 1000.0, **common)
     for gap in record.itls:
-        fire(name=EVENT_ITL, response_time=gap * 1000.0, **common)
+        fire(name=EVENT_CHUNK_GAP, response_time=gap * 1000.0, **common)
     fire(
         request_type=rtype,
         name=EVENT_E2E,

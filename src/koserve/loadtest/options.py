@@ -41,7 +41,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("--tokenizer", str, "auto",
            "tokenizer for counting tokens: a checkpoint folder / tokenizer.json, 'auto' (the profile's "
            "fixture tokenizer when present) or 'none' (count streamed chunks)"),
-    Option("--max-requests", int, 0, "stop after this many requests (0 = no limit; per locust process)"),
+    Option("--max-requests", int, 0,
+           "stop after this many measured requests (0 = no limit; per locust process; warm-up not counted)"),
+    Option("--warmup-seconds", float, 0.0,
+           "requests sent in the first SECONDS after the first send are warm-up: recorded, left out of the figures"),
+    Option("--warmup-requests", int, 0, "the first N requests (per locust process) are warm-up"),
     Option("--request-timeout", float, 60.0, "seconds one request may take before it counts as failed"),
     Option("--records-dir", str, "", "write per-request records (JSONL) into this folder"),
     Option("--shape", str, "fixed", "load shape", ("fixed", "step", "poisson")),

@@ -44,7 +44,11 @@ class ChatPrompt:
 
 @dataclass
 class LoadRequest:
-    """One request to send: chat messages (gateway) and the prompt text (Triton ``text_input``)."""
+    """One request to send: chat messages (gateway) and the prompt text (Triton ``text_input``).
+
+    ``input_tokens``: tokens of ``text`` (no special tokens). ``model_prompt_tokens``: what the model receives when
+    ``text`` is sent as the prompt (BOS as the server adds it); the gateway user counts its rendered prompt itself.
+    """
 
     prompt_id: str
     messages: list[dict[str, str]]
@@ -52,6 +56,7 @@ class LoadRequest:
     max_tokens: int
     input_tokens: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    model_prompt_tokens: int | None = None
 
 
 def load_prompt_set(name_or_path: str, prompts_dir: Path | None = None) -> list[ChatPrompt]:
@@ -112,16 +117,22 @@ class LengthSampler:
 
 
 class TokenCounter:
-    """Counts tokens with a Hugging Face ``tokenizer.json`` (no special tokens added)."""
+    """Counts tokens with a Hugging Face ``tokenizer.json``: output text without special tokens (``__call__``),
+    prompts as the server encodes them (:meth:`prompt_tokens`: BOS added once, as koserve's preprocessing does)."""
 
     def __init__(self, path: str | Path) -> None:
-        from tokenizers import Tokenizer
+        from koserve.text.tokenizer import load_tokenizer
 
         p = Path(path)
         file = p / "tokenizer.json" if p.is_dir() else p
         if not file.is_file():
             raise ConfigError(f"tokenizer: {file} does not exist (pass a checkpoint folder or tokenizer.json)")
-        self.tokenizer = Tokenizer.from_file(str(file))
+        self.text_tokenizer = load_tokenizer(p)
+        self.tokenizer = self.text_tokenizer.backend
+
+    def prompt_tokens(self, text: str) -> int:
+        """Tokens the model receives for the prompt ``text`` (special tokens as the server adds them)."""
+        return len(self.text_tokenizer.encode(text, add_special_tokens=True))
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -151,7 +162,7 @@ class ChatPromptSource:
         self._osl = osl
         self._counter = counter
         self._order: list[int] = []
-        self._rendered: dict[str, tuple[str, int | None]] = {}
+        self._rendered: dict[str, tuple[str, int | None, int | None]] = {}
 
     def next(self) -> LoadRequest:
         if not self._order:
@@ -161,9 +172,10 @@ class ChatPromptSource:
         messages = [dict(m) for m in prompt.messages]
         if prompt.id not in self._rendered:
             text = self._render(messages)
-            self._rendered[prompt.id] = (text, self._counter(text) if self._counter else None)
-        text, n_in = self._rendered[prompt.id]
-        return LoadRequest(prompt.id, messages, text, self._osl.sample(), n_in, {"task": prompt.task})
+            c = self._counter
+            self._rendered[prompt.id] = (text, c(text) if c else None, c.prompt_tokens(text) if c else None)
+        text, n_in, n_model = self._rendered[prompt.id]
+        return LoadRequest(prompt.id, messages, text, self._osl.sample(), n_in, {"task": prompt.task}, n_model)
 
 
 class SyntheticPromptSource:
@@ -211,6 +223,7 @@ class SyntheticPromptSource:
             self._osl.sample(),
             n_in,
             {"task": "synthetic"},
+            self._counter.prompt_tokens(text) if self._counter else None,
         )
 
 

@@ -20,7 +20,24 @@ from koserve.errors import ConfigError
 from koserve.loadtest.metrics import StreamRecord
 
 PERCENTILES = (50, 90, 99)
-LATENCIES = ("ttft", "itl", "e2e")
+LATENCIES = ("ttft", "tpot", "chunk_gap", "itl", "e2e")  # itl: the old name of chunk_gap (kept for SLOs/JSON)
+
+DEFINITIONS = {
+    "ttft": "time to first token: send -> first non-empty streamed text chunk",
+    "tpot": "time per output token after the first, per request: (E2E - TTFT) / (output tokens - 1); "
+            "AIPerf's and genai-perf's 'inter-token latency', vLLM's 'TPOT'",
+    "chunk_gap": "time between two consecutive non-empty chunks of one stream, every gap of every request; one "
+                 "chunk can carry several tokens (a Korean character of 2-3 byte tokens), so its tail is longer",
+    "itl": "the same values as chunk_gap (the name before TPOT was reported; kept so old SLOs and scripts work)",
+    "e2e": "send -> last response of the stream",
+    "output_tokens": "tokens of the streamed text counted with the profile's tokenizer, or the server's count "
+                     "(gateway usage.completion_tokens, BLS num_output_tokens)",
+    "prompt_tokens": "tokens the model received: the rendered prompt with chat template and system prompt, "
+                     "counted with the real tokenizer, or the gateway's usage.prompt_tokens when it sends one",
+    "input_tokens": "tokens of the text the load generator put in the request (the gateway: the user message only, "
+                    "before its chat template)",
+    "output_tokens_per_s": "output tokens of all measured requests / (first send -> last response)",
+}
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -48,7 +65,9 @@ def _scaled(value: float | None, scale: float) -> float | None:
 
 
 def summarize(records: Sequence[StreamRecord], *, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The summary dict (latencies in ms, rates per second)."""
+    """The summary dict (latencies in ms, rates per second); warm-up records are counted, not measured."""
+    warmup = [r for r in records if r.warmup]
+    records = [r for r in records if not r.warmup]
     ok = [r for r in records if r.ok]
     failed = [r for r in records if not r.ok]
     if records:
@@ -60,10 +79,13 @@ def summarize(records: Sequence[StreamRecord], *, meta: dict[str, Any] | None = 
         window = 0.0
     ttfts = [r.ttft for r in ok if r.ttft is not None]
     itls = [gap for r in ok for gap in r.itls]
+    tpots = [r.tpot for r in ok if r.tpot is not None]
     e2es = [r.e2e for r in ok]
     out_tokens = [r.output_tokens for r in ok]
     tps = [r.tokens_per_s for r in ok if r.tokens_per_s is not None]
     in_tokens = [r.input_tokens for r in ok if r.input_tokens is not None]
+    prompt_tokens = [r.prompt_tokens for r in ok if r.prompt_tokens is not None]
+    sources = Counter(r.prompt_tokens_source for r in ok if r.prompt_tokens is not None and r.prompt_tokens_source)
     errors = Counter(r.error for r in failed)
     summary: dict[str, Any] = {
         "requests": len(records),
@@ -76,16 +98,22 @@ def summarize(records: Sequence[StreamRecord], *, meta: dict[str, Any] | None = 
         "output_tokens_per_s": round(sum(out_tokens) / window, 3) if window else 0.0,
         "chunks_total": sum(r.chunks for r in ok),
         "ttft_ms": _stats(ttfts),
+        "tpot_ms": _stats(tpots),
+        "chunk_gap_ms": _stats(itls),
         "itl_ms": _stats(itls),
         "e2e_ms": _stats(e2es),
         "request_output_tokens_per_s": _stats(tps, scale=1.0),
         "output_tokens_per_request": _stats([float(x) for x in out_tokens], scale=1.0),
+        "prompt_tokens_per_request": _stats([float(x) for x in prompt_tokens], scale=1.0),
+        "prompt_tokens_source": "+".join(sorted(sources)) or None,
         "input_tokens_per_request": _stats([float(x) for x in in_tokens], scale=1.0),
+        "warmup_requests": len(warmup),
         "max_concurrency": max((r.concurrency for r in records), default=0),
         "errors": [{"message": msg, "count": n} for msg, n in errors.most_common(10)],
         "protocols": sorted({r.protocol for r in records}),
         "models": sorted({r.model for r in records}),
     }
+    summary["definitions"] = dict(DEFINITIONS)
     if meta:
         summary["run"] = meta
     return summary
@@ -121,7 +149,7 @@ class SLO:
 
 
 def parse_slos(spec: str) -> list[SLO]:
-    """Parse ``ttft_p99=2s,itl_p99=100ms,error_rate=1%,output_tokens_per_s=500``.
+    """Parse ``ttft_p99=2s,tpot_p99=50ms,chunk_gap_p99=100ms,error_rate=1%,output_tokens_per_s=500``.
 
     Latencies take s/ms/us (a bare number is seconds); ``error_rate`` a fraction or percent;
     rates are minimums, everything else maximums.
@@ -219,23 +247,48 @@ def render_markdown(summary: dict[str, Any], slo_results: Sequence[dict[str, Any
                     prometheus: dict[str, dict[str, float]] | None = None) -> str:
     run = summary.get("run", {})
     lines = ["# koserve load test", ""]
+    if run.get("end_detail"):
+        lines += [f"**Run ended:** {run['end_detail']}", ""]
     if run:
-        lines += [f"- {k}: `{v}`" for k, v in run.items()] + [""]
+        lines += [f"- {k}: `{v}`" for k, v in run.items() if k != "end_detail"] + [""]
     lines += [
         "| measure | p50 | p90 | p99 | mean | max |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for key, label in (("ttft_ms", "TTFT (ms)"), ("itl_ms", "inter-token latency (ms)"), ("e2e_ms", "end-to-end (ms)"),
+    source = summary.get("prompt_tokens_source")
+    prompt_label = "prompt tokens per request (what the model received" + (
+        ", from the server's usage)" if source == "server" else ")")
+    for key, label in (("ttft_ms", "TTFT (ms)"),
+                       ("tpot_ms", "TPOT / inter-token latency per request (ms)"),
+                       ("chunk_gap_ms", "chunk gap (ms)"), ("e2e_ms", "end-to-end (ms)"),
                        ("request_output_tokens_per_s", "output tokens/s per request"),
                        ("output_tokens_per_request", "output tokens per request"),
-                       ("input_tokens_per_request", "input tokens per request")):
-        s = summary[key]
+                       ("prompt_tokens_per_request", prompt_label),
+                       ("input_tokens_per_request", "input tokens per request (text the load generator sent)")):
+        s = summary.get(key)
+        if s is None:
+            continue
         lines.append(f"| {label} | " + " | ".join(_fmt(s[c]) for c in ("p50", "p90", "p99", "mean", "max")) + " |")
+    lines += [
+        "",
+        "- **TTFT**: send → first non-empty streamed text chunk.",
+        "- **TPOT** (time per output token; AIPerf's and genai-perf's *inter-token latency*, vLLM's *TPOT*): per "
+        "request, **(E2E − TTFT) / (output tokens − 1)**; percentiles over requests.",
+        "- **chunk gap**: time between two consecutive non-empty chunks of a stream, percentiles over every gap. A "
+        "chunk can carry several tokens (a Korean character spanning 2–3 byte tokens arrives whole), so single gaps "
+        "of 2–3× the token pace are expected and the chunk-gap tail is longer than TPOT's. (JSON `itl_ms` holds the "
+        "same values under its old name.)",
+        "- **E2E**: send → last response. Output tokens: the streamed text re-tokenized with the profile's "
+        "tokenizer, or the server's count when it gives one.",
+    ]
+    if summary.get("warmup_requests"):
+        lines += [f"- {summary['warmup_requests']} warm-up request(s) are left out of every figure."]
     lines += [
         "",
         "| totals | value |",
         "|---|---:|",
         f"| requests (ok / failed) | {summary['succeeded']} / {summary['failed']} |",
+        f"| warm-up requests (not measured) | {summary.get('warmup_requests', 0)} |",
         f"| error rate | {summary['error_rate'] * 100:.2f} % |",
         f"| duration (first send → last response) | {summary['duration_s']:.1f} s |",
         f"| requests/s (completed) | {summary['requests_per_s']:.2f} |",
@@ -275,13 +328,51 @@ def render_markdown(summary: dict[str, Any], slo_results: Sequence[dict[str, Any
 # -- plots -----------------------------------------------------------------------------------------------------
 
 
+def plot_window(span: float, e2e_p50: float = 0.0) -> float:
+    """Width (s) of the rolling window of the throughput plot: a few seconds and at least two typical requests
+    (a closed loop finishes its requests in waves one E2E apart), at most a third of the run."""
+    window = max(min(5.0, span / 6.0), 2.0 * e2e_p50)
+    return round(max(0.5, min(window, span / 3.0)), 1)
+
+
+def rolling_rate(times: Sequence[float], weights: Sequence[float] | None, grid: Sequence[float], window: float,
+                 span: float) -> list[float]:
+    """Events per second around each grid point: the weighted count in a centred ``window``, clipped to
+    ``[0, span]`` and divided by the covered length (so the first and last seconds do not dip)."""
+    import numpy as np
+
+    t = np.asarray(times, dtype=float)
+    order = np.argsort(t)
+    t = t[order]
+    w = np.ones_like(t) if weights is None else np.asarray(weights, dtype=float)[order]
+    cum = np.concatenate(([0.0], np.cumsum(w)))
+    g = np.asarray(grid, dtype=float)
+    lo = np.clip(g - window / 2, 0.0, span)
+    hi = np.clip(g + window / 2, 0.0, span)
+    total = cum[np.searchsorted(t, hi, side="right")] - cum[np.searchsorted(t, lo, side="left")]
+    return list(total / np.maximum(hi - lo, 1e-9))
+
+
+def in_flight_steps(records: Sequence[StreamRecord], t0: float) -> tuple[list[float], list[int]]:
+    """Exact requests-in-flight step function: (times, counts) after each send/finish."""
+    events = sorted([(r.start - t0, 1) for r in records] + [(r.end - t0, -1) for r in records])
+    xs, ys, n = [0.0], [0], 0
+    for t, d in events:
+        n += d
+        xs.append(max(t, 0.0))
+        ys.append(n)
+    return xs, ys
+
+
 def write_plots(records: Sequence[StreamRecord], out_dir: Path) -> list[Path]:
-    """PNG plots (matplotlib, Agg backend); returns the files written."""
+    """PNG plots (matplotlib, Agg backend) of the measured (non-warm-up) records; returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    everything = list(records)  # warm-up requests still in flight count in the in-flight line
+    records = [r for r in records if not r.warmup]
     ok = [r for r in records if r.ok]
     if not records:
         return []
@@ -290,67 +381,76 @@ def write_plots(records: Sequence[StreamRecord], out_dir: Path) -> list[Path]:
     span = max(t1 - t0, 1e-3)
     nb = max(1, min(40, int(span / 0.5)))  # equal buckets of >= 0.5 s covering exactly the run
     bucket = span / nb
-    edges = [i * bucket for i in range(nb)]
+    centres = [(i + 0.5) * bucket for i in range(nb)]
     written: list[Path] = []
 
     # 1. latency percentiles over time (by completion time)
-    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
-    for ax, (name, getter) in zip(axes, (("TTFT", lambda r: [r.ttft] if r.ttft is not None else []),
-                                          ("ITL", lambda r: r.itls), ("E2E", lambda r: [r.e2e]))):
+    panels = (("TTFT", lambda r: [r.ttft] if r.ttft is not None else []),
+              ("TPOT", lambda r: [r.tpot] if r.tpot is not None else []),
+              ("chunk gap", lambda r: r.itls), ("E2E", lambda r: [r.e2e]))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 11), sharex=True)
+    for ax, (name, getter) in zip(axes, panels):
         per: list[list[float]] = [[] for _ in range(nb)]
         for r in ok:
             per[min(int((r.end - t0) // bucket), nb - 1)].extend(getter(r))
         for q, style in zip(PERCENTILES, ("-", "--", ":")):
             ys = [percentile(v, q) for v in per]
-            xs = [x for x, y in zip(edges, ys) if y is not None]
+            xs = [x for x, y in zip(centres, ys) if y is not None]
             ax.plot(xs, [y * 1000 for y in ys if y is not None], style, marker=".", label=f"p{q}")
         ax.set_ylabel(f"{name} (ms)")
+        top = max((max(v) for v in per if v), default=0.0) * 1000
+        ax.set_ylim(0, top * 1.35 or 1.0)  # room above the lines for the legend
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper left")
-    axes[-1].set_xlabel(f"time since start (s), {bucket:.1f} s buckets")
-    fig.suptitle("Latency percentiles over time")
+        ax.legend(loc="upper right", ncol=3, fontsize=8)
+    axes[-1].set_xlim(0, span)
+    axes[-1].set_xlabel(f"time since the first measured send (s); requests by completion, {bucket:.1f} s buckets")
+    fig.suptitle("Latency percentiles over time (TPOT = (E2E − TTFT) / (output tokens − 1))")
     fig.tight_layout()
     written.append(out_dir / "latency_over_time.png")
     fig.savefig(written[-1], dpi=90)
     plt.close(fig)
 
-    # 2. throughput over time: output tokens/s, completed requests/s, requests in flight
-    tokens = [0.0] * nb
-    done = [0] * nb
-    failed = [0] * nb
-    inflight = [0.0] * nb
-    for r in records:
-        idx = min(int((r.end - t0) // bucket), nb - 1)
-        (done if r.ok else failed)[idx] += 1
-        a, b = r.start - t0, r.end - t0
-        for i in range(min(int(a // bucket), nb - 1), idx + 1):  # time-weighted mean of requests in flight
-            lo, hi = i * bucket, (i + 1) * bucket
-            inflight[i] += max(0.0, min(b, hi) - max(a, lo)) / bucket
-        if r.ok and r.ttft is not None and r.chunks:
-            per_chunk = r.output_tokens / r.chunks
-            t = r.start - t0 + r.ttft
-            for k in range(r.chunks):
-                tokens[min(int(t // bucket), nb - 1)] += per_chunk
-                if k < len(r.itls):
-                    t += r.itls[k]
+    # 2. throughput over time: output tokens/s and requests/s (rolling window), requests in flight (exact)
+    window = plot_window(span, percentile([r.e2e for r in ok], 50) or 0.0)
+    steps = max(2, min(400, int(span / 0.25) + 1))
+    grid = [span * i / (steps - 1) for i in range(steps)]
+    token_times: list[float] = []
+    token_weights: list[float] = []
+    for r in ok:
+        if r.ttft is None or not r.chunks:
+            continue
+        per_chunk = r.output_tokens / r.chunks
+        t = r.start - t0 + r.ttft
+        for k in range(r.chunks):
+            token_times.append(t)
+            token_weights.append(per_chunk)
+            if k < len(r.itls):
+                t += r.itls[k]
+    done = [r.end - t0 for r in records if r.ok]
+    failed = [r.end - t0 for r in records if not r.ok]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
-    widths = [bucket] * nb
-    ax1.plot(edges, [t / w for t, w in zip(tokens, widths)], marker=".", label="output tokens/s")
+    tok_rate = rolling_rate(token_times, token_weights, grid, window, span) if token_times else [0.0] * steps
+    ax1.plot(grid, tok_rate, "-", color="tab:blue", label="output tokens/s")
     ax1.set_ylabel("output tokens/s")
     ax1.grid(alpha=0.3)
     ax1b = ax1.twinx()
-    ax1b.plot(edges, [d / w for d, w in zip(done, widths)], "g--", label="requests/s (ok)")
-    ax1b.plot(edges, [f / w for f, w in zip(failed, widths)], "r:", label="failures/s")
+    req_rate = rolling_rate(done, None, grid, window, span) if done else [0.0] * steps
+    ax1b.plot(grid, req_rate, "g--", label="requests/s (ok)")
+    if failed:
+        ax1b.plot(grid, rolling_rate(failed, None, grid, window, span), "r:", label="failures/s")
     ax1b.set_ylabel("requests/s")
     h1, l1 = ax1.get_legend_handles_labels()
     h2, l2 = ax1b.get_legend_handles_labels()
-    ax1.legend(h1 + h2, l1 + l2, loc="upper left")
-    ax2.step(edges, inflight, where="post")
-    ax2.set_ylabel("requests in flight (mean)")
-    ax2.set_ylim(bottom=0)
-    ax1.set_ylim(bottom=0)
-    ax1b.set_ylim(bottom=0)
-    ax2.set_xlabel(f"time since start (s), {bucket:.1f} s buckets")
+    ax1.legend(h1 + h2, l1 + l2, loc="upper center", ncol=3, fontsize=8)
+    ax1.set_ylim(0, max(tok_rate, default=0.0) * 1.35 or 1.0)
+    ax1b.set_ylim(0, max([*req_rate, 0.0]) * 1.35 or 1.0)
+    ax1.set_title(f"rates over a rolling {window:g} s window", fontsize=10)
+    xs, ys = in_flight_steps([r for r in everything if r.end > t0], t0)
+    ax2.step(xs, ys, where="post")
+    ax2.set_ylabel("requests in flight")
+    ax2.set_ylim(0, max(ys) * 1.15 + 0.5)
+    ax2.set_xlim(0, span)
+    ax2.set_xlabel("time since the first measured send (s)")
     ax2.grid(alpha=0.3)
     fig.suptitle("Throughput over time")
     fig.tight_layout()

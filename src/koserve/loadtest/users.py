@@ -11,7 +11,12 @@ standard library with gevent, and initialises gRPC's gevent integration).
 The users talk to the server with raw protocol clients rather than :mod:`koserve.client`, so the
 load generator adds as little per-token work as possible and measures exactly what is on the wire.
 The Triton users send the prompt rendered with the profile's chat template (as the koserve client
-does); synthetic prompts are sent as they are (like genai-perf), so their token count is the ISL.
+does); synthetic prompts are sent as they are (like genai-perf), so their token count is the ISL. Every record
+also carries ``prompt_tokens``, what the model received: the gateway's ``usage.prompt_tokens``, else the prompt as
+rendered (chat template, system prompt) counted with the real tokenizer.
+
+Each process writes ``status-<pid>.json`` into the records folder every second (requests started, finished,
+failed, in flight, chunks streamed, why it stopped): ``koserve loadtest`` prints live progress from it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import json  # noqa: E402
 import os  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
 import gevent  # noqa: E402
@@ -47,6 +53,7 @@ from koserve.loadtest.shapes import PoissonArrivals  # noqa: E402
 
 log = logging.getLogger("koserve.loadtest")
 FAILURE_PAUSE_S = 0.1
+STATUS_INTERVAL_S = 1.0
 
 
 class LoadContext:
@@ -85,9 +92,21 @@ class LoadContext:
         self.writer = RecordWriter(opts.records_dir) if opts.records_dir else None
         self.arrivals = PoissonArrivals(opts.request_rate, seed=seed) if opts.shape == "poisson" else None
         self.max_requests = max(0, opts.max_requests)
-        self.started = 0
+        self.warmup_s = max(0.0, float(getattr(opts, "warmup_seconds", 0.0) or 0.0))
+        self.warmup_requests = max(0, int(getattr(opts, "warmup_requests", 0) or 0))
+        self.first_send: float | None = None
+        self.claimed = 0  # requests started, warm-up included
+        self.started = 0  # measured requests started (what --max-requests counts)
         self.in_flight = 0
+        self.finished = 0
+        self.failed = 0
+        self.chunks = 0  # non-empty chunks streamed so far, in-flight requests included
+        self.stop_reason: str | None = None
+        self.created = time.time()
         self.quitting = False
+        self._model_prompt_tokens: dict[str, int | None] = {}
+        if opts.records_dir:
+            gevent.spawn(self._status_loop)
 
     def _token_counter(self, spec: str) -> TokenCounter | None:
         if spec == "none":
@@ -102,20 +121,67 @@ class LoadContext:
                 return None
         return TokenCounter(spec)
 
-    def claim(self) -> bool:
-        """Reserve one request under ``--max-requests``; False when the budget is spent."""
-        if self.quitting or (self.max_requests and self.started >= self.max_requests):
-            return False
+    def claim(self) -> str | None:
+        """Reserve one request: ``"warmup"``, ``"measured"`` (counted against ``--max-requests``) or None when the
+        budget is spent."""
+        if self.quitting:
+            return None
+        now = time.monotonic()
+        if self.first_send is None:
+            self.first_send = now
+        warmup = self.claimed < self.warmup_requests or now < self.first_send + self.warmup_s
+        if not warmup and self.max_requests and self.started >= self.max_requests:
+            return None
+        self.claimed += 1
+        if warmup:
+            return "warmup"
         self.started += 1
-        return True
+        return "measured"
+
+    def count_chunk(self) -> None:
+        self.chunks += 1
 
     def maybe_quit(self) -> None:
         """Stop the whole run once the request budget is spent and nothing is in flight."""
         if self.max_requests and self.started >= self.max_requests and self.in_flight == 0 and not self.quitting:
             self.quitting = True
+            self.stop_reason = "max_requests"
+            self.write_status()
             runner = self.environment.runner
             log.info("request budget of %d spent: stopping", self.max_requests)
             gevent.spawn_later(0.1, runner.quit)
+
+    def model_prompt_tokens(self, key: str | None, render: Callable[[], str]) -> int | None:
+        """Tokens the model receives for the prompt ``render()`` makes (cached by prompt id when ``key``)."""
+        if self.counter is None:
+            return None
+        if key is not None and key in self._model_prompt_tokens:
+            return self._model_prompt_tokens[key]
+        n = self.counter.prompt_tokens(render())
+        if key is not None and len(self._model_prompt_tokens) < 10_000:
+            self._model_prompt_tokens[key] = n
+        return n
+
+    def write_status(self) -> None:
+        """``status-<pid>.json`` in the records folder (replaced atomically): what the progress line shows."""
+        if not self.opts.records_dir:
+            return
+        status = {"pid": os.getpid(), "time": time.time(), "since": self.created, "claimed": self.claimed,
+                  "started": self.started,
+                  "in_flight": self.in_flight, "finished": self.finished, "failed": self.failed,
+                  "chunks": self.chunks, "stop_reason": self.stop_reason}
+        path = os.path.join(self.opts.records_dir, f"status-{os.getpid()}.json")
+        try:
+            with open(path + ".tmp", "w", encoding="utf-8") as fh:
+                json.dump(status, fh)
+            os.replace(path + ".tmp", path)
+        except OSError as exc:  # progress is a convenience: never fail the run for it
+            log.debug("status file: %s", exc)
+
+    def _status_loop(self) -> None:
+        while True:
+            self.write_status()
+            gevent.sleep(STATUS_INTERVAL_S)
 
 
 _contexts: dict[int, LoadContext] = {}
@@ -167,6 +233,8 @@ def _cpu_stop(environment, **_kw) -> None:
 @events.quitting.add_listener
 def _close_writers(environment, **_kw) -> None:
     ctx = _contexts.pop(id(environment), None)
+    if ctx is not None:
+        ctx.write_status()
     if ctx is not None and ctx.writer is not None:
         ctx.writer.close()
 
@@ -196,10 +264,12 @@ class LLMStreamUser(User):
         ctx = self.ctx
         if ctx.arrivals is not None:
             gevent.sleep(ctx.arrivals.next_delay())
-        if not ctx.claim():
+        kind = ctx.claim()
+        if kind is None:
             ctx.maybe_quit()
             raise StopUser()
         request = ctx.source.next()
+        prompt_tokens = self.model_prompt_tokens(request)
         ctx.in_flight += 1
         timer = StreamTimer(
             protocol=self.protocol,
@@ -209,6 +279,9 @@ class LLMStreamUser(User):
             input_tokens=request.input_tokens,
             max_tokens=request.max_tokens,
             concurrency=ctx.in_flight,
+            prompt_tokens=prompt_tokens,
+            warmup=kind == "warmup",
+            on_chunk=ctx.count_chunk,
         )
         error: str | None = None
         usage_tokens: int | None = None
@@ -222,6 +295,8 @@ class LLMStreamUser(User):
         ctx.in_flight -= 1
         count = (lambda _text: usage_tokens) if usage_tokens else ctx.counter
         record = timer.finish(error=error, count_tokens=count)
+        ctx.finished += 1
+        ctx.failed += record.error is not None
         if ctx.writer is not None:
             ctx.writer.write(record)
         fire_locust_events(self.environment.events.request.fire, record)
@@ -231,6 +306,10 @@ class LLMStreamUser(User):
 
     def model_name(self) -> str:
         return self.ctx.opts.target_model
+
+    def model_prompt_tokens(self, request: LoadRequest) -> int | None:
+        """Tokens the model receives for ``request`` (Triton users send the rendered prompt as ``text_input``)."""
+        return request.model_prompt_tokens
 
     def generation_inputs(self, request: LoadRequest) -> dict:
         """Triton tensor values for one request (names from the tensorrtllm_backend contract)."""
@@ -452,6 +531,14 @@ class OpenAIChatUser(_SSEUser):
     def model_name(self) -> str:
         return self.ctx.opts.openai_model or self.ctx.profile.name
 
+    def model_prompt_tokens(self, request: LoadRequest) -> int | None:
+        """The gateway renders the messages with the profile's template and system prompt (its own
+        ``usage.prompt_tokens`` replaces this count when it sends one)."""
+        from koserve.chat import render_prompt
+
+        key = None if request.prompt_id.startswith("synthetic-") else request.prompt_id
+        return self.ctx.model_prompt_tokens(key, lambda: render_prompt(self.ctx.profile, request.messages))
+
     def stream(self, request: LoadRequest, timer: StreamTimer) -> int | None:
         body = {
             "model": self.model_name(),
@@ -476,6 +563,7 @@ class OpenAIChatUser(_SSEUser):
                     timer.chunk((choice.get("delta") or {}).get("content") or "")
                 if event.get("usage"):
                     usage = int(event["usage"].get("completion_tokens") or 0) or None
+                    timer.server_prompt_tokens(event["usage"].get("prompt_tokens"))
         finally:
             response.release()
         if not finished:
