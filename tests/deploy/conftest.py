@@ -220,7 +220,8 @@ def all_containers(docs: list[dict]) -> list[RenderedContainer]:
         for role, spec in pod_specs(doc):
             for init, key in ((True, "initContainers"), (False, "containers")):
                 for c in spec.get(key, []):
-                    out.append(RenderedContainer(f"{doc['kind']}/{doc['metadata']['name']}/{role}/{c['name']}", c, init))
+                    where = f"{doc['kind']}/{doc['metadata']['name']}/{role}/{c['name']}"
+                    out.append(RenderedContainer(where, c, init))
     return out
 
 

@@ -95,7 +95,8 @@ def chart_stack(chart, kit, tmp_path_factory, replay_text_file):
 
     # What the init container leaves in /repo/model_repository, for the CPU stand-in (replay) instead of an engine.
     repo = work / "model_repository"
-    proc = subprocess.run([f"{bindir}/koserve", "repo", "render", "--profile", "komt-13b", "--tokenizer", str(tokenizer),
+    proc = subprocess.run([f"{bindir}/koserve", "repo", "render", "--profile", "komt-13b",
+                           "--tokenizer", str(tokenizer),
                            "--replay", "--replay-text", str(replay_text_file), "--max-seq-len", "512",
                            "--max-input-len", "384", "--out", str(repo)],
                           env=env, capture_output=True, text=True, timeout=120)
@@ -111,7 +112,12 @@ def chart_stack(chart, kit, tmp_path_factory, replay_text_file):
         _wait_http(_probe_url(triton, "startupProbe"), server, work / "triton.log", START_TIMEOUT_S)
 
         svc = rendered.one("Service", "-komt-13b")["metadata"]["name"]
-        argv = [a.replace(f"{svc}:", "127.0.0.1:") for a in gateway.argv]
+        # The Service name → loopback; the tokenizer folder on the models volume → the same tokenizer here.
+        komt = kit.load_values("values-komt-13b-fp8-tp1.yaml")["models"]["komt-13b"]
+        pod_tokenizer = "/models/" + komt["engine"]["tokenizerDir"]
+        argv = [a.replace(f"{svc}:", "127.0.0.1:").replace(f"tokenizer={pod_tokenizer}", f"tokenizer={tokenizer}")
+                for a in gateway.argv]
+        assert any(f"tokenizer={tokenizer}" in a for a in argv), argv
         assert argv[0] == "koserve" and argv.count("0.0.0.0") == 1, argv
         argv[argv.index("0.0.0.0")] = "127.0.0.1"
         argv[0] = f"{bindir}/koserve"
@@ -148,6 +154,8 @@ def test_gateway_container_serves_chat_through_the_chart_triton(chart_stack, rep
     assert r.status_code == 200, r.text
     text = r.json()["choices"][0]["message"]["content"]
     assert text and replay_text_file.read_text(encoding="utf-8").startswith(text[:10]), text
+    # The tokenizer the chart hands the gateway is in use: prompt tokens are counted.
+    assert r.json()["usage"]["prompt_tokens"] > 0, r.json()["usage"]
 
 
 RESTRICTED_HTTP = [

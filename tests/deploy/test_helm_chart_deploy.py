@@ -525,8 +525,14 @@ def test_gateway(chart, kit):
         assert (args.command, args.host, args.port) == ("gateway", "0.0.0.0", 9000)
         # The gateway's own config loader accepts the route: OpenAI name = model key, the profile, Triton over gRPC.
         route, = load_config(model_specs=args.models, environ={}).models
-        assert (route.name, route.profile, route.url, route.protocol, route.target) == (
-            model, model, f"{triton_svc}:8001", "grpc", "ensemble")
+        tokenizer = "/models/" + kit.load_values("values-both-h100x8.yaml")["models"][model]["engine"]["tokenizerDir"]
+        assert (route.name, route.profile, route.url, route.protocol, route.target, route.tokenizer) == (
+            model, model, f"{triton_svc}:8001", "grpc", "ensemble", tokenizer)
+        # ... which the gateway reads from the models PVC, mounted read-only.
+        mounts = {m["name"]: m for m in c["volumeMounts"]}
+        assert mounts["models"] == {"name": "models", "mountPath": "/models", "readOnly": True}
+        claim = {v["name"]: v for v in kit.pod_spec(d)["volumes"]}["models"]["persistentVolumeClaim"]["claimName"]
+        assert claim == rendered.one("PersistentVolumeClaim")["metadata"]["name"]
         env = {e["name"]: e for e in c["env"]}
         assert env["KOSERVE_API_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "koserve-api-keys", "key": "api-keys"}
         assert kit.gpu_count(c) == (0, 0)
@@ -541,6 +547,12 @@ def test_gateway(chart, kit):
     assert error is None and args.port == 9100, error
     assert load_config(model_specs=args.models, environ={}).models[0].target == "tensorrt_llm_bls"
     assert load_config(model_specs=args.models, environ={}).models[0].url.endswith(":9001")
+    # hostPath volumes live on the GPU nodes: the gateway then goes without the model's tokenizer and mounts nothing.
+    host = chart.template(("values-komt-13b-fp8-tp1.yaml",), GATEWAY_SETS + TOGGLES["hostpath"][1])
+    c = kit.containers(host.one("Deployment", "-komt-13b-gateway"))["gateway"]
+    args, error = kit.parse_koserve(c["args"])
+    assert error is None and load_config(model_specs=args.models, environ={}).models[0].tokenizer is None
+    assert [m["name"] for m in c["volumeMounts"]] == ["tmp"]
 
 
 def test_engine_build_job(chart, kit):
