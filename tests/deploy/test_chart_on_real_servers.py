@@ -207,3 +207,40 @@ def test_restricted_grpc_protocols_refuse_anonymous_callers(chart_stack):
         assert client.is_server_ready()
     finally:
         client.close()
+
+
+def test_a_dead_stub_fails_the_chart_readiness_probe_and_the_pod_recovers(chart_stack):
+    """kill -9 of the postprocessing stub: the Triton container's readinessProbe answers non-200 within seconds
+    (Triton's own /v2/health/ready would stay 200), its livenessProbe stays 200 while koserve serve restarts
+    tritonserver, then readiness returns and the gateway serves again. (Runs last: it restarts the module's server.)"""
+    from koserve.serving.health import stub_processes
+
+    triton, server = chart_stack["triton"], chart_stack["server"]
+    ready, live = _probe_url(triton, "readinessProbe"), _probe_url(triton, "livenessProbe")
+    stubs = {s.instance: s.pid for s in stub_processes(server.pid)}
+    assert "postprocessing_0_0" in stubs, stubs
+    os.kill(stubs["postprocessing_0_0"], signal.SIGKILL)
+    killed = time.monotonic()
+    while httpx.get(ready, timeout=5).status_code == 200:
+        assert time.monotonic() - killed < 15, "readiness still 200 15 s after a python stub died"
+        time.sleep(0.2)
+    unready_after = time.monotonic() - killed
+    # Recovery: liveness never fails while koserve serve restarts tritonserver (a restart is not a reason to kill
+    # the pod), and readiness comes back.
+    while True:
+        assert httpx.get(live, timeout=5).status_code == 200, "liveness failed during a recoverable restart"
+        if httpx.get(ready, timeout=5).status_code == 200:
+            break
+        assert time.monotonic() - killed < 150, "readiness did not come back within 150 s"
+        assert server.poll() is None, (chart_stack["work"] / "triton.log").read_text()[-3000:]
+        time.sleep(0.5)
+    print(f"chart readiness probe: not ready {unready_after:.1f} s after kill -9 of postprocessing, "
+          f"ready again after {time.monotonic() - killed:.1f} s")
+    assert "postprocessing_0_0" in {s.instance for s in stub_processes(server.pid)}
+    gateway = chart_stack["gateway"]
+    _wait_http(_probe_url(gateway, "readinessProbe"), chart_stack["gateway_proc"],
+               chart_stack["work"] / "gateway.log", 30)
+    r = httpx.post(chart_stack["gateway_url"] + "/v1/chat/completions", timeout=60,
+                   headers={"Authorization": f"Bearer {API_KEY}"},
+                   json={"model": "komt-13b", "messages": [{"role": "user", "content": "다시 안녕"}], "max_tokens": 8})
+    assert r.status_code == 200, r.text
