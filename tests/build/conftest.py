@@ -239,3 +239,59 @@ def backend_contract() -> dict:
 def engine_dir_for():
     """engine_dir_for(recipe, path, version=...) -> a fake engine folder matching the recipe."""
     return write_engine_dir
+
+
+def _helm_binary() -> str:
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    cache = Path(os.environ.get("KOSERVE_CACHE", repo / ".cache" / "koserve"))
+    for candidate in (cache / "bin" / "helm", shutil.which("helm")):
+        if candidate and Path(candidate).is_file():
+            return str(candidate)
+    proc = subprocess.run(["bash", str(repo / "scripts" / "get_helm.sh")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def helm_template():
+    """helm_template(values_file, *--set values) -> the rendered chart's documents (real helm, offline)."""
+    import subprocess
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    chart = repo / "deploy" / "helm" / "koserve"
+    helm = _helm_binary()
+
+    def render(values_file: str, *sets: str) -> list[dict]:
+        args = [helm, "template", "rel", str(chart), "-f", str(chart / values_file)]
+        for s in sets:
+            args += ["--set", s]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+    return render
+
+
+def render_init_containers(docs: list[dict]):
+    """(kind, render-repository init container) of every Deployment / LeaderWorkerSet leader in ``docs``."""
+    for doc in docs:
+        if doc.get("kind") == "Deployment":
+            pods = [doc["spec"]["template"]["spec"]]
+        elif doc.get("kind") == "LeaderWorkerSet":
+            pods = [doc["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]]
+        else:
+            continue
+        for pod in pods:
+            for c in pod.get("initContainers", []):
+                if c["name"] == "render-repository":
+                    yield doc["kind"], c
+
+
+@pytest.fixture(scope="session")
+def init_containers():
+    return render_init_containers

@@ -31,8 +31,10 @@ def _variants(make_recipe):
     off = {"gemm_plugin": "auto", "use_fp8_context_fmha": "disable", "gemm_swiglu_plugin": "disable"}
     return {
         "bf16": make_recipe(base, quantization={"precision": "bf16", "kv_cache_dtype": "bf16"}, build=off),
-        "int8_wo+int8kv": make_recipe(base, quantization={"precision": "int8_wo", "kv_cache_dtype": "int8"}, build=off),
-        "int4_wo": make_recipe(base, quantization={"precision": "int4_wo", "kv_cache_dtype": "bf16"}, build=off),
+        "int8_wo+int8kv": make_recipe(base, quantization={"precision": "int8_wo", "kv_cache_dtype": "int8"},
+                                      build={**off, "use_fused_mlp": "disable"}),
+        "int4_wo": make_recipe(base, quantization={"precision": "int4_wo", "kv_cache_dtype": "bf16"},
+                               build={**off, "use_fused_mlp": "disable"}),
         "fp8-tp2-pp2": make_recipe("akallama-70b-fp8-h100-tp4", parallelism={"tp": 2, "pp": 2}),
     }
 

@@ -5,15 +5,12 @@ interpreter), the engine's config.json version (fake engine folders) and the rec
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from koserve.build.commands import BuildPaths
 from koserve.build.preflight import (
@@ -165,40 +162,10 @@ def test_serve_checks_gpu_repositories(fake_toolchain, monkeypatch, tmp_path, en
     assert "koserve's pinned TensorRT-LLM = 1.2.1" in out
 
 
-def _helm() -> str:
-    cache = Path(os.environ.get("KOSERVE_CACHE", REPO / ".cache" / "koserve"))
-    for candidate in (cache / "bin" / "helm", shutil.which("helm")):
-        if candidate and Path(candidate).is_file():
-            return str(candidate)
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "get_helm.sh")], capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip().splitlines()[-1]
-
-
-def _init_containers(values_file: str, *sets: str):
-    args = [_helm(), "template", "rel", str(REPO / "deploy" / "helm" / "koserve"), "-f",
-            str(REPO / "deploy" / "helm" / "koserve" / values_file)]
-    for s in sets:
-        args += ["--set", s]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    for doc in yaml.safe_load_all(proc.stdout):
-        if not doc or doc.get("kind") not in ("Deployment", "LeaderWorkerSet"):
-            continue
-        spec = doc["spec"]
-        pods = ([spec["template"]["spec"]] if doc["kind"] == "Deployment" else
-                [spec["leaderWorkerTemplate"][t]["spec"] for t in ("leaderTemplate",)])
-        for pod in pods:
-            for c in pod.get("initContainers", []):
-                if c["name"] == "render-repository":
-                    yield doc["kind"], c
-
-
 @pytest.mark.parametrize("values_file", ["values-komt-13b-fp8-tp1.yaml", "values-akallama-70b-fp8-tp4.yaml"])
-def test_chart_init_container_runs_the_preflight(values_file):
+def test_chart_init_container_runs_the_preflight(values_file, helm_template, init_containers):
     """The rendered init container's preflight line, parsed by koserve's own argparse parser."""
-    found = list(_init_containers(values_file))
+    found = list(init_containers(helm_template(values_file)))
     assert found
     for kind, container in found:
         script = container["args"][0]

@@ -58,7 +58,7 @@ def test_full_run_orders_steps_logs_and_writes_manifest(fake_toolchain, tmp_path
         "config.json", "engine_manifest.json", "rank0.engine", "rank1.engine", "rank2.engine", "rank3.engine"]
     m = read_manifest(engine)
     assert m["recipe"] == recipe.name and m["recipe_sha256"] == recipe.sha256()
-    assert m["recipe_content"]["parallelism"] == {"tp": 4, "pp": 1}
+    assert m["recipe_content"]["parallelism"] == {"tp": 4, "pp": 1, "gpus_per_node": None}
     assert m["versions"]["tensorrt_llm_engine"] == "1.2.1" and m["versions"]["koserve"]
     assert [s["name"] for s in m["steps"]] == ["quantize", "build"]
     assert m["steps"][0]["command"][2:] == calls[0]["argv"]
@@ -186,7 +186,7 @@ def test_dry_run_runs_nothing_and_needs_no_gpu(fake_toolchain, tmp_path, monkeyp
 
 def test_refusals_and_missing_tools(fake_toolchain, tmp_path, make_recipe):
     tc = fake_toolchain
-    bad = make_recipe("akallama-70b-fp8-h100-tp2", calibration={"num_gpus": 2})
+    bad = make_recipe("akallama-70b-fp8-h100-tp2", calibration={"num_gpus": 1})
     with pytest.raises(BuildError, match="refused by the planner"):
         _run(bad, _paths(tc, bad, tmp_path))
     recipe = load_recipe("komt-13b-fp8-h100-tp1")

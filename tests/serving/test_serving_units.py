@@ -230,7 +230,8 @@ def test_serve_cli_prints_gpu_command(tmp_path, capsys):
                                     out=tmp_path / "r", engine_dir=engine))
     assert main(["serve", "--repo", str(tmp_path / "r"), "--print-command", "--", "--log-info=false"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("mpirun --allow-run-as-root -n 1 /opt/tritonserver/bin/tritonserver")
+    assert out.startswith("mpirun --allow-run-as-root ") and " -x PATH " in out  # -x: ranks on other nodes
+    assert "-n 1 /opt/tritonserver/bin/tritonserver" in out
     assert out.count("-n 1") == 2 and "--log-info=false" in out
 
 

@@ -224,6 +224,10 @@ def build_steps(recipe: EngineRecipe, paths: BuildPaths) -> list[Step]:
         "--reduce_fusion", b.reduce_fusion,
         "--workers", str(workers),
     ]
+    if par.gpus_per_node is not None:
+        # The engine's mapping.gpus_per_node (build_model copies it unconditionally): rank r uses CUDA device
+        # r % gpus_per_node at run time, so it must be the GPUs of one serving pod (default 8).
+        argv += ["--gpus_per_node", str(par.gpus_per_node)]
     steps.append(Step(
         name="build",
         description=f"trtllm-build: {par.world_size} rank engine(s), max_batch_size {lim.max_batch_size}, "

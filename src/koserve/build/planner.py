@@ -36,9 +36,13 @@ _BF16 = 2
 
 RUNTIME_OVERHEAD_BYTES = int(2.5 * GIB)
 NCCL_OVERHEAD_BYTES = int(0.5 * GIB)
-# ModelOpt calibration holds the BF16 model plus calibration activations, AWQ search buffers and
-# the exported copy: NVIDIA's guidance for Llama-3-70B FP8 is > 210 GB (1.5 × its 141 GB).
-CALIBRATION_MEMORY_FACTOR = 1.5
+# ModelOpt calibration (quantize.py) loads the whole BF16 checkpoint over the visible GPUs (device_map="auto") and
+# runs calibration forward passes. Derived need = BF16 weights + one forward pass of batch_size x
+# calib_max_seq_length tokens (fp32 logits + the widest activations, x2 for the quantizer hooks) + for AWQ the
+# cached inputs of the widest layer over the whole calibration set. The per-GPU reserve (CUDA context, PyTorch
+# caching-allocator slack, accelerate's uneven split) is an ESTIMATE, not an upstream figure: no NVIDIA document
+# gives a memory rule for quantize.py.
+CALIBRATION_GPU_RESERVE_BYTES = int(4 * GIB)  # estimate, per GPU
 NODE_GPU_COUNTS = (1, 2, 4, 8)
 DEFAULT_SCENARIOS = ((128, 128), (2048, 2048))
 DEFAULT_MIN_CONCURRENCY = 32
@@ -165,16 +169,34 @@ def runtime_overhead_bytes(recipe: EngineRecipe) -> int:
     return RUNTIME_OVERHEAD_BYTES + (NCCL_OVERHEAD_BYTES if recipe.parallelism.world_size > 1 else 0)
 
 
+def calibration_weight_bytes(recipe: EngineRecipe) -> int:
+    """The BF16 checkpoint quantize.py loads onto the GPUs."""
+    return int(recipe.model_profile.architecture.num_parameters * _BF16)
+
+
+def calibration_activation_bytes(recipe: EngineRecipe) -> int:
+    """Peak activations of calibration (derived; see CALIBRATION_GPU_RESERVE_BYTES for what is estimated)."""
+    a, cal = recipe.model_profile.architecture, recipe.calibration
+    tokens = cal.batch_size * cal.max_seq_length
+    forward = tokens * (a.vocab_size * 4 + 2 * max(a.hidden_size, a.intermediate_size) * _BF16)
+    if recipe.quantization.precision == "int4_awq":
+        forward += cal.size * cal.max_seq_length * a.intermediate_size * _BF16  # AWQ caches a layer's inputs
+    return int(forward)
+
+
 def calibration_memory_bytes(recipe: EngineRecipe) -> int:
-    """GPU memory ModelOpt calibration needs in total (the BF16 model on all visible GPUs)."""
-    return int(recipe.model_profile.architecture.num_parameters * _BF16 * CALIBRATION_MEMORY_FACTOR)
+    """GPU memory ModelOpt calibration needs in total, before the per-GPU reserve: weights + activations."""
+    return calibration_weight_bytes(recipe) + calibration_activation_bytes(recipe)
 
 
-def _gpus_needed(need: int, gpu: GpuSpec) -> int:
+def calibration_gpus_needed(recipe: EngineRecipe, gpu: GpuSpec) -> int:
+    """Fewest GPUs of a node that hold calibration (each loses CALIBRATION_GPU_RESERVE_BYTES, an estimate)."""
+    need = calibration_memory_bytes(recipe)
+    usable = gpu.memory_bytes - CALIBRATION_GPU_RESERVE_BYTES
     for count in NODE_GPU_COUNTS:
-        if count * gpu.memory_bytes >= need:
+        if count * usable >= need:
             return count
-    return math.ceil(need / gpu.memory_bytes)
+    return math.ceil(need / usable)
 
 
 def _gb(n: float) -> str:
@@ -267,14 +289,15 @@ def plan(
     # Calibration.
     calib_need = calibration_memory_bytes(recipe) if recipe.needs_calibration else 0
     calib_gpus = recipe.calibration_gpus
-    calib_gpus_needed = _gpus_needed(calib_need, gpu) if calib_need else 0
-    if calib_need and calib_gpus * gpu.memory_bytes < calib_need:
+    calib_gpus_needed = calibration_gpus_needed(recipe, gpu) if calib_need else 0
+    if calib_need and calib_gpus < calib_gpus_needed:
         errors.append(
-            f"{q.precision.upper()} calibration of {profile.name} needs > {_gb(calib_need)} of GPU memory "
-            f"(the BF16 model × {CALIBRATION_MEMORY_FACTOR}); calibration.num_gpus {calib_gpus} × "
-            f"{gpu.display_name} = {_gb(calib_gpus * gpu.memory_bytes)}: set calibration.num_gpus to "
-            f"{calib_gpus_needed} (quantize on a {calib_gpus_needed}-GPU node; the engine still serves on "
-            f"{par.world_size})"
+            f"{q.precision.upper()} calibration of {profile.name} needs ~{_gb(calib_need)} of GPU memory "
+            f"({_gb(calibration_weight_bytes(recipe))} BF16 weights + {_gb(calibration_activation_bytes(recipe))} "
+            f"activations, derived) plus ~{_gb(CALIBRATION_GPU_RESERVE_BYTES)} per GPU (estimate); "
+            f"calibration.num_gpus {calib_gpus} × {gpu.display_name} = {_gb(calib_gpus * gpu.memory_bytes)}: "
+            f"set calibration.num_gpus to {calib_gpus_needed} (quantize on a {calib_gpus_needed}-GPU node; the "
+            f"engine still serves on {par.world_size})"
         )
     if recipe.needs_calibration:
         _check_calibration_data(recipe, warnings)
@@ -384,7 +407,8 @@ def format_plan(p: BuildPlan) -> str:
         ("engine limits", f"max_batch_size {p.max_batch_size}, max_seq_len {p.max_seq_len}"),
     ]
     if p.calibration_memory_bytes:
-        rows.append(("calibration", f"needs > {_gb(p.calibration_memory_bytes)}: {p.calibration_gpus} GPU(s) "
+        rows.append(("calibration", f"needs ~{_gb(p.calibration_memory_bytes)} (derived) + ~"
+                                    f"{_gb(CALIBRATION_GPU_RESERVE_BYTES)} per GPU (estimate): {p.calibration_gpus} GPU(s) "
                                     f"planned, {p.calibration_gpus_needed} needed"))
     width = max(len(k) for k, _ in rows)
     out = [f"{k.ljust(width)}  {v}" for k, v in rows]

@@ -208,3 +208,20 @@ def preflight_repo(repo: str | Path, *, python: str = sys.executable) -> Version
     if engine is None:
         return None
     return preflight_engine(engine, python=python, what=f"serve {repo}")
+
+
+def check_gpus_per_node(engine_dir: str | Path, gpus_per_node: int) -> None:
+    """A multi-node engine must have been built for the GPUs of one pod: each rank uses CUDA device
+    ``rank % mapping.gpus_per_node`` (trtllm-build's default 8), which a smaller pod lacks."""
+    path = Path(engine_dir) / "config.json"
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))["pretrained_config"]["mapping"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PreflightError(f"engine config {path} has no pretrained_config.mapping: {exc}") from None
+    built = mapping.get("gpus_per_node", 8)
+    if built != gpus_per_node:
+        raise PreflightError(
+            f"engine {engine_dir} was built with gpus_per_node {built} but each pod has {gpus_per_node} GPU(s): a rank "
+            f"would open CUDA device rank % {built}. Rebuild with a recipe whose parallelism.gpus_per_node is "
+            f"{gpus_per_node} (trtllm-build --gpus_per_node {gpus_per_node})"
+        )

@@ -37,10 +37,30 @@ class _Strict(BaseModel):
 class Parallelism(_Strict):
     tp: int = Field(default=1, ge=1, le=64)
     pp: int = Field(default=1, ge=1, le=64)
+    # GPUs per node (Kubernetes: per pod) of a multi-node deployment; trtllm-build --gpus_per_node. A rank uses
+    # CUDA device rank % gpus_per_node (the engine's mapping), and trtllm-build's default is 8: a multi-node engine
+    # for 2- or 4-GPU pods must say so. None: single node.
+    gpus_per_node: int | None = Field(default=None, ge=1, le=64)
 
     @property
     def world_size(self) -> int:
         return self.tp * self.pp
+
+    @property
+    def nodes(self) -> int:
+        return 1 if self.gpus_per_node is None else -(-self.world_size // self.gpus_per_node)
+
+    @model_validator(mode="after")
+    def _whole_nodes(self) -> "Parallelism":
+        g = self.gpus_per_node
+        if g is not None:
+            if g >= self.world_size:
+                raise ValueError(f"gpus_per_node {g} >= world size {self.world_size}: a single-node engine needs no "
+                                 "gpus_per_node (leave it out)")
+            if self.world_size % g:
+                raise ValueError(f"world size {self.world_size} (tp {self.tp} x pp {self.pp}) is not a multiple of "
+                                 f"gpus_per_node {g}")
+        return self
 
 
 class Quantization(_Strict):
@@ -183,6 +203,8 @@ class EngineRecipe(_Strict):
         required = list(REQUIRED_WHY)
         if self.quantization.precision in CALIBRATED_PRECISIONS:
             required += ["calibration.dataset", "calibration.size", "calibration.num_gpus"]
+        if self.parallelism.gpus_per_node is not None:
+            required.append("parallelism.gpus_per_node")
         missing = [k for k in required if k not in self.why]
         if missing:
             raise ValueError(f"every choice needs a one-line why; missing: {', '.join(missing)}")
@@ -197,6 +219,13 @@ class EngineRecipe(_Strict):
             raise ValueError("build.gemm_swiglu_plugin fp8 needs quantization.precision fp8")
         if b.gemm_swiglu_plugin == "fp8" and b.use_fused_mlp != "enable":
             raise ValueError("build.gemm_swiglu_plugin fp8 needs build.use_fused_mlp enable")
+        if b.use_fused_mlp == "enable" and q.precision not in ("bf16", "fp8"):
+            # tensorrt_llm/commands/build.py main(): any quant_algo other than FP8 / MIXED_PRECISION sets
+            # use_fused_mlp False, so the recipe would claim a fusion the engine does not have.
+            raise ValueError(
+                f"build.use_fused_mlp enable with precision {q.precision}: trtllm-build turns the fused MLP off for "
+                "every quantization except FP8 (and mixed precision); set build.use_fused_mlp disable"
+            )
         if b.gemm_plugin == "fp8" and q.precision != "fp8":
             raise ValueError("build.gemm_plugin fp8 needs quantization.precision fp8")
         return self

@@ -37,7 +37,7 @@ from koserve.build.manifest import (
     output_checksums,
     read_engine_limits,
 )
-from koserve.build.planner import calibration_memory_bytes, plan
+from koserve.build.planner import CALIBRATION_GPU_RESERVE_BYTES, calibration_memory_bytes, plan
 from koserve.build.preflight import (
     QUANTIZE_MODULES,
     PreflightError,
@@ -252,7 +252,7 @@ def check_gpus(recipe: EngineRecipe, steps: list[Step], gpus: list[DetectedGpu])
         if step.gpus == 0:
             continue
         if step.name in ("quantize", "convert"):
-            per_gpu = calibration_memory_bytes(recipe) // step.gpus
+            per_gpu = calibration_memory_bytes(recipe) // step.gpus + CALIBRATION_GPU_RESERVE_BYTES
             what = f"{step.name} (calibration holds the BF16 model on {step.gpus} GPU(s))"
         else:
             per_gpu = weight_bytes(recipe)[1] + BUILD_HEADROOM_BYTES

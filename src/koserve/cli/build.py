@@ -96,6 +96,11 @@ def _preflight(args) -> int:
     check = preflight_engine(args.engine_dir, python=args.python, expected=expected, expected_from=source,
                              what=f"preflight {args.engine_dir}")
     print(f"koserve: TensorRT-LLM versions agree: {check.summary()}")
+    if args.gpus_per_node is not None:
+        from koserve.build.preflight import check_gpus_per_node
+
+        check_gpus_per_node(args.engine_dir, args.gpus_per_node)
+        print(f"koserve: engine built for {args.gpus_per_node} GPU(s) per node")
     return 0
 
 
@@ -152,4 +157,6 @@ def register(subparsers) -> None:
     g.add_argument("--recipe", help="built-in recipe name or YAML: expect its trtllm_version")
     g.add_argument("--expect", help="expected TensorRT-LLM version, e.g. 1.2.1")
     p.add_argument("--python", default="python3", help="interpreter whose tensorrt_llm is checked (default python3)")
+    p.add_argument("--gpus-per-node", type=int, default=None,
+                   help="multi-node: GPUs per pod; the engine's mapping.gpus_per_node must equal it")
     p.set_defaults(func=_preflight)

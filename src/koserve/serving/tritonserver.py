@@ -252,8 +252,12 @@ def gpu_command(
     shm_prefix: str = "prefix",
     extra_args: tuple[str, ...] = (),
     log_file_dir: Path | None = None,
+    env: "dict[str, str] | None" = None,
 ) -> list[str]:
     """``mpirun`` argv running one tritonserver per TensorRT-LLM rank (TP×PP).
+
+    ``mpirun`` gets ``--prefix`` and ``-x`` for PATH, LD_LIBRARY_PATH, NCCL_* ... of ``env`` (default os.environ),
+    so ranks started over ssh on other nodes see the container's environment (koserve.build.mpi).
 
     Rank 0 serves every model and the HTTP/gRPC/metrics endpoints; ranks > 0 run only the ``tensorrt_llm`` model
     (the engine's workers) with no endpoints. Each rank gets its own python-backend shm-region prefix.
@@ -261,7 +265,9 @@ def gpu_command(
     if world_size < 1:
         raise ConfigError(f"world size must be >= 1, got {world_size}")
     rank0_args, other_rank_args = split_rank_args(extra_args)
-    cmd = [mpirun, "--allow-run-as-root"]
+    from koserve.build.mpi import mpirun_head  # noqa: PLC0415
+
+    cmd = mpirun_head(mpirun, env)
     for rank in range(world_size):
         part = [
             "-n", "1", tritonserver,

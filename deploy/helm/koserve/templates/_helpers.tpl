@@ -224,6 +224,8 @@ render the Triton model repository with `koserve repo render`.
                    f"{want} ranks (engine.tensorParallel x engine.pipelineParallel): fix the values or the engine")
       print(f"engine {engine_dir}: tp={tp} pp={pp} world_size={world}")
       PY
+      # TensorRT-LLM in this image vs the engine's config.json version vs the recipe's (engine_manifest.json).
+      koserve build preflight --engine-dir "$ENGINE_DIR"{{ if .m.multiNode.enabled }} --gpus-per-node {{ include "koserve.model.gpusPerPod" . }}{{ end }}
       exec koserve repo render --profile {{ .m.profile }} --tokenizer "$TOKENIZER_DIR" --engine "$ENGINE_DIR" --out {{ include "koserve.repoDir" . }}
   volumeMounts:
     - name: models
