@@ -54,3 +54,51 @@ def test_cpu_per_token_keeps_processes_that_spent_cpu_and_medians_fill_absent_on
     assert BENCH["median_cpu"](rows, "tensorrt_llm", 64) == {}
     assert BENCH["format_cpu"]({"client": 200.0, "postprocessing": 0.4, "tritonserver": 100.0}) == (
         "client 200  tritonserver 100  (all 300)")
+
+
+def _cpu_row(model, cpu, streams=64):
+    return {"model": model, "streams": streams, "cpu_us_per_token": cpu}
+
+
+CPU_ROWS = [
+    _cpu_row("tensorrt_llm", {"client": 180.0, "tritonserver": 140.0, "tensorrt_llm": 100.0}),
+    _cpu_row("tensorrt_llm", {"client": 170.0, "tritonserver": 160.0, "tensorrt_llm": 100.0}),
+    _cpu_row("ensemble", {"client": 150.0, "tritonserver": 200.0, "tensorrt_llm": 100.0, "postprocessing": 50.0}),
+    _cpu_row("tensorrt_llm_bls", {"client": 140.0, "tritonserver": 150.0, "tensorrt_llm": 100.0,
+                                  "tensorrt_llm_bls": 80.0}),
+    _cpu_row("tensorrt_llm_bls", {"client": 140.0, "tritonserver": 150.0, "tensorrt_llm": 100.0,
+                                  "tensorrt_llm_bls": 80.0}, streams=256),  # no direct run at 256
+]
+
+
+def test_server_cpu_leaves_out_the_client():
+    assert BENCH["server_us"]({"client": 100.0, "tritonserver": 20.0, "postprocessing": 5.0}) == 25.0
+    assert BENCH["server_us"]({}) == 0
+
+
+def test_capacity_rows_split_each_stub_into_koserves_own_and_the_python_backends_share():
+    own = {("postprocessing", 64): 10.0, ("tensorrt_llm_bls", 64): 25.0}
+    rows = BENCH["capacity_rows"](CPU_ROWS, ["tensorrt_llm", "ensemble", "tensorrt_llm_bls"], [64, 256], own,
+                                  {"tensorrt_llm_bls": 2, "postprocessing": 1})
+    by = {(r["model"], r["streams"]): r for r in rows}
+    assert set(by) == {("tensorrt_llm", 64), ("ensemble", 64), ("tensorrt_llm_bls", 64), ("tensorrt_llm_bls", 256)}
+    direct = by[("tensorrt_llm", 64)]
+    assert direct["server_us"] == 250.0 and direct["server_vs_direct"] == 1.0 and "stub" not in direct
+    ens = by[("ensemble", 64)]
+    assert ens["server_us"] == 350.0 and ens["server_vs_direct"] == pytest.approx(1.4)
+    assert (ens["stub"], ens["stub_us"], ens["own_us"], ens["backend_us"]) == ("postprocessing", 50.0, 10.0, 40.0)
+    assert ens["process_tokens_per_s"] == pytest.approx(20_000) and ens["own_tokens_per_s"] == pytest.approx(1e5)
+    assert ens["aggregate_tokens_per_s"] == pytest.approx(20_000)  # one instance
+    bls = by[("tensorrt_llm_bls", 64)]
+    assert bls["instances"] == 2 and bls["aggregate_tokens_per_s"] == pytest.approx(2 * 1e6 / 80)
+    lone = by[("tensorrt_llm_bls", 256)]  # nothing to compare with, nothing measured outside Triton: nan, not a crash
+    assert lone["server_vs_direct"] != lone["server_vs_direct"] and lone["own_us"] != lone["own_us"]
+
+
+def test_format_capacity_prints_the_split_and_the_capacity():
+    own = {("postprocessing", 64): 10.0}
+    rows = BENCH["capacity_rows"](CPU_ROWS, ["tensorrt_llm", "ensemble"], [64], own, {})
+    direct, ens = (BENCH["format_capacity"](r) for r in rows)
+    assert direct == "tensorrt_llm x64: server 250 us/token (1.00 x direct; tritonserver 150, engine stub 100)"
+    assert ens.endswith("postprocessing stub 50 us/token = koserve's own 10.0 + python backend 40 -> one process "
+                        "20,000 tok/s per core (koserve's own alone 100,000)")

@@ -142,6 +142,9 @@ def request_proto(model: str, tensors: dict[str, np.ndarray], outputs: list[str]
 def chunk_from_proto(response, final: bool) -> EngineChunk:
     """An :class:`EngineChunk` from a ``ModelInferResponse`` (one pass over its outputs, raw contents)."""
     raw = response.raw_output_contents
+    fast = _streamed_ids(response.outputs, raw)
+    if fast is not None:
+        return EngineChunk(fast, None, None, final)
     arrays = {}
     for index, output in enumerate(response.outputs):
         dtype = _NP_DTYPES.get(output.datatype)
@@ -152,6 +155,27 @@ def chunk_from_proto(response, final: bool) -> EngineChunk:
         else:
             arrays[output.name] = np.frombuffer(raw[index], dtype=dtype).reshape(tuple(output.shape))
     return chunk_of(arrays.get, final)
+
+
+def _streamed_ids(outputs, raw) -> np.ndarray | None:
+    """The common streamed response — exactly ``output_ids`` and ``sequence_length``, both INT32 — decoded without
+    the general path's arrays and reshapes (the same ids as :func:`tokens_of`); None for anything else."""
+    if len(outputs) != 2 or len(raw) != 2:
+        return None
+    first, second = outputs
+    if first.name == "output_ids":
+        ids_at, seq_at, ids_out, seq_out = 0, 1, first, second
+    else:
+        ids_at, seq_at, ids_out, seq_out = 1, 0, second, first
+    if ids_out.name != "output_ids" or seq_out.name != "sequence_length" or ids_out.datatype != "INT32" \
+            or seq_out.datatype != "INT32" or not ids_out.shape or len(raw[seq_at]) < 4:
+        return None
+    ids = np.frombuffer(raw[ids_at], dtype=np.int32)
+    width = ids_out.shape[-1]
+    if ids.size < width:
+        return None
+    n = int.from_bytes(raw[seq_at][:4], "little", signed=True)  # the first item's (beam 0's) length
+    return ids[:n] if 0 <= n < width else ids[:width]  # beam 0 of item 0, cut at its length
 
 
 def chunk_of(get, final: bool) -> EngineChunk:

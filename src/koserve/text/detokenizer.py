@@ -76,6 +76,8 @@ class IncrementalDetokenizer:
             ids = ids.ravel().tolist()
         else:
             ids = [i if type(i) is int else int(i) for i in ids]
+        if len(ids) == 1 and not self._byte_values:
+            return self._add_one(ids[0])
         vocab_size = self._vocab_size
         for token_id in ids:  # all checked first: a bad id leaves the stream untouched
             if not 0 <= token_id < vocab_size:
@@ -115,6 +117,21 @@ class IncrementalDetokenizer:
         self._parts.append(delta)
         self._text = None
         return delta
+
+    def _add_one(self, token_id: int) -> str:
+        """:meth:`add` of one id without byte fallback (Llama-3): the streamed case, one step, no lists."""
+        if not 0 <= token_id < self._vocab_size:
+            raise InvalidRequestError(f"token id {token_id} is outside the vocabulary [0, {self._vocab_size})")
+        piece = self._stream.step(self._backend, token_id)
+        self._pending.append(token_id)
+        if piece is None:
+            return ""
+        self._window = self._pending
+        self._pending = []
+        if piece:
+            self._parts.append(piece)
+            self._text = None
+        return piece
 
     def _close_run(self) -> list[int]:
         chars = self._utf8.decode(b"", final=True)

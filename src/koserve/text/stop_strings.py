@@ -22,7 +22,7 @@ MAX_STOP_CHARS = 128
 class StopStringMatcher:
     """Feed text deltas; each :meth:`feed` returns what can be shown now. :meth:`finish` releases the held tail."""
 
-    __slots__ = ("_stops", "_prefixes", "_firsts", "_max_len", "_held", "stopped", "matched")
+    __slots__ = ("_stops", "_prefixes", "_firsts", "_chars", "_max_len", "_held", "stopped", "matched")
 
     def __init__(self, stop_strings: Iterable[str] | None):
         stops: list[str] = []
@@ -43,6 +43,7 @@ class StopStringMatcher:
         # Every proper prefix of a stop string: a tail of the text equal to one of them may grow into a match.
         self._prefixes = frozenset(stop[:k] for stop in stops for k in range(1, len(stop)))
         self._firsts = frozenset(stop[0] for stop in stops)
+        self._chars = frozenset("".join(stops))  # a delta with none of these can neither hold nor match
         self._max_len = max((len(s) for s in stops), default=0)
         self._held = ""
         #: True once a stop string has been seen; later deltas are ignored.
@@ -54,8 +55,8 @@ class StopStringMatcher:
         """Add a text delta; return the text now known to precede any stop string ("" while holding back)."""
         if self.stopped or not delta:
             return ""
-        if not self._stops:
-            return delta
+        if not self._stops or (not self._held and self._chars.isdisjoint(delta)):
+            return delta  # (the common delta: plain text, nothing held)
         text = self._held + delta
         # The first stop string to *complete* wins (generation would have stopped there); on a tie the longer one.
         best: tuple[int, int] | None = None
