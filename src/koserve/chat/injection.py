@@ -52,11 +52,34 @@ def control_string_pattern(chat_format: str) -> re.Pattern[str]:
     return re.compile(_CONTROL[chat_format], re.IGNORECASE)
 
 
-@lru_cache(maxsize=4096)
+# Every control sequence of both formats starts with "#" or "<" (after folding), and every special token of both
+# tokenizers contains "<". These are all the characters whose NFKC form is "#" or "<" (a test scans all of Unicode):
+# text without any of them cannot match, which keeps the check cheap for ordinary text.
+TRIGGER_CHARS = "#\ufe5f\uff03<\ufe64\uff1c"
+_TRIGGER = re.compile(f"[{TRIGGER_CHARS}]")
+
+
 def _fold_char(c: str) -> str:
     if unicodedata.category(c) == "Cf":  # zero-width space/joiners, soft hyphen, BOM, bidi controls
         return ""
-    return unicodedata.normalize("NFKC", c.replace(SPACE_MARKER, " ")).replace(SPACE_MARKER, " ")
+    return unicodedata.normalize("NFKC", c.replace(SPACE_MARKER, " "))
+
+
+class _FoldTable(dict):
+    """``str.translate`` table that folds each character on first sight (then at C speed)."""
+
+    def __missing__(self, codepoint: int) -> str:
+        folded = _fold_char(chr(codepoint))
+        self[codepoint] = folded
+        return folded
+
+
+_FOLD_TABLE = _FoldTable()
+
+
+def fold_text(text: str) -> str:
+    """``text`` folded for matching: ``▁`` → space, NFKC per character, format characters dropped."""
+    return text.translate(_FOLD_TABLE)
 
 
 def fold(text: str) -> tuple[str, list[int]]:
@@ -64,11 +87,7 @@ def fold(text: str) -> tuple[str, list[int]]:
     out: list[str] = []
     origin: list[int] = []
     for i, c in enumerate(text):
-        if c.isascii() and c.isprintable():  # fast path: ASCII folds to itself
-            out.append(c)
-            origin.append(i)
-            continue
-        f = _fold_char(c)
+        f = _FOLD_TABLE[ord(c)]
         out.append(f)
         origin.extend([i] * len(f))
     return "".join(out), origin
@@ -84,10 +103,14 @@ class ControlMatch:
 
 def find_control_sequence(text: str, chat_format: str) -> ControlMatch | None:
     """The first control sequence of ``chat_format`` in ``text`` (after folding), or ``None``."""
-    folded, origin = fold(text)
-    m = control_string_pattern(chat_format).search(folded)
-    if m is None:
+    if _TRIGGER.search(text) is None:
         return None
+    pattern = control_string_pattern(chat_format)
+    if pattern.search(fold_text(text)) is None:
+        return None
+    folded, origin = fold(text)  # again with each character's origin, to quote the caller's own characters
+    m = pattern.search(folded)
+    assert m is not None
     start, end = origin[m.start()], origin[m.end() - 1] + 1
     return ControlMatch(text[start:end], m.group(0))
 
@@ -120,20 +143,47 @@ def _special_ids(tokenizer: TextTokenizer) -> dict[int, str]:
     return {i: t.content for i, t in tokenizer.backend.get_added_tokens_decoder().items() if t.special}
 
 
+def _span_tokens(encoding, span: TextSpan, prompt_len: int) -> range:
+    """Indices of the tokens whose characters overlap ``span`` (tokens are in character order)."""
+    n = len(encoding.ids)
+    if span.end <= span.start:
+        return range(0)
+    first = encoding.char_to_token(span.start)
+    stop = n if span.end >= prompt_len else encoding.char_to_token(span.end)
+    if first is None or stop is None:  # a character without a token of its own: go by every token's offsets
+        hits = [i for i, (a, b) in enumerate(encoding.offsets) if a < span.end and b > span.start]
+        return range(hits[0], hits[-1] + 1) if hits else range(0)
+    if stop < n and encoding.token_to_chars(stop)[0] < span.end:  # a token straddling the span's end
+        stop += 1
+    return range(first, stop)
+
+
+# Prompts longer than this skip the token layer (layer 1 still applies): the Llama-2 BPE has no pre-tokenizer, so
+# encoding grows faster than linearly (0.5 s at 72K Korean characters, 14 s at 900K), and no served context holds
+# such a prompt anyway (the engine refuses it by its input limit).
+MAX_TOKEN_CHECK_CHARS = 65536
+
+
 def check_prompt_tokens(tokenizer: TextTokenizer, prompt: str, spans: Iterable[TextSpan], chat_format: str) -> None:
     """Encode ``prompt`` as the server does and refuse control tokens among the tokens of caller text.
 
     A token belongs to a span when its characters overlap it. Special tokens there are refused; the span's tokens
-    are decoded back to text (what the model reads) and checked with :func:`find_control_sequence`.
+    are decoded back to text (what the model reads) and checked with :func:`find_control_sequence`. Prompts over
+    :data:`MAX_TOKEN_CHECK_CHARS` characters are left to the text layer.
     """
+    if len(prompt) > MAX_TOKEN_CHECK_CHARS:
+        return
     encoding = tokenizer.backend.encode(prompt, add_special_tokens=False)
     special = _special_ids(tokenizer)
+    all_ids = encoding.ids
     for span in spans:
-        ids = [tid for tid, (a, b) in zip(encoding.ids, encoding.offsets) if a < span.end and b > span.start]
-        for tid in ids:
-            if tid in special:
-                found = ControlMatch(special[tid], special[tid])
-                raise _refuse(span.where, chat_format, found, f" (token id {tid})")
+        tokens = _span_tokens(encoding, span, len(prompt))
+        ids = all_ids[tokens.start:tokens.stop]
+        for tid in set(ids) & special.keys():
+            found = ControlMatch(special[tid], special[tid])
+            raise _refuse(span.where, chat_format, found, f" (token id {tid})")
+        if _TRIGGER.search(prompt, span.start, span.end) is None:
+            continue  # no "#"/"<" in the caller's characters: their tokens cannot decode to a control sequence
         decoded = tokenizer.backend.decode(ids, skip_special_tokens=False)
         found = find_control_sequence(decoded, chat_format)
         if found is not None:
