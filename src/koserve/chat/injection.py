@@ -68,8 +68,12 @@ def _fold_char(c: str) -> str:
 class _FoldTable(dict):
     """``str.translate`` table that folds each character on first sight (then at C speed)."""
 
+    MAX_ENTRIES = 100_000  # text with all of Unicode would otherwise grow it to 1.1M entries
+
     def __missing__(self, codepoint: int) -> str:
         folded = _fold_char(chr(codepoint))
+        if len(self) >= self.MAX_ENTRIES:
+            self.clear()
         self[codepoint] = folded
         return folded
 
