@@ -2,7 +2,13 @@
 
 Sync: ``tritonclient.grpc.InferenceServerClient`` runs one stream at a time, so we keep a small pool of clients
 (one per concurrent request). Async: one ``tritonclient.grpc.aio`` client; each request is its own stream.
-Closing / cancelling a request cancels its gRPC call, which cancels the request inside Triton.
+Ending a stream early (``close()``, a client-side stop string, a timeout, Ctrl-C) does NOT cancel the gRPC call
+while the server may still write to it: on Triton 2.51 that races the server's pending write and aborts the whole
+server (``GRPC_CALL_ERROR_TOO_MANY_OPERATIONS``, docs/reliability.md). Instead the transport asks the engine to stop
+the request (TensorRT-LLM ``stop`` to ``stop_model`` with the same request id: it ends both an ``ensemble`` and a
+``tensorrt_llm_bls`` request), reads the stream to its final response (at most :data:`DRAIN_TIMEOUT_S`) and then
+closes it; only a stream that does not end in that time is cancelled. A stream that stays silent for
+``idle_timeout`` seconds ends with :class:`RequestTimeoutError` (a model whose stub died never answers).
 """
 
 from __future__ import annotations
@@ -19,6 +25,15 @@ from koserve.client.wire import WireRequest, WireTensor
 
 _MAX_MESSAGE = 2**31 - 1
 _POOL_SIZE = 16
+DRAIN_TIMEOUT_S = 5.0  # after a stop: how long to read towards the final response before cancelling the call
+RESTOP_S = 0.5  # ... sending the stop again this often meanwhile
+DEFAULT_IDLE_TIMEOUT_S = 60.0  # no response for this long: the request fails (a dead model never answers)
+DEFAULT_STOP_MODEL = "tensorrt_llm"
+
+
+def _idle_message(model: str, url: str, idle: float) -> str:
+    return (f"no response from model {model!r} at {url} for {idle:g} s (idle timeout): the model may have died; "
+            "check the server's /health/ready")
 
 
 def _channel_args() -> list[tuple[str, int]]:
@@ -110,14 +125,21 @@ def _payload(result) -> tuple[Piece, bool]:
 
 
 class GrpcTransport:
-    """Synchronous gRPC transport (thread-safe: one pooled tritonclient client per concurrent request)."""
+    """Synchronous gRPC transport (thread-safe: one pooled tritonclient client per concurrent request).
+
+    ``stop_model``: the engine model a stream that ends early is stopped on (None: cancel the call instead);
+    ``stops_on_close`` tells the stream classes that it does so itself."""
 
     protocol = "grpc"
+    stops_on_close = True
 
-    def __init__(self, url: str, *, connect_timeout: float = 5.0, headers: dict[str, str] | None = None):
+    def __init__(self, url: str, *, connect_timeout: float = 5.0, headers: dict[str, str] | None = None,
+                 stop_model: str | None = DEFAULT_STOP_MODEL, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S):
         self.url = url
         self.connect_timeout = connect_timeout
         self.headers = dict(headers or {})
+        self.stop_model = stop_model
+        self.idle_timeout = idle_timeout
         self._idle: list = []
         self._lock = threading.Lock()
         self._models: dict[str, tuple[set[str], bool]] = {}
@@ -192,14 +214,20 @@ class GrpcTransport:
             request = WireRequest({}, request_id, stream=True)
             client = self._acquire()
             done: queue.SimpleQueue = queue.SimpleQueue()
+            ended = False
             try:
-                client.start_stream(callback=lambda result, error: done.put(error), stream_timeout=timeout)
+                client.start_stream(callback=lambda result, error: done.put((result, error)), stream_timeout=timeout)
                 client.async_stream_infer(engine, _stop_inputs(request.request_id, batch), request_id=request_id,
                                           enable_empty_final_response=True)
-                error = done.get(timeout=max(deadline - time.perf_counter(), 0.01))
-                return error is None
+                while True:  # to the final response: then closing the call races no write of the server
+                    result, error = done.get(timeout=max(deadline - time.perf_counter(), 0.01))
+                    if error is not None:
+                        return False
+                    if _payload(result)[1]:
+                        ended = True
+                        return True
             finally:
-                client.stop_stream(cancel_requests=True)
+                client.stop_stream(cancel_requests=not ended)
                 self._release(client, healthy=False)
         except Exception:  # noqa: BLE001 - the request is being abandoned anyway
             return False
@@ -213,6 +241,8 @@ class GrpcTransport:
         client = self._acquire()
         responses: queue.SimpleQueue = queue.SimpleQueue()
         healthy = True
+        ended = False  # the final response (or an error: the server ended the call) arrived
+        idle = self.idle_timeout
 
         def on_response(result, error) -> None:
             responses.put((result, error))
@@ -230,23 +260,55 @@ class GrpcTransport:
                 rem = _remaining(deadline)
                 if rem is not None and rem <= 0:
                     raise RequestTimeoutError(f"request to model {model!r} at {self.url} exceeded its deadline")
+                wait = rem if idle is None else idle if rem is None else min(rem, idle)
                 try:
-                    result, error = responses.get(timeout=rem)
+                    result, error = responses.get(timeout=wait)
                 except queue.Empty:
+                    if idle is not None and (rem is None or idle < rem):
+                        raise RequestTimeoutError(_idle_message(model, self.url, idle)) from None
                     raise RequestTimeoutError(
                         f"request to model {model!r} at {self.url} exceeded its deadline"
                     ) from None
                 if error is not None:
                     healthy = False
+                    ended = True
                     raise map_grpc_error(error, self.url, model)
                 piece, final = _payload(result)
+                if final:
+                    ended = True
                 yield piece
                 if final:
                     return
         finally:
-            # Cancels the request on the server when it is still running (closed early, timeout, error).
-            client.stop_stream(cancel_requests=True)
-            self._release(client, healthy)
+            cancel = not ended
+            if not ended and healthy and self.stop_model:  # ended early: stop the engine, read to the end
+                cancel = not self._stop_and_drain(request.request_id, responses)
+            client.stop_stream(cancel_requests=cancel)
+            self._release(client, healthy and not cancel)
+
+    def _stop_and_drain(self, request_id: str, responses: queue.SimpleQueue) -> bool:
+        """Stop ``request_id`` on the engine and read its stream to the final response; whether that arrived.
+
+        The stop is sent again every :data:`RESTOP_S`: one that reaches the engine before the request does (an
+        ensemble request still in ``preprocessing``) finds nothing to stop."""
+        deadline = time.perf_counter() + DRAIN_TIMEOUT_S
+        next_stop = 0.0
+        while True:
+            now = time.perf_counter()
+            if now >= deadline:
+                return False
+            if now >= next_stop:
+                if not self.stop_engine(self.stop_model, request_id, timeout=min(2.0, deadline - now)):
+                    return False
+                next_stop = time.perf_counter() + RESTOP_S
+            try:
+                result, error = responses.get(timeout=max(min(next_stop, deadline) - time.perf_counter(), 0.0))
+            except queue.Empty:
+                continue
+            if error is not None:
+                return True  # the server ended the call itself
+            if _payload(result)[1]:
+                return True
 
 
 def _stop_inputs(request_id: str, batch: bool):
@@ -255,15 +317,23 @@ def _stop_inputs(request_id: str, batch: bool):
     return _infer_inputs(list(engine_stop_request(request_id).tensors.values()), batch)
 
 
+_ending_calls: set = set()  # background tasks ending the calls of cancelled tasks (kept referenced)
+
+
 class AsyncGrpcTransport:
-    """asyncio gRPC transport on ``tritonclient.grpc.aio`` (one client, one stream per request)."""
+    """asyncio gRPC transport on ``tritonclient.grpc.aio`` (one client, one stream per request); ends streams as
+    :class:`GrpcTransport` does."""
 
     protocol = "grpc"
+    stops_on_close = True
 
-    def __init__(self, url: str, *, connect_timeout: float = 5.0, headers: dict[str, str] | None = None):
+    def __init__(self, url: str, *, connect_timeout: float = 5.0, headers: dict[str, str] | None = None,
+                 stop_model: str | None = DEFAULT_STOP_MODEL, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S):
         self.url = url
         self.connect_timeout = connect_timeout
         self.headers = dict(headers or {})
+        self.stop_model = stop_model
+        self.idle_timeout = idle_timeout
         self._client = None
         self._loop = None
         self._models: dict[str, tuple[set[str], bool]] = {}
@@ -324,16 +394,20 @@ class AsyncGrpcTransport:
                 yield {"model_name": engine, "inputs": inputs, "request_id": request_id}
 
             call = client.stream_infer(one_request(), stream_timeout=timeout)
+            ended = False
             try:
                 async def drain() -> bool:
+                    nonlocal ended
                     ok = True
                     async for _result, error in call:
                         ok = ok and error is None
+                    ended = True
                     return ok
 
                 return await asyncio.wait_for(drain(), timeout)
             finally:
-                call.cancel()
+                if not ended:
+                    call.cancel()
         except Exception:  # noqa: BLE001
             return False
 
@@ -350,29 +424,75 @@ class AsyncGrpcTransport:
             yield {"model_name": model, "inputs": inputs, "request_id": request.request_id}
 
         timeout_msg = f"request to model {model!r} at {self.url} exceeded its deadline"
+        idle = self.idle_timeout
         try:
             call = client.stream_infer(one_request(), stream_timeout=_remaining(deadline),
                                        headers=self.headers or None)
         except InferenceServerException as exc:
             raise map_grpc_error(exc, self.url, model) from None
+        ended = cancelled = False
         try:
             while True:
                 rem = _remaining(deadline)
                 if rem is not None and rem <= 0:
                     raise RequestTimeoutError(timeout_msg)
+                wait = rem if idle is None else idle if rem is None else min(rem, idle)
                 try:
-                    result, error = await asyncio.wait_for(call.__anext__(), rem)
+                    result, error = await asyncio.wait_for(call.__anext__(), wait)
                 except StopAsyncIteration:
+                    ended = True
                     return
                 except asyncio.TimeoutError:
+                    if idle is not None and (rem is None or idle < rem):
+                        raise RequestTimeoutError(_idle_message(model, self.url, idle)) from None
                     raise RequestTimeoutError(timeout_msg) from None
                 except (InferenceServerException, grpc.RpcError) as exc:
+                    ended = True
                     raise map_grpc_error(exc, self.url, model) from None
                 if error is not None:
+                    ended = True
                     raise map_grpc_error(error, self.url, model)
                 piece, final = _payload(result)
+                if final:
+                    ended = True
                 yield piece
                 if final:
                     return
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
+            if not ended:
+                if self.stop_model and cancelled:  # the task was cancelled: do not delay it, end the call aside
+                    task = asyncio.ensure_future(self._end_call(call, request.request_id))
+                    _ending_calls.add(task)
+                    task.add_done_callback(_ending_calls.discard)
+                else:
+                    await self._end_call(call, request.request_id)
+
+    async def _end_call(self, call, request_id: str) -> None:
+        if not (self.stop_model and await self._stop_and_drain(call, request_id)):
             call.cancel()
+
+    async def _stop_and_drain(self, call, request_id: str) -> bool:
+        """Stop ``request_id`` on the engine and read ``call`` to its end; whether it ended (see GrpcTransport)."""
+        async def to_the_end() -> None:
+            async for result, error in call:
+                if error is not None or _payload(result)[1]:
+                    return
+
+        try:
+            deadline = time.perf_counter() + DRAIN_TIMEOUT_S
+            reader = asyncio.ensure_future(to_the_end())
+            try:
+                while not reader.done():
+                    left = deadline - time.perf_counter()
+                    if left <= 0 or not await self.stop_engine(self.stop_model, request_id, timeout=min(2.0, left)):
+                        return False
+                    await asyncio.wait([reader], timeout=min(RESTOP_S, max(deadline - time.perf_counter(), 0)))
+                return reader.exception() is None
+            finally:
+                if not reader.done():
+                    reader.cancel()
+        except (Exception, asyncio.CancelledError):  # noqa: BLE001 - then the call is cancelled
+            return False

@@ -83,14 +83,17 @@ class AsyncChatStream:
             except RuntimeError:  # "aclose(): asynchronous generator is already running" after a cancellation
                 pass
 
+    def _stops_itself(self) -> bool:
+        return getattr(self._client._transport, "stops_on_close", False)  # gRPC: stop + drain on close
+
     async def _stop_engine(self) -> None:
         engine = self._client.engine_model
-        if engine:
+        if engine and not self._stops_itself():
             await self._client._transport.stop_engine(engine, self.request_id)
 
     def _stop_engine_soon(self) -> None:
         """From a cancelled task: stop the engine in the background (do not delay the cancellation)."""
-        if self._client.engine_model:
+        if self._client.engine_model and not self._stops_itself():
             task = asyncio.get_running_loop().create_task(self._stop_engine())
             _background.add(task)
             task.add_done_callback(_background.discard)
@@ -154,7 +157,8 @@ class AsyncChatClient(ClientBase):
             from koserve.client._grpc import AsyncGrpcTransport  # noqa: PLC0415
 
             self._transport = AsyncGrpcTransport(self.url, connect_timeout=self.connect_timeout,
-                                                 headers=self.headers)
+                                                 headers=self.headers,
+                                                 stop_model=kwargs.get("engine_model", "tensorrt_llm"))
         else:
             from koserve.client._http import AsyncHttpTransport  # noqa: PLC0415
 

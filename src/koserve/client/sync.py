@@ -79,7 +79,7 @@ class ChatStream:
 
     def _stop_engine(self) -> None:
         engine = self._client.engine_model
-        if engine:
+        if engine and not getattr(self._client._transport, "stops_on_close", False):  # gRPC stops it itself
             self._client._transport.stop_engine(engine, self.request_id)
 
     def _finish(self, *, cancelled: bool) -> None:
@@ -143,7 +143,8 @@ class ChatClient(ClientBase):
         if self.protocol == "grpc":
             from koserve.client._grpc import GrpcTransport  # noqa: PLC0415
 
-            self._transport = GrpcTransport(self.url, connect_timeout=self.connect_timeout, headers=self.headers)
+            self._transport = GrpcTransport(self.url, connect_timeout=self.connect_timeout, headers=self.headers,
+                                            stop_model=kwargs.get("engine_model", "tensorrt_llm"))
         else:
             from koserve.client._http import HttpTransport  # noqa: PLC0415
 
