@@ -80,7 +80,8 @@ def _reply(client: Any, messages: list[dict[str, str]], params: dict[str, Any], 
         if args.json:
             print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
         else:
-            print(result.text, flush=True)
+            sys.stdout.write(result.text)
+            _end_reply(result.finish_reason)
         return result
     stream = client.stream(messages, **params)
     wrote = False
@@ -92,9 +93,71 @@ def _reply(client: Any, messages: list[dict[str, str]], params: dict[str, Any], 
     finally:
         stream.close()
         if wrote:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+            _end_reply(_finish_reason(stream))
     return stream.result
+
+
+def _finish_reason(stream: Any) -> str | None:
+    try:
+        return stream.result.finish_reason
+    except Exception:  # noqa: BLE001 - a failed stream reports its own error
+        return None
+
+
+def _end_reply(finish_reason: str | None) -> None:
+    """End the reply's line; a reply cut at --max-tokens says so: a dim ``[length]`` after it on a terminal, a
+    plain ``[length]`` line on stderr otherwise (stdout stays exactly the reply)."""
+    cut = finish_reason == "length"
+    if cut and sys.stdout.isatty():
+        sys.stdout.write(" \x1b[2m[length]\x1b[0m")
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if cut and not sys.stdout.isatty():
+        print("[length]", file=sys.stderr, flush=True)
+
+
+def _server_profile(client: Any, timeout: float = 3.0) -> str | None:
+    """The profile the server's repository was rendered for: the ``profile`` parameter of the target model's
+    config, else of ``preprocessing`` (read with tritonclient's get_model_config); None when it cannot tell."""
+    try:
+        if client.protocol == "grpc":
+            import tritonclient.grpc as tc  # noqa: PLC0415
+
+            conn = tc.InferenceServerClient(client.url)
+        else:
+            import tritonclient.http as tc  # noqa: PLC0415
+
+            scheme, _, host = client.url.partition("://")
+            conn = tc.InferenceServerClient(host, ssl=scheme == "https", connection_timeout=timeout,
+                                            network_timeout=timeout)
+    except Exception:  # noqa: BLE001 - a check, never a failure
+        return None
+    try:
+        for model in dict.fromkeys((client.model, "preprocessing")):
+            try:
+                if client.protocol == "grpc":
+                    config = conn.get_model_config(model, as_json=True, client_timeout=timeout).get("config", {})
+                else:
+                    config = conn.get_model_config(model)
+            except Exception:  # noqa: BLE001
+                continue
+            value = (config.get("parameters", {}).get("profile") or {}).get("string_value")
+            if value:
+                return value
+        return None
+    finally:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _warn_profile_mismatch(client: Any) -> None:
+    served = _server_profile(client)
+    if served and served != client.profile.name:
+        print(f"koserve: warning: the server at {client.url} serves the profile {served!r} but this chat uses "
+              f"{client.profile.name!r}: its chat template and stop words will not match the model "
+              f"(use -p {served})", file=sys.stderr, flush=True)
 
 
 def _repl(client: Any, params: dict[str, Any], args: argparse.Namespace) -> int:
@@ -164,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
     with ChatClient(args.url, args.profile, protocol=args.protocol, model=args.model,
                     tokenizer=args.tokenizer) as client:
+        _warn_profile_mismatch(client)
         if prompt is None:
             if not sys.stdin.isatty():
                 prompt = sys.stdin.read()
