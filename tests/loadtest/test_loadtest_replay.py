@@ -121,6 +121,8 @@ def test_http_bls_request_budget_and_missed_slo(tmp_path, replay_llama3, replay_
     assert s["run"]["end_reason"] == "max_requests" and "--max-requests 12" in s["run"]["end_detail"]
     assert len(records) == 15 and sum(r.warmup for r in records) == 3  # warm-up first, not counted
     assert all(r.warmup for r in sorted(records, key=lambda r: r.start)[:3])
+    # a phase of its own: no measured request starts before every warm-up request finished
+    assert min(r.start for r in records if not r.warmup) >= max(r.end for r in records if r.warmup)
     assert s["requests"] == 12 and s["warmup_requests"] == 3 and s["failed"] == 0
     assert all(r.prompt_tokens == r.input_tokens + 1 for r in records)  # sent as it is; the server adds BOS
     assert {r.protocol for r in records} == {"http"} and {r.model for r in records} == {"tensorrt_llm_bls"}

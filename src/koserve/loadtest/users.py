@@ -103,6 +103,9 @@ class LoadContext:
         self.chunks = 0  # non-empty chunks streamed so far, in-flight requests included
         self.stop_reason: str | None = None
         self.created = time.time()
+        self.warmup_in_flight = 0
+        self._warmup_drained = Event()
+        self._warmup_drained.set()
         self.quitting = False
         self._model_prompt_tokens: dict[str, int | None] = {}
         if opts.records_dir:
@@ -140,6 +143,23 @@ class LoadContext:
 
     def count_chunk(self) -> None:
         self.chunks += 1
+
+    # The warm-up is a phase of its own (as in AIPerf): measured requests start once every warm-up request has
+    # finished, so no warm-up stream shares the measured window (it would take capacity its tokens do not count).
+    def warmup_started(self, warmup: bool) -> None:
+        if warmup:
+            self.warmup_in_flight += 1
+            self._warmup_drained.clear()
+
+    def warmup_finished(self, warmup: bool) -> None:
+        if warmup:
+            self.warmup_in_flight -= 1
+            if self.warmup_in_flight == 0:
+                self._warmup_drained.set()
+
+    def wait_for_warmup(self, timeout: float) -> None:
+        if self.warmup_in_flight:
+            self._warmup_drained.wait(timeout)
 
     def maybe_quit(self) -> None:
         """Stop the whole run once the request budget is spent and nothing is in flight."""
@@ -268,9 +288,12 @@ class LLMStreamUser(User):
         if kind is None:
             ctx.maybe_quit()
             raise StopUser()
+        if kind == "measured":
+            ctx.wait_for_warmup(self.timeout)
         request = ctx.source.next()
         prompt_tokens = self.model_prompt_tokens(request)
         ctx.in_flight += 1
+        ctx.warmup_started(kind == "warmup")
         timer = StreamTimer(
             protocol=self.protocol,
             model=self.model_name(),
@@ -289,10 +312,12 @@ class LLMStreamUser(User):
             usage_tokens = self.stream(request, timer)
         except gevent.GreenletExit:
             ctx.in_flight -= 1  # stopped by locust mid-request: not a measurement
+            ctx.warmup_finished(kind == "warmup")
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is a measured failure
             error = _message(exc)
         ctx.in_flight -= 1
+        ctx.warmup_finished(kind == "warmup")
         count = (lambda _text: usage_tokens) if usage_tokens else ctx.counter
         record = timer.finish(error=error, count_tokens=count)
         ctx.finished += 1
