@@ -720,7 +720,7 @@ def test_pod_commands_run_with_the_real_koserve_cli(chart, kit, tmp_path):
 
 def test_dockerfile_derives_from_the_trtllm_triton_image(kit):
     text = (kit.repo / "deploy" / "docker" / "Dockerfile").read_text()
-    assert "ARG BASE_IMAGE=nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3" in text
+    assert "ARG BASE_IMAGE=nvcr.io/nvidia/tritonserver:26.04-trtllm-python-py3" in text
     assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
     assert 'pip install -e "/opt/koserve[server]"' in text
     # Everything it copies exists in the source tree (build context = repository root).
