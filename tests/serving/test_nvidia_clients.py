@@ -1,0 +1,239 @@
+"""NVIDIA's own clients' calls (tensorrtllm_backend v0.19.0), reproduced in our code against the real server: the
+same tensors, shapes and dtypes, read back the way those scripts read them (issue 17 §1).
+
+- ``inflight_batcher_llm/client/end_to_end_grpc_client.py`` → ``ensemble`` / ``tensorrt_llm_bls`` over
+  ``stream_infer``, streaming or not, with or without a request id, ``--batch-inputs`` (asks for ``batch_index``):
+  ``result.as_numpy('text_output')[0].decode()``.
+- ``tools/inflight_batcher_llm/end_to_end_test.py`` → ``preprocessing`` (unary, gRPC and HTTP) and every output it
+  reads (``INPUT_ID``, ``REQUEST_INPUT_LEN``, ``REQUEST_OUTPUT_LEN``, ``DECODER_INPUT_ID``, ``OUT_END_ID``,
+  ``OUT_PAD_ID``), the engine's ``output_ids`` / ``sequence_length`` into ``postprocessing``, equal to ``ensemble``.
+- ``inflight_batcher_llm/client/inflight_batcher_llm_client.py --streaming`` → ``tensorrt_llm``:
+  ``list(result.as_numpy('output_ids')[0][0])`` per response.
+The unary ``ModelInfer`` calls those scripts make on ``tensorrt_llm``/``ensemble``/``tensorrt_llm_bls`` need models
+rendered with decoupled=false (not available for the CPU stand-in yet: docs/CONTRACTS.md).
+"""
+
+from __future__ import annotations
+
+import queue
+import uuid
+from functools import partial
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import np_to_triton_dtype
+
+from koserve.profiles import load_profile
+from koserve.text import load_tokenizer
+
+pytestmark = pytest.mark.server
+
+ANSWER = "안녕하세요! 저는 한국어 도우미입니다. 뷁똠햏 같은 글자도 나옵니다 🤗 좋아하는 언어는 C#"
+PROMPT = "서울의 날씨는?"
+OUTPUT_LEN = 100
+
+
+@pytest.fixture(scope="module", params=["akallama-70b", "komt-13b"])
+def server(request, triton_servers, tmp_path_factory):
+    path = tmp_path_factory.mktemp("nvidia") / "answer.txt"
+    path.write_text(ANSWER, encoding="utf-8")
+    return triton_servers(request.param, "replay", replay_text_file=path)
+
+
+@pytest.fixture(scope="module")
+def tok(server):
+    return load_tokenizer(server.tokenizer_dir)
+
+
+def prepare_tensor(module, name, value):
+    """tools/utils/utils.py prepare_tensor."""
+    t = module.InferInput(name, value.shape, np_to_triton_dtype(value.dtype))
+    t.set_data_from_numpy(value)
+    return t
+
+
+def e2e_client_inputs(prompt, output_len, streaming):
+    """end_to_end_grpc_client.py prepare_inputs with the script's defaults (temperature 1.0, beam width 1,
+    exclude_input_in_output False since the flag is store_true)."""
+    input0 = [[prompt]]
+    input0_data = np.array(input0).astype(object)
+    return {
+        "text_input": input0_data,
+        "max_tokens": np.ones_like(input0).astype(np.int32) * output_len,
+        "stream": np.array([[streaming]], dtype=bool),
+        "beam_width": np.array([[1]], dtype=np.int32),
+        "temperature": np.array([[1.0]], dtype=np.float32),
+        "exclude_input_in_output": np.array([[False]], dtype=bool),
+    }
+
+
+def stream_call(url, model, inputs, outputs, request_id):
+    """run_inference: start_stream, async_stream_infer, stop_stream (waits for the server to close), then drain."""
+    client = grpcclient.InferenceServerClient(url)
+    completed: queue.Queue = queue.Queue()
+
+    def callback(q, result, error):
+        q.put(error if error else result)
+
+    try:
+        client.start_stream(callback=partial(callback, completed), stream_timeout=60)
+        client.async_stream_infer(model, [prepare_tensor(grpcclient, k, v) for k, v in inputs.items()],
+                                  outputs=[grpcclient.InferRequestedOutput(o) for o in outputs],
+                                  request_id=request_id)
+        client.stop_stream()
+    finally:
+        client.close()
+    results = []
+    while not completed.empty():
+        results.append(completed.get())
+    return results
+
+
+def answer_ids(tok, server):
+    ids = tok.encode(ANSWER, add_special_tokens=False)
+    assert len(ids) < OUTPUT_LEN
+    return ids
+
+
+@pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("request_id", ["", "nv-id"])
+@pytest.mark.parametrize("batch_inputs", [False, True])
+def test_end_to_end_grpc_client(server, tok, model, streaming, request_id, batch_inputs):
+    inputs = e2e_client_inputs(PROMPT, OUTPUT_LEN, streaming)
+    if batch_inputs:  # one prompt stacked along axis 0: the same arrays
+        inputs = {k: np.concatenate((v,), axis=0) for k, v in inputs.items()}
+    outputs = ["text_output"] + (["batch_index"] if batch_inputs else [])
+    rid = f"{request_id}-{uuid.uuid4().hex[:8]}" if request_id else ""
+    results = stream_call(server.grpc_url, model, inputs, outputs, rid)
+    text = ""
+    for result in results:
+        assert not isinstance(result, Exception), result
+        output = result.as_numpy("text_output")
+        assert output.shape == (1,) and output.dtype == np.object_  # NVIDIA's shape: one string per batch × beam
+        batch_index = result.as_numpy("batch_index")
+        batch_index = 0 if batch_index is None else batch_index[0][0]
+        assert batch_index == 0
+        if streaming:
+            text += output[0].decode("utf-8")
+        else:
+            text = output[0].decode("utf-8")
+    ids = answer_ids(tok, server)
+    if streaming:  # a streamed answer never starts with the prompt
+        assert text == tok.decode(ids)
+    else:  # exclude_input_in_output False: the prompt's ids decoded with the answer's, as NVIDIA's postprocessing
+        prompt_ids = tok.encode(PROMPT, add_special_tokens=True)
+        assert len(results) == 1 and text == tok.decode(prompt_ids + ids)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_end_to_end_test_preprocessing_then_engine_then_postprocessing(server, tok, protocol):
+    """end_to_end_test.py test_functionality_ifb, step 1 (preprocessing and the outputs it reads), then the engine
+    (streamed: the CPU stand-in is decoupled), postprocessing, and the ensemble's text equal to postprocessing's."""
+    module = httpclient if protocol == "http" else grpcclient
+    url = server.http_url.removeprefix("http://") if protocol == "http" else server.grpc_url
+    client = module.InferenceServerClient(url)
+    rid = f"e2e-{uuid.uuid4().hex[:8]}"
+    output_len = OUTPUT_LEN
+    input0 = [[PROMPT]]
+    input0_data = np.array(input0).astype(object)
+    inputs = [
+        prepare_tensor(module, "QUERY", input0_data),
+        prepare_tensor(module, "BAD_WORDS_DICT", np.array([[""]], dtype=object)),
+        prepare_tensor(module, "STOP_WORDS_DICT", np.array([[""]], dtype=object)),
+        prepare_tensor(module, "REQUEST_OUTPUT_LEN", np.ones_like(input0).astype(np.int32) * output_len),
+    ]
+    try:
+        result = client.infer("preprocessing", inputs, request_id=rid)
+    finally:
+        client.close()
+    prompt_ids = tok.encode(PROMPT, add_special_tokens=True)
+    profile = load_profile(server.profile)
+    expect = {
+        "INPUT_ID": (np.int32, (1, len(prompt_ids))),
+        "REQUEST_INPUT_LEN": (np.int32, (1, 1)),
+        "REQUEST_OUTPUT_LEN": (np.int32, (1, 1)),
+        "DECODER_INPUT_ID": (np.int32, (1, 1)),
+        "REQUEST_DECODER_INPUT_LEN": (np.int32, (1, 1)),
+        "OUT_END_ID": (np.int32, (1, 1)),
+        "OUT_PAD_ID": (np.int32, (1, 1)),
+        "EMBEDDING_BIAS": (np.float32, (1, 0)),
+    }
+    out = {}
+    for name, (dtype, shape) in expect.items():
+        out[name] = result.as_numpy(name)
+        assert out[name] is not None and out[name].dtype == dtype and out[name].shape == shape, name
+    assert out["INPUT_ID"][0].tolist() == prompt_ids
+    assert out["REQUEST_INPUT_LEN"][0][0] == len(prompt_ids) and out["REQUEST_OUTPUT_LEN"][0][0] == output_len
+    assert out["OUT_END_ID"][0][0] == profile.end_id
+    assert out["OUT_PAD_ID"][0][0] == out["DECODER_INPUT_ID"][0][0] == profile.generation.pad_id
+    for name in ("BAD_WORDS_IDS", "STOP_WORDS_IDS"):
+        assert result.as_numpy(name).dtype == np.int32 and result.as_numpy(name).shape[:2] == (1, 2)
+
+    # the engine with the preprocessing outputs (decoder_input_ids left out: not in our engine configs), streamed
+    engine_inputs = {
+        "input_ids": out["INPUT_ID"], "input_lengths": out["REQUEST_INPUT_LEN"],
+        "request_output_len": out["REQUEST_OUTPUT_LEN"], "end_id": out["OUT_END_ID"], "pad_id": out["OUT_PAD_ID"],
+        "streaming": np.array([[False]], dtype=bool),
+    }
+    results = stream_call(server.grpc_url, "tensorrt_llm", engine_inputs, ["output_ids", "sequence_length"], rid)
+    assert len(results) == 1 and not isinstance(results[0], Exception), results
+    output_ids = results[0].as_numpy("output_ids").astype(np.int32)
+    seq_lengths = results[0].as_numpy("sequence_length")
+    assert output_ids.shape[:2] == (1, 1) and seq_lengths.shape == (1, 1)
+
+    client = module.InferenceServerClient(url)
+    try:
+        post = client.infer("postprocessing", [prepare_tensor(module, "TOKENS_BATCH", output_ids),
+                                                prepare_tensor(module, "SEQUENCE_LENGTH", seq_lengths)],
+                            request_id=rid)
+    finally:
+        client.close()
+    output0 = post.as_numpy("OUTPUT")
+    assert output0.shape == (1,)
+    assert output0[0].decode("utf-8") == tok.decode(answer_ids(tok, server))
+
+    # "2. Use ensemble model" (streamed for want of a non-decoupled engine; one response, as unary)
+    ens_inputs = {"text_input": input0_data, "max_tokens": np.ones_like(input0).astype(np.int32) * output_len,
+                  "bad_words": np.array([[""]], dtype=object), "stop_words": np.array([[""]], dtype=object)}
+    results = stream_call(server.grpc_url, "ensemble", ens_inputs, ["text_output"], rid)
+    assert len(results) == 1 and not isinstance(results[0], Exception), results
+    ensemble_output = results[0].as_numpy("text_output")
+    assert output0 == ensemble_output
+
+
+def test_inflight_batcher_llm_client_streaming(server, tok):
+    """inflight_batcher_llm_client.py --streaming: the tokenizer's ids (with BOS), the script's defaults
+    (beam width 1, temperature 1.0, top_k 1, top_p 0), tokens read as list(output_ids[0][0]) when
+    sequence_length[0][0] > 0."""
+    input_ids = [tok.encode(PROMPT, add_special_tokens=True)]
+    profile = load_profile(server.profile)
+    inputs = {
+        "input_ids": np.array(input_ids, dtype=np.int32),
+        "input_lengths": np.array([[len(input_ids[0])]], dtype=np.int32),
+        "request_output_len": np.array([[OUTPUT_LEN]], dtype=np.int32),
+        "beam_width": np.array([[1]], dtype=np.int32),
+        "temperature": np.array([[1.0]], dtype=np.float32),
+        "streaming": np.array([[True]], dtype=bool),
+        "end_id": np.array([[profile.end_id]], dtype=np.int32),
+        "pad_id": np.array([[profile.generation.pad_id]], dtype=np.int32),
+        "runtime_top_k": np.array([[1]], dtype=np.int32),
+        "runtime_top_p": np.array([[0.0]], dtype=np.float32),
+    }
+    results = stream_call(server.grpc_url, "tensorrt_llm", inputs, ["output_ids", "sequence_length"],
+                          f"ib-{uuid.uuid4().hex[:8]}")
+    tokens = []
+    for result in results:
+        assert not isinstance(result, Exception), result
+        seq_idx = result.as_numpy("sequence_index")
+        assert (seq_idx[0][0] if seq_idx is not None else 0) == 0
+        output_ids = result.as_numpy("output_ids")
+        seq_lens = result.as_numpy("sequence_length")
+        assert output_ids.dtype == np.int32 and output_ids.ndim == 3 and seq_lens.shape == (1, 1)
+        if seq_lens is None or seq_lens[0][0] > 0:
+            tokens += list(output_ids[0][0])
+    assert tokens == answer_ids(tok, server)
+    # as TensorRT-LLM after an end id: the last response carries no tokens
+    assert results[-1].as_numpy("sequence_length")[0][0] == 0
