@@ -245,7 +245,7 @@ def hangul_token_ids(tokenizer_json: Path) -> list[int]:
     return sorted(ids)
 
 
-def build_tiny_model(family: Family, out_dir: Path, seed: int = 0) -> Path:
+def build_tiny_model(family: Family, out_dir: Path, seed: int = 0, shape: dict | None = None) -> Path:
     """Save a tiny random-weight ``LlamaForCausalLM`` with the real ``family`` tokenizer into ``out_dir``.
 
     Random weights produce no meaningful text; they exercise the real vocabulary, tensor shapes and the serving path.
@@ -257,7 +257,8 @@ def build_tiny_model(family: Family, out_dir: Path, seed: int = 0) -> Path:
 
     tok_dir = tokenizer_dir(family)
     vocab = 128256 if family == "llama3" else 32000
-    config = LlamaConfig(vocab_size=vocab, tie_word_embeddings=False, **_TINY_SHAPE, **_TINY_FAMILY[family])
+    config = LlamaConfig(vocab_size=vocab, tie_word_embeddings=False, **(shape or _TINY_SHAPE),
+                         **_TINY_FAMILY[family])
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     with torch.no_grad():

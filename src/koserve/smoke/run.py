@@ -1,0 +1,308 @@
+"""``koserve gpu-smoke``: the first thing to run on a new GPU box inside the pinned container.
+
+1. checkpoint: ``tiny-llama3-gpu`` (koserve.smoke.fixture) or ``--checkpoint``; its head size must be 64 or 128;
+2. build: a BF16 recipe (no calibration: convert_checkpoint.py + trtllm-build) through ``koserve build run``'s
+   runner, so the version preflight and GPU checks run too;
+3. render the model repository from the engine, serve it with ``koserve serve`` (mpirun, one rank);
+4. the checks of koserve.smoke.checks over gRPC and HTTP through ensemble and tensorrt_llm_bls;
+5. a 30 s ``koserve loadtest`` with an error-rate SLO;
+6. a pass/fail table; exit 1 when anything failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from koserve.build.commands import BuildPaths
+from koserve.build.gpus import GPUS
+from koserve.build.probe import GpuProbeError, probe_gpus
+from koserve.build.recipe import EngineRecipe, parse_recipe
+from koserve.build.runner import run_build
+from koserve.build.versions import CONTAINER_EXAMPLES_DIR, TRTLLM_VERSION
+from koserve.errors import ConfigError, KoserveError
+from koserve.smoke.checks import KOREAN_PROMPT, CheckResult, Target, format_table, run_checks
+from koserve.smoke.fixture import HEAD_SIZES_SUPPORTED, head_size, prepare_gpu_fixture
+
+BASE_PROFILE = "akallama-70b"  # Llama-3 chat format and end ids; architecture replaced by the checkpoint's
+RECIPE_NAME = "gpu-smoke-bf16"
+LIMITS = {"max_batch_size": 16, "max_input_len": 2048, "max_seq_len": 4096, "max_num_tokens": 4096}
+
+
+@dataclass
+class SmokeOptions:
+    workdir: Path
+    checkpoint: Path | None = None
+    gpu: str | None = None  # GPU catalogue key; default: what nvidia-smi shows
+    examples_dir: str = CONTAINER_EXAMPLES_DIR
+    python: str = "python3"
+    ready_timeout: float = 900.0
+    request_timeout: float = 120.0
+    loadtest_seconds: float = 30.0
+    loadtest_concurrency: int = 4
+    loadtest_prompts: str = "all"  # koserve loadtest --prompts (the shipped Korean prompt sets)
+    echo: Callable[[str], None] = print
+
+
+@dataclass
+class Endpoints:
+    grpc_url: str
+    http_url: str
+    metrics_url: str
+    max_seq_len: int = LIMITS["max_seq_len"]  # of the served engine: bounds the cancellation check's request
+
+
+ServerFactory = Callable[[Path, SmokeOptions], "contextlib.AbstractContextManager[Endpoints]"]
+
+
+@dataclass
+class SmokeReport:
+    results: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.results) and all(r.ok for r in self.results)
+
+    def table(self) -> str:
+        return format_table(self.results)
+
+
+# -- recipe and profile for the tiny checkpoint ----------------------------------------------------------------------
+
+def checkpoint_config(checkpoint: Path) -> dict:
+    path = checkpoint / "config.json"
+    if not path.is_file() or not (checkpoint / "tokenizer.json").is_file():
+        raise ConfigError(f"--checkpoint {checkpoint}: needs config.json and tokenizer.json (a HF Llama checkpoint)")
+    config = json.loads(path.read_text(encoding="utf-8"))
+    hs = head_size(config)
+    if hs not in HEAD_SIZES_SUPPORTED:
+        raise ConfigError(
+            f"checkpoint {checkpoint} has head size {hs}; TensorRT-LLM's attention kernels need one of "
+            f"{HEAD_SIZES_SUPPORTED} (the CPU fixture tiny-llama3 has 16: use tiny-llama3-gpu)"
+        )
+    return config
+
+
+def write_profile(checkpoint: Path, dest: Path) -> Path:
+    """The base profile with the checkpoint's architecture (so the planner sizes the tiny model, not 70B)."""
+    from koserve.profiles.loader import _DATA  # noqa: PLC0415
+
+    config = checkpoint_config(checkpoint)
+    data = yaml.safe_load((_DATA / f"{BASE_PROFILE}.yaml").read_text(encoding="utf-8"))
+    data["name"] = "gpu-smoke"
+    data["display_name"] = f"gpu-smoke ({checkpoint.name})"
+    data["architecture"] = {
+        "num_layers": config["num_hidden_layers"], "hidden_size": config["hidden_size"],
+        "intermediate_size": config["intermediate_size"], "num_attention_heads": config["num_attention_heads"],
+        "num_kv_heads": config.get("num_key_value_heads", config["num_attention_heads"]),
+        "vocab_size": config["vocab_size"], "max_position_embeddings": config["max_position_embeddings"],
+        "rope_theta": float(config.get("rope_theta", 500000.0)),
+    }
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return dest
+
+
+def smoke_recipe(profile_file: Path, checkpoint: Path, gpu: str) -> EngineRecipe:
+    """A BF16, TP 1, no-calibration recipe: the shortest real TensorRT-LLM build."""
+    why = {
+        "checkpoint": "the tiny random-weight Llama-3-vocabulary checkpoint (koserve setup fixtures shapes)",
+        "gpu": "the GPU this box has",
+        "parallelism.tp": "one GPU",
+        "parallelism.pp": "one GPU",
+        "quantization.precision": "BF16 needs no calibration: convert_checkpoint.py + trtllm-build only",
+        "quantization.kv_cache_dtype": "BF16 KV cache, no calibration",
+        "limits.max_batch_size": "enough for the 30 s load test",
+        "limits.max_input_len": "room for the Korean prompts of the checks and the load test",
+        "limits.max_seq_len": "long enough that a cancelled request has many tokens left",
+        "limits.max_num_tokens": "one context of max_input_len per iteration",
+        "build.gemm_plugin": "auto, TensorRT-LLM's default",
+        "build.use_paged_context_fmha": "the production setting (chunked context, KV reuse)",
+        "build.use_fp8_context_fmha": "BF16 engine",
+        "build.use_fused_mlp": "kept for BF16 (trtllm-build keeps it when there is no quantization)",
+        "build.gemm_swiglu_plugin": "FP8 only",
+        "build.multiple_profiles": "one profile builds faster",
+        "serving.kv_cache_free_gpu_mem_fraction": "TensorRT-LLM's default",
+    }
+    data = {
+        "name": RECIPE_NAME, "description": "koserve gpu-smoke: BF16 tiny Llama-3 engine", "profile": str(profile_file),
+        "checkpoint": str(checkpoint), "trtllm_version": TRTLLM_VERSION, "gpu": gpu,
+        "parallelism": {"tp": 1, "pp": 1},
+        "quantization": {"precision": "bf16", "kv_cache_dtype": "bf16"},
+        "limits": dict(LIMITS),
+        "build": {"gemm_plugin": "auto", "use_paged_context_fmha": "enable", "use_fp8_context_fmha": "disable",
+                  "use_fused_mlp": "enable", "gemm_swiglu_plugin": "disable", "multiple_profiles": "disable"},
+        "why": why,
+    }
+    return parse_recipe(data, "gpu-smoke recipe")
+
+
+def detect_gpu_key(probe=probe_gpus) -> str:
+    try:
+        gpus = probe()
+    except GpuProbeError as exc:
+        raise ConfigError(str(exc)) from None
+    spec = gpus[0].catalogue
+    if spec is None:
+        raise ConfigError(f"GPU 0 is {gpus[0].name}, not in koserve's catalogue ({', '.join(GPUS)}): pass --gpu KEY "
+                          "of a GPU with the same architecture")
+    return spec.key
+
+
+# -- serving ---------------------------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(http_url: str, proc: subprocess.Popen, timeout: float) -> None:
+    import httpx  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise KoserveError(f"koserve serve exited with code {proc.returncode} before Triton was ready")
+        try:
+            if httpx.get(f"{http_url}/v2/health/ready", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    raise KoserveError(f"Triton was not ready within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def koserve_serve(repo: Path, opts: SmokeOptions) -> Iterator[Endpoints]:
+    """``koserve serve --repo`` (GPU: mpirun) on free loopback ports; always stopped."""
+    http, grpc, metrics = _free_port(), _free_port(), _free_port()
+    log = (opts.workdir / "serve.log").open("w", encoding="utf-8")
+    cmd = [sys.executable, "-m", "koserve", "serve", "--repo", str(repo), "--host", "127.0.0.1",
+           "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+           "--ready-timeout", str(int(opts.ready_timeout))]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{http}"
+        _wait_ready(url, proc, opts.ready_timeout)
+        yield Endpoints(f"127.0.0.1:{grpc}", url, f"http://127.0.0.1:{metrics}/metrics")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+# -- the run ---------------------------------------------------------------------------------------------------------
+
+def _step(report: SmokeReport, name: str, fn, echo) -> object:
+    echo(f"gpu-smoke: {name} ...")
+    t0 = time.perf_counter()
+    try:
+        value, detail = fn()
+    except Exception as exc:  # noqa: BLE001 - reported in the table, the run stops
+        report.results.append(CheckResult(name, False, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0))
+        raise _Stop from None
+    report.results.append(CheckResult(name, True, detail, time.perf_counter() - t0))
+    return value
+
+
+class _Stop(Exception):
+    pass
+
+
+def loadtest(endpoints: Endpoints, profile_file: Path, tokenizer: Path, opts: SmokeOptions) -> tuple[bool, str]:
+    out = opts.workdir / "loadtest"
+    cmd = [sys.executable, "-m", "koserve", "loadtest", endpoints.grpc_url, "--protocol", "grpc",
+           "--model", "ensemble", "--profile", str(profile_file), "--tokenizer", str(tokenizer),
+           "--duration", f"{opts.loadtest_seconds:g}s", "--concurrency", str(opts.loadtest_concurrency),
+           "--prompts", opts.loadtest_prompts, "--osl", "32", "--out", str(out), "--metrics-url", endpoints.metrics_url,
+           "--slo", "error_rate=1%", "--no-plots", "--no-progress"]
+    budget = opts.loadtest_seconds + 180
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=budget, check=False)
+    tail = (proc.stdout.strip().splitlines() or [""])[-1]
+    return proc.returncode == 0, f"exit {proc.returncode}: {tail} (report {out})"
+
+
+def run_smoke(opts: SmokeOptions, *, server: ServerFactory = koserve_serve, probe=probe_gpus) -> SmokeReport:
+    """The whole acceptance run; never raises for a failing step (it is a FAIL row)."""
+    from koserve.serving.render import RenderOptions, render_repository  # noqa: PLC0415
+    from koserve.text import load_tokenizer  # noqa: PLC0415
+
+    echo = opts.echo
+    report = SmokeReport()
+    opts.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        checkpoint = _step(report, "checkpoint", lambda: _checkpoint(opts), echo)
+        profile_file = opts.workdir / "gpu-smoke-profile.yaml"
+
+        def build():
+            write_profile(checkpoint, profile_file)
+            recipe = smoke_recipe(profile_file, checkpoint, opts.gpu or detect_gpu_key(probe))
+            paths = BuildPaths(workdir=opts.workdir / "build", checkpoint=str(checkpoint),
+                               engine_dir=opts.workdir / "engine", examples_dir=opts.examples_dir, python=opts.python)
+            result = run_build(recipe, paths, echo=echo, probe=probe)
+            return result.engine_dir, f"{recipe.gpu}, {len(result.steps)} steps in {result.seconds:.0f} s"
+
+        engine = _step(report, "build BF16 engine", build, echo)
+
+        def render():
+            repo = render_repository(RenderOptions(profile=str(profile_file), tokenizer_dir=checkpoint,
+                                                   out=opts.workdir / "repo", engine_dir=engine, force=True))
+            return repo.path, f"{', '.join(repo.models)}"
+
+        repo = _step(report, "render repository", render, echo)
+        echo("gpu-smoke: serving ...")
+        t0 = time.perf_counter()
+        try:
+            cm = server(repo, opts)
+            endpoints = cm.__enter__()
+        except Exception as exc:  # noqa: BLE001
+            report.results.append(CheckResult("serve", False, f"{type(exc).__name__}: {exc}",
+                                              time.perf_counter() - t0))
+            raise _Stop from None
+        try:
+            report.results.append(CheckResult("serve", True, endpoints.grpc_url, time.perf_counter() - t0))
+            tokenizer = load_tokenizer(checkpoint)
+            prompt_ids = tokenizer.encode(KOREAN_PROMPT)
+            target = Target(endpoints.grpc_url, endpoints.http_url, timeout=opts.request_timeout)
+            long_tokens = min(2000, endpoints.max_seq_len - len(prompt_ids) - 1)
+            for result in run_checks(target, prompt_ids, long_tokens=long_tokens):
+                echo(f"gpu-smoke: {result.name}: {'PASS' if result.ok else 'FAIL'} {result.detail}")
+                report.results.append(result)
+            _step(report, f"loadtest {opts.loadtest_seconds:g} s",
+                  lambda: (None, _ok_or_raise(loadtest(endpoints, profile_file, checkpoint, opts))), echo)
+        finally:
+            cm.__exit__(None, None, None)
+    except _Stop:
+        pass
+    return report
+
+
+def _ok_or_raise(outcome: tuple[bool, str]) -> str:
+    ok, detail = outcome
+    if not ok:
+        raise KoserveError(detail)
+    return detail
+
+
+def _checkpoint(opts: SmokeOptions) -> tuple[Path, str]:
+    checkpoint = Path(opts.checkpoint).expanduser().resolve() if opts.checkpoint else prepare_gpu_fixture(log=opts.echo)
+    config = checkpoint_config(checkpoint)
+    return checkpoint, f"{checkpoint.name}: head size {head_size(config)}, vocab {config['vocab_size']}"
