@@ -31,7 +31,8 @@ from koserve.text.tokenizer import TextTokenizer
 
 REPLACEMENT = "\ufffd"
 # An announced streamed request that has not ended counts as in flight (a new request with its id is refused) while
-# it saw a response (or started) within this many seconds: a stream abandoned mid-way (client gone, engine error) frees its id after that.
+# it saw a response (or started) within this many seconds: a stream abandoned mid-way (client gone, engine error)
+# frees its id after that.
 IN_FLIGHT_IDLE_S = 10.0
 
 

@@ -120,7 +120,9 @@ def parse_triton_request(
 
     end_id = _scalar(get, "end_id", "int")
     if end_id is not None and vocab_size is not None and not -1 <= end_id < vocab_size:  # LlmRequest::validate
-        raise InvalidRequestError(f"end_id {end_id} is outside [-1, {vocab_size}) (the vocabulary has {vocab_size} ids)")
+        raise InvalidRequestError(
+            f"end_id {end_id} is outside [-1, {vocab_size}) (the vocabulary has {vocab_size} ids)"
+        )
     stop_words = get("stop_words_list")
     bad_words = get("bad_words_list")
     seed = _scalar(get, "seed", "uint", default=0)
