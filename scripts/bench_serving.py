@@ -346,9 +346,11 @@ def format_capacity(row: dict) -> str:
             f"engine stub {row['engine_us']:.0f})")
     if "stub" not in row:
         return head
-    return (head + f"; {row['stub']} stub {row['stub_us']:.0f} us/token = koserve's own {row['own_us']:.1f} "
-            f"+ python backend {row['backend_us']:.0f} -> one process {row['process_tokens_per_s']:,.0f} tok/s "
-            f"per core (koserve's own alone {row['own_tokens_per_s']:,.0f})"
+    known = row["own_us"] == row["own_us"]  # not nan: measured outside Triton
+    split = (f" = koserve's own {row['own_us']:.1f} + python backend {row['backend_us']:.0f}" if known else "")
+    return (head + f"; {row['stub']} stub {row['stub_us']:.0f} us/token{split} -> one process "
+            f"{row['process_tokens_per_s']:,.0f} tok/s per core"
+            + (f" (koserve's own alone {row['own_tokens_per_s']:,.0f})" if known else "")
             + (f", {row['instances']} instances {row['aggregate_tokens_per_s']:,.0f}" if row["instances"] > 1 else ""))
 
 
@@ -562,7 +564,8 @@ def main() -> int:
                 stability.append({"run": i, "model": model, "ok": row["ok"], "hung": row["hung"], "alive": alive,
                                   "exact": exact, "tokens_per_s": row["tokens_per_s"], "errors": row["errors"]})
                 print(f"stability {i + 1:2d}/{args.stability_runs} {model:17s}: ok {row['ok']}/{args.stability_streams} hung {row['hung']} "
-                      f"alive {alive} exact {exact} {row['tokens_per_s']:.0f} tok/s", flush=True)
+                      f"alive {alive} exact {exact} {row['tokens_per_s']:.0f} tok/s"
+                      + (f"  first error: {row['errors'][0][:200]}" if row["errors"] else ""), flush=True)
                 if not alive:
                     print("SERVER DIED:\n" + ep.server.log_tail(30))
                     break

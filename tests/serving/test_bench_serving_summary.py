@@ -102,3 +102,10 @@ def test_format_capacity_prints_the_split_and_the_capacity():
     assert direct == "tensorrt_llm x64: server 250 us/token (1.00 x direct; tritonserver 150, engine stub 100)"
     assert ens.endswith("postprocessing stub 50 us/token = koserve's own 10.0 + python backend 40 -> one process "
                         "20,000 tok/s per core (koserve's own alone 100,000)")
+
+
+def test_format_capacity_without_a_measurement_outside_triton_prints_no_split():
+    rows = BENCH["capacity_rows"](CPU_ROWS, ["tensorrt_llm_bls"], [64], {}, {"tensorrt_llm_bls": 2})
+    line = BENCH["format_capacity"](rows[0])
+    assert "koserve's own" not in line and "nan" not in line
+    assert line.endswith("tensorrt_llm_bls stub 80 us/token -> one process 12,500 tok/s per core, 2 instances 25,000")

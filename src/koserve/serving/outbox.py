@@ -171,6 +171,11 @@ class StreamOutbox:
             return
         interval = self.interval()
         due = reply.last_sent + interval if (interval and reply.last_sent and not reply.ending) else 0.0
+        queued = reply.due
+        if queued is not None and queued <= due:
+            # Already queued as early (most posts under load), seen without the lock: the entry's flush comes after
+            # _take_due clears ``due`` — after this read, hence after the text this post follows was added.
+            return
         with self._cond:
             if reply.due is not None and reply.due <= due:
                 return  # already queued, as early or earlier
