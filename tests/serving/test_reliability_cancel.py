@@ -30,18 +30,26 @@ MODELS = ("ensemble", "tensorrt_llm_bls")
 LONG = 200  # tokens: ~4 s at 20 ms each
 
 
-def _read_until(fd: int, needle: str, timeout: float, seen: list[str]) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if needle in "".join(seen):
-            return True
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            try:
-                seen.append(os.read(fd, 4096).decode(errors="replace"))
-            except OSError:
-                return needle in "".join(seen)
-    return needle in "".join(seen)
+class _Terminal:
+    """What a pty's master end has received so far (bytes: a UTF-8 character may arrive split in two reads)."""
+
+    def __init__(self, fd: int):
+        self.fd, self.data = fd, b""
+
+    @property
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+    def read_until(self, done, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not done(self.text) and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.fd], [], [], 0.1)
+            if ready:
+                try:
+                    self.data += os.read(self.fd, 4096)
+                except OSError:
+                    break
+        return done(self.text)
 
 
 def _ctrl_c_in_repl(url: str, model: str) -> str:
@@ -52,18 +60,16 @@ def _ctrl_c_in_repl(url: str, model: str) -> str:
         stdin=slave, stdout=slave, stderr=slave, close_fds=True, start_new_session=True,
     )
     os.close(slave)
-    seen: list[str] = []
+    term = _Terminal(master)
     try:
-        assert _read_until(master, ">>> ", 60, seen), "".join(seen)
+        assert term.read_until(lambda t: ">>> " in t, 60), term.text
         os.write(master, "안녕하세요\n".encode())
-        deadline = time.monotonic() + 30  # the terminal's echo of the line, then the answer (it greets too)
-        while "".join(seen).count("안녕하세요") < 2 and time.monotonic() < deadline:
-            _read_until(master, "\0", 0.1, seen)
-        assert "".join(seen).count("안녕하세요") >= 2, "".join(seen)
+        # the terminal's echo of the line, then the answer (it greets too)
+        assert term.read_until(lambda t: t.count("안녕하세요") >= 2, 30), term.text
         time.sleep(0.3)  # in the middle of the answer
         proc.send_signal(signal.SIGINT)
-        assert _read_until(master, "(stopped)", 15, seen), "".join(seen)
-        assert _read_until(master, ">>> ", 15, seen)
+        assert term.read_until(lambda t: "(stopped)" in t, 15), term.text
+        assert term.read_until(lambda t: t.rstrip().endswith(">>>"), 15), term.text
         os.write(master, b"/exit\n")
         proc.wait(timeout=15)
     finally:
@@ -71,8 +77,8 @@ def _ctrl_c_in_repl(url: str, model: str) -> str:
             proc.kill()
             proc.wait(timeout=10)
         os.close(master)
-    assert proc.returncode == 0, "".join(seen)
-    return "".join(seen)
+    assert proc.returncode == 0, term.text
+    return term.text
 
 
 @pytest.mark.server
@@ -109,7 +115,7 @@ def test_every_early_end_of_a_koserve_stream_leaves_nothing_in_flight(tmp_path, 
                     task.cancel()
                     with pytest.raises(asyncio.CancelledError):
                         await task
-                    await asyncio.sleep(0.5)  # the stop and drain of the cancelled task finish
+                    # leaving the block: close() waits for the cancelled task's call to be ended (stop + drain)
 
             asyncio.run(async_close())
             out = _ctrl_c_in_repl(ep.grpc_url, model)

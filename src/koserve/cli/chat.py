@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from typing import Any
 
 _SAMPLING_FLAGS = (
@@ -85,16 +88,39 @@ def _reply(client: Any, messages: list[dict[str, str]], params: dict[str, Any], 
         return result
     stream = client.stream(messages, **params)
     wrote = False
-    try:
-        for delta in stream:
-            sys.stdout.write(delta)
-            sys.stdout.flush()
-            wrote = True
-    finally:
-        stream.close()
-        if wrote:
-            _end_reply(_finish_reason(stream))
+    with _one_interrupt():
+        try:
+            for delta in stream:
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+                wrote = True
+        finally:
+            stream.close()  # stops the generation on the server and reads the stream to its end
+            if wrote:
+                _end_reply(_finish_reason(stream))
     return stream.result
+
+
+@contextlib.contextmanager
+def _one_interrupt():
+    """The first Ctrl-C stops the answer (KeyboardInterrupt); more Ctrl-Cs while the stream is being ended are
+    ignored, so the stop reaches the server and no request is left in flight inside Triton."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted = False
+
+    def on_sigint(signum, frame):
+        nonlocal interrupted
+        if not interrupted:
+            interrupted = True
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _finish_reason(stream: Any) -> str | None:

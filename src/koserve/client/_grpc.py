@@ -25,7 +25,7 @@ from koserve.client.wire import WireRequest, WireTensor
 
 _MAX_MESSAGE = 2**31 - 1
 _POOL_SIZE = 16
-DRAIN_TIMEOUT_S = 5.0  # after a stop: how long to read towards the final response before cancelling the call
+DRAIN_TIMEOUT_S = 10.0  # after a stop: how long to read towards the final response before cancelling the call
 RESTOP_S = 0.5  # ... sending the stop again this often meanwhile
 DEFAULT_IDLE_TIMEOUT_S = 60.0  # no response for this long: the request fails (a dead model never answers)
 DEFAULT_STOP_MODEL = "tensorrt_llm"
@@ -297,9 +297,8 @@ class GrpcTransport:
             now = time.perf_counter()
             if now >= deadline:
                 return False
-            if now >= next_stop:
-                if not self.stop_engine(self.stop_model, request_id, timeout=min(2.0, deadline - now)):
-                    return False
+            if now >= next_stop:  # a stop that failed (server busy) is tried again too
+                self.stop_engine(self.stop_model, request_id, timeout=min(2.0, deadline - now))
                 next_stop = time.perf_counter() + RESTOP_S
             try:
                 result, error = responses.get(timeout=max(min(next_stop, deadline) - time.perf_counter(), 0.0))
@@ -317,9 +316,6 @@ def _stop_inputs(request_id: str, batch: bool):
     return _infer_inputs(list(engine_stop_request(request_id).tensors.values()), batch)
 
 
-_ending_calls: set = set()  # background tasks ending the calls of cancelled tasks (kept referenced)
-
-
 class AsyncGrpcTransport:
     """asyncio gRPC transport on ``tritonclient.grpc.aio`` (one client, one stream per request); ends streams as
     :class:`GrpcTransport` does."""
@@ -334,6 +330,7 @@ class AsyncGrpcTransport:
         self.headers = dict(headers or {})
         self.stop_model = stop_model
         self.idle_timeout = idle_timeout
+        self._ending: set = set()  # background tasks ending the calls of cancelled tasks (close() waits for them)
         self._client = None
         self._loop = None
         self._models: dict[str, tuple[set[str], bool]] = {}
@@ -354,6 +351,8 @@ class AsyncGrpcTransport:
         return self._client
 
     async def close(self) -> None:
+        if self._ending:
+            await asyncio.wait(list(self._ending), timeout=DRAIN_TIMEOUT_S + 2.5)
         self._closed = True
         client, self._client = self._client, None
         if client is not None:
@@ -465,8 +464,8 @@ class AsyncGrpcTransport:
             if not ended:
                 if self.stop_model and cancelled:  # the task was cancelled: do not delay it, end the call aside
                     task = asyncio.ensure_future(self._end_call(call, request.request_id))
-                    _ending_calls.add(task)
-                    task.add_done_callback(_ending_calls.discard)
+                    self._ending.add(task)
+                    task.add_done_callback(self._ending.discard)
                 else:
                     await self._end_call(call, request.request_id)
 
@@ -487,8 +486,9 @@ class AsyncGrpcTransport:
             try:
                 while not reader.done():
                     left = deadline - time.perf_counter()
-                    if left <= 0 or not await self.stop_engine(self.stop_model, request_id, timeout=min(2.0, left)):
+                    if left <= 0:
                         return False
+                    await self.stop_engine(self.stop_model, request_id, timeout=min(2.0, left))
                     await asyncio.wait([reader], timeout=min(RESTOP_S, max(deadline - time.perf_counter(), 0)))
                 return reader.exception() is None
             finally:
