@@ -152,3 +152,22 @@ def _pgid(pid: int) -> int | None:
     except OSError:
         return None
     return int(fields[2]) if fields[0] != "Z" else None
+
+
+def test_serve_refuses_a_busy_health_port_and_bad_restart_flags_before_starting_triton(tmp_path, capsys):
+    import socket
+
+    from koserve.cli import main
+    from koserve.serving.faults import render_replay_repo
+
+    repo = render_replay_repo(tmp_path / "repo")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--repo", str(repo), "--health-port", str(port)]) == 2
+    assert f"cannot serve health on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert main(["serve", "--repo", str(repo), "--max-restarts", "-1"]) == 2
+    assert "--max-restarts must be in [0, 1000], got -1" in capsys.readouterr().err
+    assert main(["serve", "--repo", str(repo), "--probe-interval", "0"]) == 2
+    assert "--probe-interval must be > 0 seconds" in capsys.readouterr().err
