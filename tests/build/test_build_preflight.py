@@ -41,6 +41,20 @@ def test_probe_imports_the_real_module(fake_toolchain, monkeypatch):
     assert probe.location.startswith(str(fake_toolchain.site))
 
 
+def test_probe_reads_version_py_without_importing(monkeypatch, tmp_path):
+    """Like the real package (__init__ imports torch, TensorRT...; __version__ from version.py): no import."""
+    pkg = tmp_path / "tensorrt_llm"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise RuntimeError('importing TensorRT-LLM needs CUDA')\n"
+                                     "from .version import __version__\n")
+    (pkg / "version.py").write_text('__version__ = "1.2.1"\n')
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    assert probe_runtime(sys.executable).version == "1.2.1"
+    (pkg / "version.py").unlink()
+    probe = probe_runtime(sys.executable)
+    assert probe.version is None and "needs CUDA" in probe.error
+
+
 def test_probe_without_tensorrt_llm(monkeypatch, tmp_path):
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     probe = probe_runtime(sys.executable)

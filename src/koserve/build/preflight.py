@@ -25,13 +25,28 @@ NOT_BUILT = "not built yet"
 _MARK = "KOSERVE_PREFLIGHT "
 # What quantize.py imports besides TensorRT-LLM (ModelOpt and HF datasets: both are tensorrt_llm wheel dependencies).
 QUANTIZE_MODULES = ("modelopt", "datasets")
+# tensorrt_llm/__init__.py takes __version__ from tensorrt_llm/version.py: read that file (ast) when it is there, so
+# the check does not import TensorRT-LLM (torch, TensorRT, CUDA libraries: seconds and GBs of RSS, too much for the
+# chart's init container); import the package only when it has no version.py.
 _PROBE = r"""
-import importlib.util, json, sys
+import ast, importlib.util, json, os, sys
 out = {"version": None, "error": None, "missing": []}
 try:
-    import tensorrt_llm
-    out["version"] = str(getattr(tensorrt_llm, "__version__", None))
-    out["file"] = getattr(tensorrt_llm, "__file__", None)
+    spec = importlib.util.find_spec("tensorrt_llm")
+    if spec is None:
+        raise ModuleNotFoundError("No module named 'tensorrt_llm'")
+    out["file"] = spec.origin
+    locations = list(spec.submodule_search_locations or [])
+    version_py = os.path.join(locations[0], "version.py") if locations else ""
+    if version_py and os.path.isfile(version_py):
+        for node in ast.parse(open(version_py, encoding="utf-8").read()).body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__version__" for t in node.targets):
+                out["version"] = str(ast.literal_eval(node.value))
+        out["how"] = "tensorrt_llm/version.py"
+    if out["version"] is None:
+        import tensorrt_llm
+        out["version"] = str(getattr(tensorrt_llm, "__version__", None))
+        out["how"] = "import tensorrt_llm"
 except Exception as exc:
     out["error"] = f"{type(exc).__name__}: {exc}"
 for name in sys.argv[1:]:
