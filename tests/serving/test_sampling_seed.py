@@ -73,3 +73,10 @@ def test_unsupported_nvidia_inputs_are_refused_by_name(server, model, name, valu
     inputs = text_inputs("안녕하세요", 4, **extra_input(name, value, dtype))
     res = grpc_stream(server.grpc_url, model, inputs, request_id=f"ks-{uuid.uuid4()}", timeout=60)
     assert res.error is not None and fragment in res.error, res.error
+
+
+@pytest.mark.parametrize("model", TEXT_MODELS)
+@pytest.mark.parametrize("name", ["min_length", "min_tokens"])
+def test_min_tokens_reaches_the_engine(server, model, name):
+    """Given, preprocessing's OUT_MIN_TOKENS carries it to the engine's min_tokens (absent: not sent at all)."""
+    assert sample(server, model, **extra_input(name, 3, np.int32))
