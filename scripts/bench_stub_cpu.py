@@ -58,11 +58,14 @@ class _Response:
 
 class _Sender:
     __slots__ = ("sent", "final")
+    wait_s = 0.0  # how long a send blocks (sleeping: no CPU), as the python backend's round trip to the server does
 
     def __init__(self):
         self.sent, self.final = 0, False
 
     def send(self, response=None, flags=0):
+        if self.wait_s:
+            time.sleep(self.wait_s)
         self.sent += 1
         self.final = self.final or bool(flags & FINAL_FLAG)
 
@@ -137,6 +140,7 @@ class StubFigure:
     us_per_token: float  # median over rounds, process CPU (all threads)
     best_us_per_token: float
     rounds: int
+    tokens_per_response: float = 1.0  # BLS: generated tokens per response it sent (postprocessing: always 1)
 
 
 def _cpu_rounds(fn, rounds: int, tokens: int) -> list[float]:
@@ -206,7 +210,8 @@ def _engine_messages(request_ids: list[str], ids: list[int]) -> list[bytes]:
     return out
 
 
-def bls_rounds(family: str, profile: str, streams: int, tokens: int, per_read: int, rounds: int) -> list[float]:
+def bls_rounds(family: str, profile: str, streams: int, tokens: int, per_read: int, rounds: int,
+               sent: list[int] | None = None) -> list[float]:
     import h2.config  # noqa: PLC0415
     import h2.connection  # noqa: PLC0415
 
@@ -253,6 +258,8 @@ def bls_rounds(family: str, profile: str, streams: int, tokens: int, per_read: i
                         pass
             model.outbox.close(timeout=1.0)
             missing = [r.request_id() for r in requests if not r.sender.final]
+            if sent is not None:
+                sent.append(sum(r.sender.sent for r in requests))
             if missing:
                 raise SystemExit(f"BLS bench: {len(missing)} streams did not end")
             ours.close()
@@ -266,16 +273,23 @@ def bls_rounds(family: str, profile: str, streams: int, tokens: int, per_read: i
 
 
 def figures(paths=("postprocessing", "tensorrt_llm_bls"), streams=(64,), tokens=400, family="llama3",
-            profile="akallama-70b", batch=4, per_read=64, rounds=5) -> list[StubFigure]:
-    """Median and best µs of koserve's own CPU per token, per path and number of streams."""
+            profile="akallama-70b", batch=4, per_read=64, rounds=5, send_wait_us=0.0) -> list[StubFigure]:
+    """Median and best µs of koserve's own CPU per token, per path and number of streams. ``send_wait_us``: how
+    long each BLS send blocks (without CPU); > 0 lets the outbox merge tokens into responses as in a server."""
     out = []
-    for n in streams:
-        for path in paths:
-            if path == "postprocessing":
-                rs = postprocessing_rounds(family, profile, n, tokens, batch, rounds)
-            else:
-                rs = bls_rounds(family, profile, n, tokens, per_read, rounds)
-            out.append(StubFigure(path, n, statistics.median(rs), min(rs), len(rs)))
+    _Sender.wait_s = send_wait_us / 1e6
+    try:
+        for n in streams:
+            for path in paths:
+                sent: list[int] = []
+                if path == "postprocessing":
+                    rs = postprocessing_rounds(family, profile, n, tokens, batch, rounds)
+                else:
+                    rs = bls_rounds(family, profile, n, tokens, per_read, rounds, sent)
+                per_response = n * tokens * len(sent) / sum(sent) if sent else 1.0
+                out.append(StubFigure(path, n, statistics.median(rs), min(rs), len(rs), per_response))
+    finally:
+        _Sender.wait_s = 0.0
     return out
 
 
@@ -289,17 +303,20 @@ def main(argv=None) -> int:
     ap.add_argument("--per-read", type=int, default=64, help="BLS: engine responses per socket read")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--paths", nargs="+", default=["postprocessing", "tensorrt_llm_bls"])
+    ap.add_argument("--send-wait-us", type=float, default=0.0,
+                    help="BLS: each send blocks this long without CPU, like the python backend's round trip to the "
+                    "server (0: sends are free, so every engine response becomes a response: the costliest case)")
     args = ap.parse_args(argv)
     profile = args.profile or ("akallama-70b" if args.family == "llama3" else "komt-13b")
     print(f"koserve's own CPU per streamed token outside Triton (null pb_utils), {args.family}, {args.tokens} tokens "
           f"per stream, postprocessing batch {args.batch}, BLS {args.per_read} engine responses per read, "
           f"{args.rounds} rounds; pid {os.getpid()}")
-    print("| path | streams | µs per token, median (best) | implied tokens/s per core |")
-    print("|---|---:|---:|---:|")
+    print("| path | streams | µs per token, median (best) | implied tokens/s per core | tokens per response |")
+    print("|---|---:|---:|---:|---:|")
     for f in figures(args.paths, args.streams, args.tokens, args.family, profile, args.batch, args.per_read,
-                     args.rounds):
+                     args.rounds, args.send_wait_us):
         print(f"| {f.path} | {f.streams} | {f.us_per_token:.1f} ({f.best_us_per_token:.1f}) | "
-              f"{1e6 / f.us_per_token:,.0f} |", flush=True)
+              f"{1e6 / f.us_per_token:,.0f} | {f.tokens_per_response:.2f} |", flush=True)
     return 0
 
 
