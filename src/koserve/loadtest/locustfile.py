@@ -5,7 +5,7 @@
         --shape fixed --concurrency 8 --shape-duration 60 --records-dir out/records
 
 Pick the user class by name (TritonGrpcUser, TritonHttpUser, OpenAIChatUser); every request is
-reported as the locust events ttft, itl, e2e, output_tokens and output_tokens_per_s (see
+reported as the locust events ttft, tpot, chunk_gap, e2e, output_tokens and output_tokens_per_s (see
 docs/loadtest.md). `koserve loadtest` runs this file headless and writes a report.
 """
 
