@@ -237,3 +237,60 @@ def test_inflight_batcher_llm_client_streaming(server, tok):
     assert tokens == answer_ids(tok, server)
     # as TensorRT-LLM after an end id: the last response carries no tokens
     assert results[-1].as_numpy("sequence_length")[0][0] == 0
+
+
+@pytest.fixture(scope="module")
+def unary_bls(tmp_path_factory):
+    """A server whose tensorrt_llm_bls is rendered decoupled: false (NVIDIA's decoupled_mode), as end_to_end_test.py
+    expects for its unary ModelInfer calls on the BLS."""
+    from koserve.fixtures import tokenizer_dir
+    from koserve.serving.render import RenderOptions, render_repository
+    from koserve.serving.tritonserver import ServerOptions, TritonServer
+
+    base = tmp_path_factory.mktemp("unary-bls")
+    (base / "answer.txt").write_text(ANSWER, encoding="utf-8")
+    rendered = render_repository(RenderOptions(
+        profile="akallama-70b", tokenizer_dir=tokenizer_dir("llama3"), out=base / "repo", replay=True,
+        replay_text_file=base / "answer.txt", max_seq_len=512, max_input_len=384, bls_decoupled=False,
+    ))
+    assert "decoupled: false" in (rendered.path / "tensorrt_llm_bls" / "config.pbtxt").read_text()
+    server = TritonServer.cpu(ServerOptions(rendered.path, extra_args=("--exit-timeout-secs=2",)),
+                              log_path=base / "tritonserver.log")
+    server.start(180)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_end_to_end_test_unary_bls_call(unary_bls, protocol):
+    """end_to_end_test.py --test-bls step 4: client.infer on tensorrt_llm_bls, read as result.as_numpy('text_output')."""
+    tok = load_tokenizer(tokenizer_dir_of("akallama-70b"))
+    module = httpclient if protocol == "http" else grpcclient
+    url = unary_bls.http_url.removeprefix("http://") if protocol == "http" else unary_bls.grpc_url
+    input0 = [[PROMPT]]
+    inputs = [
+        prepare_tensor(module, "text_input", np.array(input0).astype(object)),
+        prepare_tensor(module, "max_tokens", np.ones_like(input0).astype(np.int32) * OUTPUT_LEN),
+        prepare_tensor(module, "bad_words", np.array([[""]], dtype=object)),
+        prepare_tensor(module, "stop_words", np.array([[""]], dtype=object)),
+    ]
+    client = module.InferenceServerClient(url)
+    try:
+        result = client.infer("tensorrt_llm_bls", inputs, outputs=[module.InferRequestedOutput("text_output")],
+                              request_id="0")
+        bls_output = result.as_numpy("text_output")
+        assert bls_output.shape == (1,) and bls_output[0].decode("utf-8") == tok.decode(
+            tok.encode(ANSWER, add_special_tokens=False))
+        streamed = inputs + [prepare_tensor(module, "stream", np.array([[True]], dtype=bool))]
+        with pytest.raises(Exception, match="stream=true needs tensorrt_llm_bls rendered decoupled"):
+            client.infer("tensorrt_llm_bls", streamed, request_id="1")
+    finally:
+        client.close()
+
+
+def tokenizer_dir_of(profile):
+    from koserve.fixtures import tokenizer_dir
+
+    return tokenizer_dir({"akallama-70b": "llama3", "komt-13b": "llama2"}[profile])

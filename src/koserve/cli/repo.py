@@ -30,6 +30,7 @@ def _render(args) -> int:
         bls_stream_max_interval_us=args.bls_stream_max_interval_us,
         bls_stream_max_wait_gaps=args.bls_stream_max_wait_gaps,
         engine_decoupled=False if args.engine_not_decoupled else None,
+        bls_decoupled=False if args.bls_not_decoupled else None,
     )
     rendered = render_repository(opts)
     ctx = rendered.context
@@ -66,6 +67,9 @@ def register(subparsers) -> None:
     p.add_argument("--engine-not-decoupled", action="store_true",
                    help="GPU: render tensorrt_llm with decoupled: false (unary ModelInfer on tensorrt_llm; no "
                         "streaming, so the ensemble and BLS cannot stream)")
+    p.add_argument("--bls-not-decoupled", action="store_true",
+                   help="render tensorrt_llm_bls with decoupled: false (unary ModelInfer / HTTP infer on it, one "
+                        "response per request; stream=true is refused)")
     p.add_argument("--replay-delay-ms", type=float, default=0.0, help="replay: delay between tokens")
     p.add_argument("--replay-text", help="replay: file whose text (tokenized) is replayed")
     p.add_argument("--max-batch-size", type=int, help="CPU: engine max batch size (default 64)")

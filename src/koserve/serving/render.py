@@ -76,6 +76,9 @@ class RenderOptions:
     # GPU: the C++ engine model's model_transaction_policy.decoupled (NVIDIA's ${decoupled_mode}). True: streaming
     # (ensemble, BLS, stream_infer). False: unary ModelInfer on tensorrt_llm only; streaming requests are refused.
     engine_decoupled: bool = True
+    # tensorrt_llm_bls's model_transaction_policy.decoupled (NVIDIA's ${decoupled_mode} for the BLS). False: unary
+    # ModelInfer / HTTP /infer on tensorrt_llm_bls, one response per request; stream=true is refused.
+    bls_decoupled: bool = True
     force: bool = False
 
     def with_overrides(self, **values) -> "RenderOptions":
@@ -169,6 +172,7 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
         "postprocessing_instances": opts.postprocessing_instances,
         "postprocessing_max_queue_delay_us": int(opts.postprocessing_max_queue_delay_us),
         "bls_instances": opts.bls_instances,
+        "bls_decoupled": bool(opts.bls_decoupled),
         "bls_stream_send_share": float(opts.bls_stream_send_share),
         "bls_stream_max_interval_us": int(opts.bls_stream_max_interval_us),
         "bls_stream_max_wait_gaps": float(opts.bls_stream_max_wait_gaps),
