@@ -267,3 +267,17 @@ def test_server_error_messages_are_reported(tmp_path, replay_llama3):
     assert code == 1 and len(records) == 4 and s["failed"] == 4
     message = s["errors"][0]["message"]
     assert "100000" in message or "max_tokens" in message, message  # the server's own words
+
+
+def test_echo_shows_locust_output_and_still_prints_progress(tmp_path, replay_llama3, capfd):
+    code, s, records = run(
+        tmp_path / "r", replay_llama3.grpc_url, "--osl", "8", "--concurrency", "2", "--duration", "7s",
+        "--metrics-url", "none", "--no-plots", "--echo",
+    )
+    assert code == 0 and s["failed"] == 0 and records
+    out, err = capfd.readouterr()
+    # locust's own stats tables, printed every 2 s while it runs (the final summary alone has two)
+    assert "chunk_gap" in out + err and (out + err).count("# reqs") >= 4, (out + err)[-3000:]
+    progress = [ln for ln in err.splitlines() if ln.startswith("loadtest: ") and "/7s" in ln]
+    assert len(progress) >= 1 and "in flight" in progress[-1], err[-2000:]
+    assert not (tmp_path / "r" / "locust.log").read_text()  # echoed, not logged
