@@ -7,8 +7,8 @@ text level) whatever the client sends, request id or not.
 
 Threads, no asyncio: ``execute`` (Triton's) admits requests and returns; the engine client's reader thread
 (:mod:`koserve.serving.engine_h2`) turns each engine response into text on the request's :class:`_Run` and sends
-the responses that are due (:class:`~koserve.serving.outbox.StreamOutbox`, whose own thread sends only while the
-reader is quiet); a watch thread polls cancellation.
+the responses that are due (:class:`~koserve.serving.outbox.StreamOutbox`; over gRPC the reader is also its timer:
+it sends what falls due while it would wait for the socket); a watch thread polls cancellation.
 
 Responses: with ``stream=true`` a response carries the text of one engine response — or of several, when this
 model is behind (see :mod:`koserve.serving.outbox`); ``num_output_tokens`` says how many generated tokens it covers,
@@ -193,10 +193,13 @@ class BlsModel:
         max_interval = _setting(params, "stream_max_interval_us", DEFAULT_MAX_INTERVAL_US, int, 0,
                                 MAX_INTERVAL_LIMIT_US)
         wait_gaps = _setting(params, "stream_max_wait_gaps", DEFAULT_MAX_WAIT_GAPS, float, 0.0, MAX_WAIT_GAPS_LIMIT)
-        self.outbox = StreamOutbox(share, max_interval / 1e6, lambda: len(self._runs), wait_gaps)
+        # over gRPC every post comes from the engine reader, which is also the outbox's timer (no second thread)
+        self.outbox = StreamOutbox(share, max_interval / 1e6, lambda: len(self._runs), wait_gaps,
+                                   own_thread=transport != "grpc")
         self.engine = (
             H2EngineClient(url, self.settings.engine_model, after_each=self.outbox.send_due,
-                           hold_interval=self.outbox.interval)
+                           hold_interval=self.outbox.interval, next_due=self.outbox.next_due,
+                           on_due=self.outbox.send_all_due)
             if transport == "grpc"
             else PbEngineClient(pb, self.settings.engine_model, int(os.environ.get("KOSERVE_BLS_THREADS", "256")))
         )

@@ -261,10 +261,13 @@ class H2EngineClient:
     """The engine over the server's own gRPC endpoint on a bare HTTP/2 connection (see module doc).
 
     ``after_each`` runs on the reader thread after each engine response; ``hold_interval()`` is how long the
-    model holds a stream's responses now (seconds): from :data:`PACE_FROM_INTERVAL_S` on, reads are paced."""
+    model holds a stream's responses now (seconds): from :data:`PACE_FROM_INTERVAL_S` on, reads are paced.
+    ``next_due()`` (a ``time.monotonic()`` time or None) and ``on_due``: the reader waits for the socket at most until
+    then and calls ``on_due`` when that time comes first (the outbox's timer on the reader's own thread)."""
 
     def __init__(self, url: str, model: str, after_each: Callable[[], None] | None = None,
-                 hold_interval: Callable[[], float] | None = None):
+                 hold_interval: Callable[[], float] | None = None,
+                 next_due: Callable[[], float | None] | None = None, on_due: Callable[[], None] | None = None):
         host, _, port = url.rpartition(":")
         if not host or not port.isdigit():
             raise KoserveError(f"engine gRPC url must be host:port, got {url!r}")
@@ -272,6 +275,7 @@ class H2EngineClient:
         self._host, self._port = host.strip("[]"), int(port)
         self._after_each = after_each
         self._hold_interval = hold_interval or (lambda: 0.0)
+        self._next_due, self._on_due = (next_due, on_due) if next_due and on_due else (None, None)
         self._lock = threading.Lock()
         self._conn: _Connection | None = None
         self._closed = False
@@ -317,6 +321,8 @@ class H2EngineClient:
 
     def _read(self, conn: _Connection) -> None:
         after_each, hold_interval = self._after_each, self._hold_interval
+        next_due, on_due = self._next_due, self._on_due
+        clock = time.monotonic
         reason = "the engine stream ended"
         selector = selectors.DefaultSelector()
         selector.register(conn.sock, selectors.EVENT_READ, "socket")
@@ -326,7 +332,18 @@ class H2EngineClient:
             conn.take_outgoing()
             conn.pump()
             while not self._closed:
-                ready = selector.select()
+                timeout = None
+                if next_due is not None:
+                    at = next_due()
+                    if at is not None:
+                        timeout = at - clock()
+                        if timeout <= 0:
+                            call_handler(on_due)
+                            continue
+                ready = selector.select(timeout)
+                if not ready:
+                    call_handler(on_due)
+                    continue
                 if any(key.data == "wake" for key, _ in ready):
                     conn.take_outgoing()
                 if not any(key.data == "socket" for key, _ in ready):
@@ -357,6 +374,8 @@ class H2EngineClient:
             log.warning("tensorrt_llm_bls: %s with %d requests in flight", reason, len(orphans))
         for handler in orphans:
             call_handler(handler.on_error, f"tensorrt_llm_bls: {reason}", False)
+        if on_due is not None:
+            call_handler(on_due)  # their final (error) responses: no other thread sends them
 
     def close(self) -> None:
         with self._lock:

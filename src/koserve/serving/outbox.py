@@ -132,11 +132,14 @@ class StreamOutbox:
     engine response). ``max_interval_s``: the longest a stream waits between two responses; ``max_wait_gaps``: the
     same in multiples of the engine's average gap between two responses of a stream (0: no such limit), which
     :meth:`note_engine_gap` measures.
-    ``streams_in_flight``: how many streams the model has now.
+    ``streams_in_flight``: how many streams the model has now. ``own_thread`` False: no timer thread — every post
+    comes from one thread (the engine reader), which also sends what falls due while it waits
+    (:meth:`next_due`, :meth:`send_all_due`): no wake-ups of a second thread and no GIL hand-overs to it.
     """
 
     def __init__(self, send_share: float = 0.0, max_interval_s: float = 0.1,
-                 streams_in_flight: Callable[[], int] | None = None, max_wait_gaps: float = 0.0):
+                 streams_in_flight: Callable[[], int] | None = None, max_wait_gaps: float = 0.0,
+                 own_thread: bool = True):
         self.send_share = max(0.0, float(send_share))
         self.max_interval_s = max(0.0, float(max_interval_s))
         self.max_wait_gaps = max(0.0, float(max_wait_gaps))
@@ -150,6 +153,7 @@ class StreamOutbox:
         self._reader_seen = 0.0  # when the engine reader last called send_due()
         self._stop = False
         self._thread: threading.Thread | None = None
+        self.own_thread = own_thread
         self.sends = 0
 
     def interval(self) -> float:
@@ -181,6 +185,8 @@ class StreamOutbox:
                 return  # already queued, as early or earlier
             reply.due = due
             heapq.heappush(self._queue, (due, next(self._seq), reply))
+            if not self.own_thread:
+                return  # the posting thread sends it (next_due / send_all_due)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="koserve-outbox", daemon=True)
                 self._thread.start()
@@ -216,6 +222,20 @@ class StreamOutbox:
         if due:
             self.send_round(due)
             self._reader_seen = time.monotonic()
+
+    def next_due(self) -> float | None:
+        """When (``time.monotonic()``) the earliest queued reply is due; None with nothing queued."""
+        queue = self._queue
+        return queue[0][0] if queue else None
+
+    def send_all_due(self) -> None:
+        """Send every reply due now, on the calling thread (the engine reader, when it would wait anyway)."""
+        if not self._queue:
+            return
+        with self._cond:
+            due, _ = self._take_due()
+        if due:
+            self.send_round(due)
 
     def _run(self) -> None:
         """The timer side: sends what is due while the engine reader is quiet (low load, or a slow engine)."""
