@@ -223,7 +223,9 @@ def main(argv=None) -> int:
                    "call when done, even after its final response (koserve's client before issue 18)")
     p.add_argument("--profile", default="akallama-70b")
     p.add_argument("--max-tokens", type=int, default=24)
-    p.add_argument("--replay-delay-ms", type=float, default=2.0, help="engine stand-in delay per token")
+    p.add_argument("--mode", choices=("replay", "hf"), default="replay",
+                   help="engine stand-in: replay (deterministic text) or hf (the tiny random-weight checkpoint)")
+    p.add_argument("--replay-delay-ms", type=float, default=2.0, help="replay engine delay per token")
     p.add_argument("--request-timeout", type=float, default=30.0)
     p.add_argument("--max-seconds", type=float, default=1800.0, help="stop sending after this long")
     p.add_argument("--max-rss-growth", type=float, default=0.20)
@@ -235,7 +237,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("KOSERVE_CACHE", str(ROOT / ".cache" / "koserve"))
     from koserve.serving.stack import serve_cpu  # noqa: PLC0415
 
-    with serve_cpu(args.profile, "replay", replay_delay_ms=args.replay_delay_ms,
+    with serve_cpu(args.profile, args.mode, replay_delay_ms=args.replay_delay_ms,
                    extra_args=("--exit-timeout-secs=5",)) as endpoints:
         figures = run(args, endpoints)
     if args.json:
