@@ -11,8 +11,14 @@ The client (default ``--client asyncio``) runs every stream on one asyncio event
 stalls (a 10 ms ticker): a gap the client caused is not the server's. ``--client threads`` (a thread and a
 tritonclient stream per stream, as in earlier versions) adds its own GIL contention to every gap.
 
-Not a timed test: it prints figures (docs/serving.md quotes them). Client and server share the machine's
-cores, so figures are relative. Usage: python scripts/bench_serving.py [--tokens 100] [--stability-runs 10]
+With ``--cpu-per-token`` it also prints each run's CPU per streamed token by process and, per path and
+concurrency, the per-token stub's µs split into koserve's own share (``scripts/bench_stub_cpu.py``: the same code
+outside Triton, run after the server stopped) and the python backend's, the tokens/s one stub process could carry
+per core (1e6 / µs; all instances together with ``--bls-instances``), and the server's CPU against the direct
+engine's. ``--concurrency 64 256`` measures 256 streams too (the repository's max batch follows).
+
+Not a timed test: it prints figures (README and docs/benchmarks.md quote them). Client and server share the
+machine's cores, so figures are relative. Usage: python scripts/bench_serving.py [--tokens 100] [--stability-runs 10]
 """
 
 from __future__ import annotations
@@ -607,8 +613,11 @@ def main() -> int:
         print("CPU per token by path (medians of the runs; koserve's own: scripts/bench_stub_cpu.py, the same code "
               "outside Triton with a null pb_utils, median of its rounds; targets: koserve's own <= 20 us in "
               "postprocessing, <= 30 us in the BLS; server <= 1.3 x direct):")
-        for row in capacity_rows(rows, args.paths, args.concurrency, own, processes):
+        capacity = capacity_rows(rows, args.paths, args.concurrency, own, processes)
+        for row in capacity:
             print("  " + format_capacity(row))
+    else:
+        capacity = []
     good = all(s["ok"] == args.stability_streams and s["hung"] == 0 and s["alive"] and s["exact"] for s in stability)
     print(f"stability: {len(stability)} runs of {args.stability_streams} {args.protocol} streams, all complete, exact and server alive: {good}")
     inexact = [f"{r['model']} x{r['streams']} (repeat {r['repeat']})" for r in rows if not r["exact"] or r["ok"] < r["streams"]]
@@ -617,7 +626,7 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"rows": [{k: v for k, v in r.items() if k != "texts"} for r in rows], "table": table,
-                       "stability": stability}, fh, indent=2)
+                       "capacity": capacity, "stability": stability}, fh, indent=2)
     return 0 if good and not inexact else 1
 
 
