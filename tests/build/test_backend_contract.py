@@ -79,14 +79,19 @@ def test_rendered_engine_config_satisfies_backend_contract(recipe_name, tmp_path
     assert set(p) <= known, f"parameters the backend never reads: {sorted(set(p) - known)}"
     assert float(p["kv_cache_free_gpu_mem_fraction"]) == load_recipe(recipe_name).serving.kv_cache_free_gpu_mem_fraction
 
-    # inputs: names the backend recognises, declared as NVIDIA declares them
+    # inputs: every input NVIDIA's template declares (NVIDIA's clients send them: end_to_end_test.py sends
+    # decoder_input_ids), declared as NVIDIA declares them; names the backend recognises, or NVIDIA's own
+    # declared-but-never-read ones
     recognised = set(backend_contract["inputs"]["recognised"])
+    not_read = set(backend_contract["inputs"]["declared_not_read"]["names"])
     upstream = backend_contract["inputs"]["template"]["declarations"]
     names = [i.name for i in cfg.input]
     assert len(names) == len(set(names))
+    assert set(names) == set(upstream), (sorted(set(upstream) - set(names)), sorted(set(names) - set(upstream)))
     assert not {"min_length", "random_seed"} & set(names), "v0.19 names: the 1.x backend ignores them"
+    assert not not_read & recognised
     for inp in cfg.input:
-        assert inp.name in recognised, f"{inp.name} is silently ignored by the 1.x backend"
+        assert inp.name in recognised | not_read, f"{inp.name} is silently ignored by the 1.x backend"
         decl = upstream[inp.name]
         assert _DTYPE.Name(inp.data_type) == decl["data_type"], inp.name
         assert list(inp.dims) == decl["dims"], inp.name
@@ -132,13 +137,41 @@ def test_render_cli_engine_not_decoupled(tmp_path, engine_dir_for):
     assert parse_config(tmp_path / "repo" / "tensorrt_llm" / "config.pbtxt").model_transaction_policy.decoupled is False
 
 
-def test_cpu_repo_refuses_not_decoupled(tmp_path):
+def test_cpu_stand_in_not_decoupled_and_the_bls_follows(tmp_path):
+    """--engine-not-decoupled applies to the CPU stand-in too; the BLS follows the engine unless told, and a
+    decoupled BLS over a non-decoupled engine (it could not stream) is refused naming both."""
     from koserve.errors import ConfigError
 
-    opts = RenderOptions(profile="akallama-70b", tokenizer_dir=tokenizer_dir("llama3"), out=tmp_path / "r",
-                         replay=True, engine_decoupled=False)
-    with pytest.raises(ConfigError, match="GPU engines"):
-        render_repository(opts)
+    def render(out, **options):
+        return render_repository(RenderOptions(profile="akallama-70b", tokenizer_dir=tokenizer_dir("llama3"),
+                                               out=tmp_path / out, replay=True, **options))
+
+    def decoupled(repo, model):
+        return parse_config(repo.path / model / "config.pbtxt").model_transaction_policy.decoupled
+
+    repo = render("a", engine_decoupled=False)
+    assert (decoupled(repo, "tensorrt_llm"), decoupled(repo, "tensorrt_llm_bls")) == (False, False)
+    assert parse_config(repo.path / "tensorrt_llm" / "config.pbtxt").backend == "python"
+    repo = render("b")
+    assert (decoupled(repo, "tensorrt_llm"), decoupled(repo, "tensorrt_llm_bls")) == (True, True)
+    repo = render("c", bls_decoupled=False)
+    assert (decoupled(repo, "tensorrt_llm"), decoupled(repo, "tensorrt_llm_bls")) == (True, False)
+    with pytest.raises(ConfigError, match=r"bls_decoupled=true\) conflicts with tensorrt_llm not decoupled"):
+        render("d", engine_decoupled=False, bls_decoupled=True)
+    assert not (tmp_path / "d").exists()
+
+
+def test_render_cli_engine_not_decoupled_on_cpu(tmp_path):
+    from koserve.cli import build_parser
+
+    args = build_parser().parse_args([
+        "repo", "render", "--profile", "komt-13b", "--tokenizer", str(tokenizer_dir("llama2")), "--replay",
+        "--out", str(tmp_path / "repo"), "--engine-not-decoupled",
+    ])
+    assert args.func(args) == 0
+    for model in ("tensorrt_llm", "tensorrt_llm_bls"):
+        cfg = parse_config(tmp_path / "repo" / model / "config.pbtxt")
+        assert cfg.model_transaction_policy.decoupled is False, model
 
 
 def _engine_step(ensemble_cfg):
@@ -186,11 +219,28 @@ def test_cpu_stand_in_declares_the_same_engine_inputs(tmp_path, engine_dir_for, 
     gpu = {i.name: i for i in parse_config(gpu_repo.path / "tensorrt_llm" / "config.pbtxt").input}
     cpu = {i.name: i for i in parse_config(cpu_repo.path / "tensorrt_llm" / "config.pbtxt").input}
     recognised = set(backend_contract["inputs"]["recognised"])
-    assert set(cpu) <= recognised, sorted(set(cpu) - recognised)
-    assert set(gpu) == set(cpu), (sorted(set(gpu) - set(cpu)), sorted(set(cpu) - set(gpu)))
+    not_read = set(backend_contract["inputs"]["declared_not_read"]["names"])
+    upstream = backend_contract["inputs"]["template"]["declarations"]
+    assert set(cpu) <= recognised | not_read, sorted(set(cpu) - recognised - not_read)
+    assert set(gpu) == set(cpu) == set(upstream), (sorted(set(gpu) ^ set(cpu)), sorted(set(cpu) ^ set(upstream)))
     for name, g in gpu.items():
         c = cpu[name]
-        assert (c.data_type, list(c.dims), list(c.reshape.shape), c.HasField("reshape")) == \
-               (g.data_type, list(g.dims), list(g.reshape.shape), g.HasField("reshape")), name
+        assert (c.data_type, list(c.dims), list(c.reshape.shape), c.HasField("reshape"), c.allow_ragged_batch) == \
+               (g.data_type, list(g.dims), list(g.reshape.shape), g.HasField("reshape"), g.allow_ragged_batch), name
+        # optional as NVIDIA's, except input_ids: the stand-in has no encoder_input_features alternative
+        assert c.optional == (g.optional and name != "input_ids"), name
+    # every input the stand-in does not implement is either refused by name or ignored where the C++ backend is
+    from koserve.serving.engine import triton as stand_in
+
+    handled = (set(stand_in._UNSUPPORTED_UNLESS) | set(stand_in._UNSUPPORTED_WHEN_GIVEN)
+               | set(stand_in.IGNORED_INPUTS))
+    implemented = {"input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "stop_words_list",
+                   "bad_words_list", "temperature", "runtime_top_k", "runtime_top_p", "repetition_penalty",
+                   "min_tokens", "presence_penalty", "frequency_penalty", "seed",
+                   "return_log_probs", "exclude_input_in_output", "stop", "streaming"}
+    assert set(cpu) == handled | implemented, (sorted(set(cpu) - handled - implemented),
+                                               sorted((handled | implemented) - set(cpu)))
+    assert not handled & implemented
+    assert not_read | set(backend_contract["inputs"]["decoder_only_ignored"]["names"]) <= set(stand_in.IGNORED_INPUTS)
     step = _engine_step(parse_config(cpu_repo.path / "ensemble" / "config.pbtxt"))
     assert set(step.input_map) <= set(cpu)

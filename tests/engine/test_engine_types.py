@@ -205,3 +205,66 @@ def test_profile_end_ids():
     path = Path(koserve.profiles.__file__).parent / "data" / "akallama-70b.yaml"
     s = EngineSettings(mode="replay", tokenizer_dir="/t", profile_file=str(path))
     assert s.default_end_ids() == (128009, 128001)  # Llama-3 instruct stops at <|eot_id|> and <|end_of_text|>
+
+
+def test_streaming_refused_when_not_decoupled_as_the_cpp_backend():
+    get = _get(**_base(streaming=np.array([True])))
+    assert parse_triton_request(get, SETTINGS, decoupled=True).streaming
+    with pytest.raises(InvalidRequestError, match="Streaming is only supported if model is deployed using decoupled"):
+        parse_triton_request(get, SETTINGS, decoupled=False)
+    assert not parse_triton_request(_get(**_base(streaming=np.array([False]))), SETTINGS, decoupled=False).streaming
+
+
+def test_inputs_the_cpp_backend_ignores_for_a_decoder_only_model_are_ignored():
+    """What NVIDIA's end_to_end_test.py and preprocessing send (decoder_input_ids [[pad]], an empty [1, 0]
+    embedding bias, prompt table extra ids without a table) changes nothing."""
+    from koserve.serving.engine.triton import IGNORED_INPUTS
+
+    plain = parse_triton_request(_get(**_base()), SETTINGS)
+    extra = dict(
+        decoder_input_ids=np.array([[0]], np.int32), decoder_input_lengths=np.array([1], np.int32),
+        embedding_bias=np.zeros((1, 0), np.float32), prompt_table_extra_ids=np.zeros((1, 3), np.uint64),
+        prompt_vocab_size=np.array([7], np.int32), runtime_top_p_min=np.array([0.5], np.float32),
+        runtime_top_p_reset_ids=np.array([3], np.int32), runtime_top_p_decay=np.array([1.0], np.float32),
+        early_stopping=np.array([True]), len_penalty=np.array([0.5], np.float32),
+        beam_search_diversity_rate=np.array([0.5], np.float32),
+        draft_logits=np.zeros((1, 0, 0), np.float32), draft_acceptance_threshold=np.array([0.3], np.float32),
+        return_perf_metrics=np.array([False]), return_num_input_tokens=np.array([False]),
+    )
+    assert set(IGNORED_INPUTS) <= set(extra)
+    assert parse_triton_request(_get(**_base(**extra)), SETTINGS) == plain
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("embedding_bias", np.ones((1, 5), np.float32)),
+        ("prompt_embedding_table", np.ones((1, 2, 4), np.float16)),
+        ("lora_task_id", np.array([3], np.uint64)),
+        ("lora_weights", np.ones((1, 2, 4), np.float16)),
+        ("encoder_input_features", np.ones((1, 2, 4), np.float16)),
+        ("draft_input_ids", np.array([[5, 6]], np.int32)),
+        ("guided_decoding_guide", np.array([[b"{}"]], object)),
+        ("lookahead_window_size", np.array([[4]], np.int32)),
+        ("retention_token_range_starts", np.array([[0]], np.int32)),
+        ("context_phase_params", np.ones((1, 8), np.uint8)),
+        ("mrope_position_deltas", np.array([[1]], np.int64)),
+    ],
+)
+def test_declared_but_unsupported_inputs_refused_by_name(name, value):
+    with pytest.raises(InvalidRequestError, match=f"^{name} is not supported by the CPU engine stand-in"):
+        parse_triton_request(_get(**_base(**{name: value})), SETTINGS)
+
+
+@pytest.mark.parametrize(
+    "name, value, needle",
+    [
+        ("return_perf_metrics", np.array([True]), "return_perf_metrics=True is not supported"),
+        ("return_num_output_tokens", np.array([True]), "return_num_output_tokens=True is not supported"),
+        ("runtime_top_p_decay", np.array([0.5], np.float32), "runtime_top_p_decay=0.5 is not supported"),
+        ("num_return_sequences", np.array([2], np.int32), "num_return_sequences=2 is not supported"),
+    ],
+)
+def test_unsupported_unless_off(name, value, needle):
+    with pytest.raises(InvalidRequestError, match=needle):
+        parse_triton_request(_get(**_base(**{name: value})), SETTINGS)

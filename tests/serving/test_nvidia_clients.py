@@ -9,8 +9,11 @@ same tensors, shapes and dtypes, read back the way those scripts read them (issu
   ``OUT_PAD_ID``), the engine's ``output_ids`` / ``sequence_length`` into ``postprocessing``, equal to ``ensemble``.
 - ``inflight_batcher_llm/client/inflight_batcher_llm_client.py --streaming`` → ``tensorrt_llm``:
   ``list(result.as_numpy('output_ids')[0][0])`` per response.
-The unary ``ModelInfer`` calls those scripts make on ``tensorrt_llm``/``ensemble``/``tensorrt_llm_bls`` need models
-rendered with decoupled=false (not available for the CPU stand-in yet: docs/CONTRACTS.md).
+- ``inflight_batcher_llm_client.py`` without ``--streaming`` and ``end_to_end_test.py`` (with ``--test-bls``) →
+  unary ``ModelInfer`` / HTTP infer on ``tensorrt_llm``, ``ensemble`` and ``tensorrt_llm_bls``: a repository
+  rendered with the engine not decoupled (``koserve repo render --engine-not-decoupled``, NVIDIA's
+  ``decoupled_mode=false``; the BLS follows), where the stand-in answers each request with exactly one response and
+  refuses ``streaming=true`` as NVIDIA's C++ backend does.
 """
 
 from __future__ import annotations
@@ -172,9 +175,11 @@ def test_end_to_end_test_preprocessing_then_engine_then_postprocessing(server, t
     for name in ("BAD_WORDS_IDS", "STOP_WORDS_IDS"):
         assert result.as_numpy(name).dtype == np.int32 and result.as_numpy(name).shape[:2] == (1, 2)
 
-    # the engine with the preprocessing outputs (decoder_input_ids left out: not in our engine configs), streamed
+    # the engine with the preprocessing outputs (decoder_input_ids as the script sends it: declared, and ignored for
+    # a decoder-only model as by the C++ backend), streamed: this engine is decoupled
     engine_inputs = {
-        "input_ids": out["INPUT_ID"], "input_lengths": out["REQUEST_INPUT_LEN"],
+        "input_ids": out["INPUT_ID"], "decoder_input_ids": out["DECODER_INPUT_ID"],
+        "input_lengths": out["REQUEST_INPUT_LEN"],
         "request_output_len": out["REQUEST_OUTPUT_LEN"], "end_id": out["OUT_END_ID"], "pad_id": out["OUT_PAD_ID"],
         "streaming": np.array([[False]], dtype=bool),
     }
@@ -294,3 +299,215 @@ def tokenizer_dir_of(profile):
     from koserve.fixtures import tokenizer_dir
 
     return tokenizer_dir({"akallama-70b": "llama3", "komt-13b": "llama2"}[profile])
+
+
+# -- a repository rendered with the engine not decoupled (unary ModelInfer on tensorrt_llm, ensemble and BLS) --------
+
+
+@pytest.fixture(scope="module")
+def unary_engine(tmp_path_factory):
+    """``koserve repo render --engine-not-decoupled``: tensorrt_llm (the CPU stand-in) and, following it,
+    tensorrt_llm_bls are not decoupled, so the ensemble is not either; the replay engine answers ANSWER."""
+    from koserve.fixtures import tokenizer_dir
+    from koserve.serving.render import RenderOptions, render_repository
+    from koserve.serving.tritonserver import ServerOptions, TritonServer
+
+    base = tmp_path_factory.mktemp("unary-engine")
+    (base / "answer.txt").write_text(ANSWER, encoding="utf-8")
+    rendered = render_repository(RenderOptions(
+        profile="akallama-70b", tokenizer_dir=tokenizer_dir("llama3"), out=base / "repo", replay=True,
+        replay_text_file=base / "answer.txt", max_seq_len=512, max_input_len=384, engine_decoupled=False,
+    ))
+    for model in ("tensorrt_llm", "tensorrt_llm_bls"):
+        assert "decoupled: false" in (rendered.path / model / "config.pbtxt").read_text(), model
+    server = TritonServer.cpu(ServerOptions(rendered.path, extra_args=("--exit-timeout-secs=2",)),
+                              log_path=base / "tritonserver.log")
+    server.start(180)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def unary_client(server, protocol):
+    module = httpclient if protocol == "http" else grpcclient
+    url = server.http_url.removeprefix("http://") if protocol == "http" else server.grpc_url
+    return module, module.InferenceServerClient(url)
+
+
+def ib_client_inputs(module, input_ids, profile, *, streaming=False, exclude_input_in_output=None):
+    """inflight_batcher_llm_client.py prepare_inputs with its defaults (beam width 1, temperature 1.0, top_k 1,
+    top_p 0, end/pad ids from the tokenizer: eos for both); exclude_input_in_output only when its flag is given."""
+    inputs = {
+        "input_ids": np.array(input_ids, dtype=np.int32),
+        "input_lengths": np.array([[len(input_ids[0])]], dtype=np.int32),
+        "request_output_len": np.array([[OUTPUT_LEN]], dtype=np.int32),
+        "beam_width": np.array([[1]], dtype=np.int32),
+        "temperature": np.array([[1.0]], dtype=np.float32),
+        "streaming": np.array([[streaming]], dtype=bool),
+        "end_id": np.array([[profile.end_id]], dtype=np.int32),
+        "pad_id": np.array([[profile.end_id]], dtype=np.int32),
+        "runtime_top_k": np.array([[1]], dtype=np.int32),
+        "runtime_top_p": np.array([[0.0]], dtype=np.float32),
+    }
+    if exclude_input_in_output is not None:
+        inputs["exclude_input_in_output"] = np.array([[exclude_input_in_output]], dtype=bool)
+    return [prepare_tensor(module, k, v) for k, v in inputs.items()]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("exclude", [None, True, False])
+def test_inflight_batcher_llm_client_unary(unary_engine, protocol, exclude):
+    """inflight_batcher_llm_client.py without --streaming: one async_infer (unary ModelInfer) with
+    parameters={'Streaming': False}, one response read as list(output_ids[0][0])[:sequence_length[0][0]]; the prompt
+    comes first unless excluded (the stand-in's default, like koserve's GPU config, excludes it)."""
+    tok = load_tokenizer(tokenizer_dir_of("akallama-70b"))
+    profile = load_profile("akallama-70b")
+    input_ids = [tok.encode(PROMPT, add_special_tokens=True)]
+    module, client = unary_client(unary_engine, protocol)
+    done: queue.Queue = queue.Queue()
+    try:
+        inputs = ib_client_inputs(module, input_ids, profile, exclude_input_in_output=exclude)
+        outputs = [module.InferRequestedOutput(o) for o in ("output_ids", "sequence_length")]
+        if protocol == "grpc":
+            client.async_infer("tensorrt_llm", inputs, outputs=outputs, request_id=f"ib-{uuid.uuid4().hex[:8]}",
+                               callback=lambda result, error: done.put(error or result),
+                               parameters={"Streaming": False})
+            result = done.get(timeout=60)
+        else:
+            result = client.async_infer("tensorrt_llm", inputs, outputs=outputs,
+                                        request_id=f"ib-{uuid.uuid4().hex[:8]}").get_result(timeout=60)
+    finally:
+        client.close()
+    assert not isinstance(result, Exception), result
+    output_ids = result.as_numpy("output_ids")
+    seq_len = result.as_numpy("sequence_length")
+    assert output_ids.dtype == np.int32 and output_ids.ndim == 3 and output_ids.shape[:2] == (1, 1)
+    assert seq_len.shape == (1, 1) and result.as_numpy("sequence_index") is None
+    tokens = list(output_ids[0][0])[: seq_len[0][0]]
+    answer = tok.encode(ANSWER, add_special_tokens=False)
+    assert tokens == (answer if exclude in (None, True) else input_ids[0] + answer)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_end_to_end_test_unary_chain_with_bls(unary_engine, protocol):
+    """end_to_end_test.py test_functionality_ifb with --test-bls, all unary as the script calls them:
+    preprocessing → tensorrt_llm (with decoupled_input_ids) → postprocessing, then ensemble and tensorrt_llm_bls,
+    read back as as_numpy('OUTPUT') / as_numpy('text_output') and compared with ==, as the script does."""
+    tok = load_tokenizer(tokenizer_dir_of("akallama-70b"))
+    module, client = unary_client(unary_engine, protocol)
+    input0 = [[PROMPT]]
+    input0_data = np.array(input0).astype(object)
+    output0_len = np.ones_like(input0).astype(np.int32) * OUTPUT_LEN
+    bad_words_list = np.array([[""]], dtype=object)
+    stop_words_list = np.array([[""]], dtype=object)
+    try:
+        result = client.infer("preprocessing", [
+            prepare_tensor(module, "QUERY", input0_data), prepare_tensor(module, "BAD_WORDS_DICT", bad_words_list),
+            prepare_tensor(module, "STOP_WORDS_DICT", stop_words_list),
+            prepare_tensor(module, "REQUEST_OUTPUT_LEN", output0_len)], request_id="0")
+        engine_inputs = {
+            "input_ids": result.as_numpy("INPUT_ID"), "decoder_input_ids": result.as_numpy("DECODER_INPUT_ID"),
+            "input_lengths": result.as_numpy("REQUEST_INPUT_LEN"),
+            "request_output_len": result.as_numpy("REQUEST_OUTPUT_LEN"),
+            "end_id": result.as_numpy("OUT_END_ID"), "pad_id": result.as_numpy("OUT_PAD_ID"),
+        }
+        result = client.infer("tensorrt_llm", [prepare_tensor(module, k, v) for k, v in engine_inputs.items()],
+                              request_id="0")
+        output0 = result.as_numpy("output_ids").astype(np.int32)
+        seq_lengths = result.as_numpy("sequence_length")
+        assert output0.shape[:2] == (1, 1) and seq_lengths.shape == (1, 1)
+        assert output0[0][0].tolist() == tok.encode(ANSWER, add_special_tokens=False)
+        result = client.infer("postprocessing", [prepare_tensor(module, "TOKENS_BATCH", output0),
+                                                 prepare_tensor(module, "SEQUENCE_LENGTH", seq_lengths)],
+                              request_id="0")
+        output0 = result.as_numpy("OUTPUT")
+        text_inputs = [prepare_tensor(module, "text_input", input0_data),
+                       prepare_tensor(module, "max_tokens", output0_len),
+                       prepare_tensor(module, "bad_words", bad_words_list),
+                       prepare_tensor(module, "stop_words", stop_words_list)]
+        outputs = [module.InferRequestedOutput("text_output")]
+        ensemble_output = client.infer("ensemble", text_inputs, outputs=outputs, request_id="0").as_numpy(
+            "text_output")
+        bls_output = client.infer("tensorrt_llm_bls", text_inputs, outputs=outputs, request_id="0").as_numpy(
+            "text_output")
+    finally:
+        client.close()
+    assert output0.shape == (1,) and output0[0].decode("utf-8") == tok.decode(tok.encode(ANSWER,
+                                                                                         add_special_tokens=False))
+    assert output0 == ensemble_output
+    assert output0 == bls_output
+
+
+STREAMING_REFUSED = "Streaming is only supported if model is deployed using decoupled mode"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_not_decoupled_engine_refuses_streaming_and_keeps_serving(unary_engine, protocol):
+    """streaming=true on a non-decoupled tensorrt_llm is refused with the C++ backend's message (utils.cc
+    createRequestsFromInputTensors), unary and over stream_infer; through the ensemble too (NVIDIA's ensemble
+    needs a decoupled tensorrt_llm to stream); the next request is served."""
+    tok = load_tokenizer(tokenizer_dir_of("akallama-70b"))
+    profile = load_profile("akallama-70b")
+    input_ids = [tok.encode(PROMPT, add_special_tokens=True)]
+    module, client = unary_client(unary_engine, protocol)
+    try:
+        with pytest.raises(Exception, match=STREAMING_REFUSED) as info:
+            client.infer("tensorrt_llm", ib_client_inputs(module, input_ids, profile, streaming=True),
+                         request_id="s1")
+        assert "--engine-not-decoupled" in str(info.value)
+        result = client.infer("tensorrt_llm", ib_client_inputs(module, input_ids, profile), request_id="s2")
+        assert list(result.as_numpy("output_ids")[0][0]) == tok.encode(ANSWER, add_special_tokens=False)
+    finally:
+        client.close()
+    if protocol == "grpc":
+        grpc_inputs = {
+            "input_ids": np.array(input_ids, dtype=np.int32),
+            "input_lengths": np.array([[len(input_ids[0])]], dtype=np.int32),
+            "request_output_len": np.array([[OUTPUT_LEN]], dtype=np.int32),
+            "streaming": np.array([[True]], dtype=bool),
+        }
+        (error,) = stream_call(unary_engine.grpc_url, "tensorrt_llm", grpc_inputs, ["output_ids"], "s3")
+        assert isinstance(error, Exception) and STREAMING_REFUSED in str(error)
+        (error,) = stream_call(unary_engine.grpc_url, "ensemble", e2e_client_inputs(PROMPT, OUTPUT_LEN, True),
+                               ["text_output"], f"s4-{uuid.uuid4().hex[:8]}")
+        assert isinstance(error, Exception) and STREAMING_REFUSED in str(error)
+        (result,) = stream_call(unary_engine.grpc_url, "ensemble", e2e_client_inputs(PROMPT, OUTPUT_LEN, False),
+                                ["text_output"], f"s5-{uuid.uuid4().hex[:8]}")
+        assert not isinstance(result, Exception), result
+        prompt_ids = tok.encode(PROMPT, add_special_tokens=True)
+        assert result.as_numpy("text_output")[0].decode() == tok.decode(
+            prompt_ids + tok.encode(ANSWER, add_special_tokens=False))
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("name, value", [
+    ("embedding_bias", np.ones((1, 4), np.float32)),
+    ("lora_task_id", np.array([[7]], np.uint64)),
+    ("prompt_embedding_table", np.ones((1, 2, 8), np.float16)),
+    ("draft_input_ids", np.array([[11, 12]], np.int32)),
+    ("return_perf_metrics", np.array([[True]], bool)),
+])
+def test_declared_unsupported_engine_inputs_refused_by_name(unary_engine, protocol, name, value):
+    """Inputs NVIDIA's template declares that the stand-in does not implement: Triton accepts them (declared), the
+    stand-in refuses them with INVALID_ARG naming the input; its "off" / empty forms (what NVIDIA's preprocessing
+    and end_to_end_test.py send: decoder_input_ids [[pad]], EMBEDDING_BIAS [1, 0]) are accepted."""
+    tok = load_tokenizer(tokenizer_dir_of("akallama-70b"))
+    profile = load_profile("akallama-70b")
+    input_ids = [tok.encode(PROMPT, add_special_tokens=True)]
+    module, client = unary_client(unary_engine, protocol)
+    try:
+        inputs = ib_client_inputs(module, input_ids, profile) + [prepare_tensor(module, name, value)]
+        with pytest.raises(Exception, match=f"{name}[ =].*not supported by the CPU engine stand-in") as info:
+            client.infer("tensorrt_llm", inputs, request_id="u1")
+        assert "400" in str(info.value) or "INVALID_ARG" in str(info.value)
+        ignored = ib_client_inputs(module, input_ids, profile) + [
+            prepare_tensor(module, "decoder_input_ids", np.array([[profile.generation.pad_id]], np.int32)),
+            prepare_tensor(module, "decoder_input_lengths", np.array([[1]], np.int32)),
+            prepare_tensor(module, "embedding_bias", np.zeros((1, 0), np.float32)),
+            prepare_tensor(module, "return_perf_metrics", np.array([[False]], bool)),
+        ]
+        result = client.infer("tensorrt_llm", ignored, request_id="u2")
+        assert list(result.as_numpy("output_ids")[0][0]) == tok.encode(ANSWER, add_special_tokens=False)
+    finally:
+        client.close()

@@ -65,8 +65,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.add_argument("--engine-not-decoupled", action="store_true",
-                   help="GPU: render tensorrt_llm with decoupled: false (unary ModelInfer on tensorrt_llm; no "
-                        "streaming, so the ensemble and BLS cannot stream)")
+                   help="render tensorrt_llm (GPU engine or CPU stand-in) with decoupled: false: unary "
+                        "ModelInfer / HTTP infer on tensorrt_llm and the ensemble, one response per request; "
+                        "streaming=true is refused, and tensorrt_llm_bls is rendered not decoupled too")
     p.add_argument("--bls-not-decoupled", action="store_true",
                    help="render tensorrt_llm_bls with decoupled: false (unary ModelInfer / HTTP infer on it, one "
                         "response per request; stream=true is refused)")

@@ -186,6 +186,9 @@ class BlsModel:
         self.transport = transport
         is_decoupled = getattr(pb, "using_decoupled_model_transaction_policy", None)
         self.decoupled = True if is_decoupled is None else bool(is_decoupled(model_config))
+        # a non-decoupled tensorrt_llm refuses streaming=true: ask it for the whole answer (render option
+        # engine_decoupled; the render then makes this model non-decoupled too, so no client streams)
+        self.engine_streams = params.get("engine_decoupled", "true").strip().lower() not in ("false", "0", "no", "off")
         self.cancel_poll_s = _setting(params, "cancel_poll_s", CANCEL_POLL_S, float, 0.0, 3600.0)
         self._runs: set[_Run] = set()
         self._runs_lock = threading.Lock()
@@ -219,7 +222,7 @@ class BlsModel:
             "pad_id": np.array([[prepared.pad_id]], dtype=np.int32),
             "stop_words_list": prepared.stop_words_list[None, :, :],
             "bad_words_list": prepared.bad_words_list[None, :, :],
-            "streaming": np.array([[True]], dtype=np.bool_),
+            "streaming": np.array([[self.engine_streams]], dtype=np.bool_),
             # the BLS echoes the prompt text itself (exact, and never seen by the stop-string matcher)
             "exclude_input_in_output": np.array([[True]], dtype=np.bool_),
             "return_log_probs": np.array([[req.return_log_probs]], dtype=np.bool_),

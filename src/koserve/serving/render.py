@@ -73,12 +73,14 @@ class RenderOptions:
     bls_stream_max_interval_us: int = DEFAULT_MAX_INTERVAL_US
     bls_stream_max_wait_gaps: float = DEFAULT_MAX_WAIT_GAPS  # the same in engine gaps (0: no such limit)
     stream_idle_timeout_s: float = 60.0
-    # GPU: the C++ engine model's model_transaction_policy.decoupled (NVIDIA's ${decoupled_mode}). True: streaming
-    # (ensemble, BLS, stream_infer). False: unary ModelInfer on tensorrt_llm only; streaming requests are refused.
+    # tensorrt_llm's model_transaction_policy.decoupled (NVIDIA's ${decoupled_mode}), GPU and CPU stand-in alike.
+    # True: streaming (ensemble, BLS, stream_infer). False: unary ModelInfer / HTTP infer on tensorrt_llm (and so on
+    # the ensemble, which Triton then makes non-decoupled), one response per request; streaming=true is refused.
     engine_decoupled: bool = True
     # tensorrt_llm_bls's model_transaction_policy.decoupled (NVIDIA's ${decoupled_mode} for the BLS). False: unary
     # ModelInfer / HTTP /infer on tensorrt_llm_bls, one response per request; stream=true is refused.
-    bls_decoupled: bool = True
+    # None: as tensorrt_llm (a decoupled BLS exists to stream, and it can only stream from a decoupled engine).
+    bls_decoupled: bool | None = None
     force: bool = False
 
     def with_overrides(self, **values) -> "RenderOptions":
@@ -113,6 +115,21 @@ def read_repo_info(repo: Path) -> dict:
 def _check_positive(name: str, value) -> None:
     if value is not None and value <= 0:
         raise ConfigError(f"{name} must be >= 1, got {value}")
+
+
+def _bls_decoupled(opts: RenderOptions) -> bool:
+    """The BLS's decoupled setting: as given, else as the engine's. A decoupled BLS over a non-decoupled engine is
+    refused: the BLS exists to stream and streams from the engine, which then refuses streaming=true (as NVIDIA's
+    C++ backend: "Streaming is only supported if model is deployed using decoupled mode")."""
+    if opts.bls_decoupled is None:
+        return bool(opts.engine_decoupled)
+    if opts.bls_decoupled and not opts.engine_decoupled:
+        raise ConfigError(
+            "tensorrt_llm_bls decoupled (bls_decoupled=true) conflicts with tensorrt_llm not decoupled "
+            "(--engine-not-decoupled): the BLS streams from tensorrt_llm, which then refuses streaming; leave "
+            "bls_decoupled unset (it follows the engine) or render the engine decoupled"
+        )
+    return bool(opts.bls_decoupled)
 
 
 def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
@@ -172,7 +189,8 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
         "postprocessing_instances": opts.postprocessing_instances,
         "postprocessing_max_queue_delay_us": int(opts.postprocessing_max_queue_delay_us),
         "bls_instances": opts.bls_instances,
-        "bls_decoupled": bool(opts.bls_decoupled),
+        "engine_decoupled": bool(opts.engine_decoupled),
+        "bls_decoupled": _bls_decoupled(opts),
         "bls_stream_send_share": float(opts.bls_stream_send_share),
         "bls_stream_max_interval_us": int(opts.bls_stream_max_interval_us),
         "bls_stream_max_wait_gaps": float(opts.bls_stream_max_wait_gaps),
@@ -201,7 +219,6 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
         if opts.replay_text_file is not None or opts.replay_delay_ms:
             raise ConfigError("--replay-text / --replay-delay-ms only apply to --replay")
         ctx.update(
-            engine_decoupled=bool(opts.engine_decoupled),
             engine_dir=str(engine),
             max_batch_size=limits.max_batch_size,
             max_input_len=limits.max_input_len,
@@ -211,9 +228,6 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
         )
         kind, world = "gpu", limits.world_size
     else:
-        if not opts.engine_decoupled:
-            raise ConfigError("--engine-not-decoupled applies to GPU engines (--engine) only: the CPU stand-in "
-                              "is always decoupled")
         max_pos = arch.max_position_embeddings
         if opts.cpu_model_dir is not None:
             model = Path(opts.cpu_model_dir).expanduser().resolve()

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from koserve.errors import ConfigError, InvalidRequestError
+from koserve.errors import InvalidRequestError
 from koserve.serving.engine.scheduler import Engine, EngineBusyError, EngineClosedError
 from koserve.serving.engine.settings import EngineSettings, create_engine
 from koserve.serving.engine.types import EngineOutput, EngineRequest, FinishReason
@@ -27,13 +27,47 @@ from koserve.text.stop_words import parse_word_list
 
 GetTensor = Callable[[str], "np.ndarray | None"]
 
-# inputs the stand-in accepts only at their "off" value (the C++ backend has them; we do not implement them)
+# Inputs of NVIDIA's template the stand-in accepts only at their "off" value (the C++ backend implements them; the
+# stand-in does not): refused with INVALID_ARG naming the input otherwise.
 _UNSUPPORTED_UNLESS = {
     "beam_width": 1,
     "num_return_sequences": 1,
     "return_context_logits": False,
     "return_generation_logits": False,
+    "return_perf_metrics": False,
+    "return_num_input_tokens": False,  # the outputs they ask for are not declared by the stand-in
+    "return_num_output_tokens": False,
+    "runtime_top_p_decay": 1.0,  # TensorRT-LLM's default: no decay
 }
+# Declared inputs the stand-in refuses whenever they hold a value (an empty tensor counts as absent): features of
+# other model kinds (encoder-decoder, multimodal, mrope), prompt tuning, LoRA, disaggregated serving, KV-cache
+# retention, guided decoding, speculative and lookahead decoding, a non-empty embedding bias.
+_UNSUPPORTED_WHEN_GIVEN = (
+    "encoder_input_features", "encoder_output_lengths", "cross_attention_mask", "skip_cross_attn_blocks",
+    "mrope_rotary_cos_sin", "mrope_position_deltas", "prompt_embedding_table", "lora_task_id", "lora_weights",
+    "lora_config", "context_phase_params", "retention_token_range_starts", "retention_token_range_ends",
+    "retention_token_range_priorities", "retention_token_range_durations_ms", "retention_decode_priority",
+    "retention_decode_duration_ms", "guided_decoding_guide_type", "guided_decoding_guide", "lookahead_window_size",
+    "lookahead_ngram_size", "lookahead_verification_set_size", "draft_input_ids", "embedding_bias",
+)
+# Declared inputs ignored, exactly where TensorRT-LLM 1.x's C++ backend ignores them for a decoder-only model
+# (triton_backend/inflight_batcher_llm/src/utils.cc createRequestsFromInputTensors and utils.h InputFieldsNames):
+# decoder_input_ids is read only for encoder-decoder models; decoder_input_lengths and prompt_vocab_size are never
+# read; runtime_top_p_min is never read (utils.h reads "runtime_top_k_min" instead); prompt_table_extra_ids only with
+# a prompt_embedding_table, draft_logits / draft_acceptance_threshold only with draft_input_ids (both refused above);
+# runtime_top_p_reset_ids / runtime_top_p_min act only with a top-p decay (refused above); early_stopping,
+# len_penalty and beam_search_diversity_rate act only in beam search (beam_width 1 here); an empty embedding_bias
+# (NVIDIA's preprocessing sends [1, 0]) is dropped.
+IGNORED_INPUTS = (
+    "decoder_input_ids", "decoder_input_lengths", "prompt_vocab_size", "runtime_top_p_min", "prompt_table_extra_ids",
+    "draft_logits", "draft_acceptance_threshold", "runtime_top_p_reset_ids", "early_stopping", "len_penalty",
+    "beam_search_diversity_rate",
+)
+STREAMING_NOT_DECOUPLED = (
+    "Streaming is only supported if model is deployed using decoupled mode: streaming=true needs tensorrt_llm "
+    "rendered decoupled (the default; this one was rendered with --engine-not-decoupled and answers each request "
+    "with one response)"
+)
 
 
 def _scalar(get: GetTensor, name: str, kind: str, default=None):
@@ -69,10 +103,15 @@ def parse_triton_request(
     default_end_ids: tuple[int, ...] = (),
     request_id: str = "",
     vocab_size: int | None = None,
+    decoupled: bool = True,
 ) -> EngineRequest:
     """Build an :class:`EngineRequest` from the ``tensorrt_llm`` input tensors, with errors that name the input and
     the limit. Like TensorRT-LLM, ``request_output_len`` is cut to ``max_seq_len - input length`` when the sum is
-    longer than ``max_seq_len``."""
+    longer than ``max_seq_len``; a model that is not ``decoupled`` refuses ``streaming=true`` as the C++ backend
+    does (utils.cc createRequestsFromInputTensors)."""
+    streaming = _scalar(get, "streaming", "bool", default=False)
+    if streaming and not decoupled:
+        raise InvalidRequestError(STREAMING_NOT_DECOUPLED)
     ids = get("input_ids")
     if ids is None:
         raise InvalidRequestError("input_ids is required")
@@ -113,10 +152,17 @@ def parse_triton_request(
     out_len = min(out_len, settings.max_seq_len - length)
 
     for name, allowed in _UNSUPPORTED_UNLESS.items():
-        kind = "bool" if isinstance(allowed, bool) else "int"
+        kind = "bool" if isinstance(allowed, bool) else "float" if isinstance(allowed, float) else "int"
         value = _scalar(get, name, kind)
         if value is not None and value != allowed:
             raise InvalidRequestError(f"{name}={value} is not supported by the CPU engine stand-in (only {allowed})")
+    for name in _UNSUPPORTED_WHEN_GIVEN:
+        value = get(name)
+        if value is not None and np.asarray(value).size > 0:
+            raise InvalidRequestError(
+                f"{name} is not supported by the CPU engine stand-in (leave it out; it holds "
+                f"{np.asarray(value).size} value(s))"
+            )
 
     end_id = _scalar(get, "end_id", "int")
     if end_id is not None and vocab_size is not None and not -1 <= end_id < vocab_size:  # LlmRequest::validate
@@ -148,7 +194,7 @@ def parse_triton_request(
         presence_penalty=float(_scalar(get, "presence_penalty", "float", default=0.0)),
         frequency_penalty=float(_scalar(get, "frequency_penalty", "float", default=0.0)),
         min_tokens=int(_scalar(get, "min_tokens", "int", default=0)),
-        streaming=_scalar(get, "streaming", "bool", default=False),
+        streaming=streaming,
         exclude_input_in_output=settings.exclude_input_in_output if exclude is None else exclude,
         return_log_probs=_scalar(get, "return_log_probs", "bool", default=False),
         request_id=request_id,
@@ -185,8 +231,13 @@ def _vocab_size(engine: Engine, settings: EngineSettings) -> int | None:
 
 
 class TritonEngineModel:
-    """The body of ``model_repository/tensorrt_llm_cpu/1/model.py`` (decoupled); ``pb_utils`` is Triton's
-    ``triton_python_backend_utils`` module, passed in by the thin ``model.py``."""
+    """The body of ``model_repository/tensorrt_llm_cpu/1/model.py``; ``pb_utils`` is Triton's
+    ``triton_python_backend_utils`` module, passed in by the thin ``model.py``.
+
+    Decoupled or not (``model_transaction_policy``), every request is answered through its response sender and
+    ``execute`` returns at once; not decoupled (the python backend's default mode, which takes a sender since
+    24.06), each request gets exactly one response carrying the FINAL flag: the whole output, an error, or an empty
+    response for a ``stop`` request (as NVIDIA's backend answers a stop)."""
 
     def __init__(self, pb_utils) -> None:
         self.pb = pb_utils
@@ -194,8 +245,7 @@ class TritonEngineModel:
     def initialize(self, args: dict) -> None:
         pb_utils = self.pb
         config = json.loads(args["model_config"])
-        if not pb_utils.using_decoupled_model_transaction_policy(config):
-            raise ConfigError("the tensorrt_llm stand-in must be decoupled (model_transaction_policy.decoupled)")
+        self.decoupled = bool(pb_utils.using_decoupled_model_transaction_policy(config))
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.settings = EngineSettings.from_parameters(params)
         self.default_end_ids = self.settings.default_end_ids()
@@ -224,11 +274,14 @@ class TritonEngineModel:
             try:
                 if _scalar(get, "stop", "bool", default=False):
                     self._stop(request_id)
-                    sender.send(flags=final)
+                    if self.decoupled:
+                        sender.send(flags=final)
+                    else:  # default mode: exactly one response per request
+                        sender.send(pb.InferenceResponse(output_tensors=[]), flags=final)
                     continue
                 ereq = parse_triton_request(
                     get, self.settings, default_end_ids=self.default_end_ids, request_id=request_id,
-                    vocab_size=self.vocab_size,
+                    vocab_size=self.vocab_size, decoupled=self.decoupled,
                 )
                 self._submit(ereq, sender)
             except (InvalidRequestError, EngineBusyError, EngineClosedError) as exc:
@@ -253,7 +306,10 @@ class TritonEngineModel:
                 except Exception:
                     if out.finish_reason is not FinishReason.CANCELLED:
                         raise
-                    sender.send(flags=final)  # the client is gone: just close the stream
+                    if self.decoupled:
+                        sender.send(flags=final)  # the client is gone: just close the stream
+                    else:
+                        sender.send(self._error("request cancelled", invalid=False), flags=final)
             finally:
                 if out.finished and ereq.request_id:
                     with self._lock:
