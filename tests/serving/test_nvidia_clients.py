@@ -511,3 +511,66 @@ def test_declared_unsupported_engine_inputs_refused_by_name(unary_engine, protoc
         assert list(result.as_numpy("output_ids")[0][0]) == tok.encode(ANSWER, add_special_tokens=False)
     finally:
         client.close()
+
+
+def test_not_decoupled_engine_answers_a_stop_request_once(unary_engine):
+    """A TensorRT-LLM ``stop`` request on a non-decoupled tensorrt_llm gets exactly one (empty) response, as the C++
+    backend answers it (sendEnqueueResponse), so a unary ModelInfer with stop=true completes."""
+    client = grpcclient.InferenceServerClient(unary_engine.grpc_url)
+    try:
+        stop = [prepare_tensor(grpcclient, "input_ids", np.array([[1]], np.int32)),
+                prepare_tensor(grpcclient, "input_lengths", np.array([[1]], np.int32)),
+                prepare_tensor(grpcclient, "request_output_len", np.array([[1]], np.int32)),
+                prepare_tensor(grpcclient, "stop", np.array([[True]], bool))]
+        result = client.infer("tensorrt_llm", stop, request_id="nothing-running")
+        assert result.as_numpy("output_ids") is None
+    finally:
+        client.close()
+
+
+KOMT_TEXT = "안녕하세요! 뷁똠햏 같은 글자도 나옵니다 🤗 좋아요.\n### Response: 여기는 보이면 안 됩니다."
+
+
+@pytest.fixture(scope="module")
+def unary_komt(tmp_path_factory):
+    """komt (stop words ``<|end|>``, ``<s>``, ``###``) rendered --engine-not-decoupled, replaying a text that goes
+    on past ``### Response:``."""
+    from koserve.fixtures import tokenizer_dir
+    from koserve.serving.render import RenderOptions, render_repository
+    from koserve.serving.tritonserver import ServerOptions, TritonServer
+
+    base = tmp_path_factory.mktemp("unary-komt")
+    (base / "answer.txt").write_text(KOMT_TEXT, encoding="utf-8")
+    rendered = render_repository(RenderOptions(
+        profile="komt-13b", tokenizer_dir=tokenizer_dir("llama2"), out=base / "repo", replay=True,
+        replay_text_file=base / "answer.txt", max_seq_len=512, max_input_len=384, engine_decoupled=False,
+    ))
+    server = TritonServer.cpu(ServerOptions(rendered.path, extra_args=("--exit-timeout-secs=2",)),
+                              log_path=base / "tritonserver.log")
+    server.start(180)
+    try:
+        yield server, KOMT_TEXT
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_not_decoupled_ensemble_and_bls_cut_at_stop_words(unary_komt, protocol):
+    """With whole answers from the engine (streaming=false) the ensemble and the BLS still end the answer before
+    komt's stop word, exactly, unary as end_to_end_test.py calls them."""
+    server, replay_text = unary_komt
+    module, client = unary_client(server, protocol)
+    inputs = [prepare_tensor(module, "text_input", np.array([[PROMPT]]).astype(object)),
+              prepare_tensor(module, "max_tokens", np.array([[200]], np.int32))]
+    outputs = [module.InferRequestedOutput("text_output")]
+    try:
+        texts = {model: client.infer(model, inputs, outputs=outputs, request_id=f"k-{model}").as_numpy(
+            "text_output") for model in ("ensemble", "tensorrt_llm_bls")}
+    finally:
+        client.close()
+    expected = replay_text.split("###")[0]
+    for model, out in texts.items():
+        assert out.shape == (1,), model
+        text = out[0].decode("utf-8")
+        assert text == expected, (model, text)
+    assert texts["ensemble"][0] == texts["tensorrt_llm_bls"][0]
