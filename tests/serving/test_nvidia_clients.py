@@ -574,3 +574,14 @@ def test_not_decoupled_ensemble_and_bls_cut_at_stop_words(unary_komt, protocol):
         text = out[0].decode("utf-8")
         assert text == expected, (model, text)
     assert texts["ensemble"][0] == texts["tensorrt_llm_bls"][0]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
+def test_health_probe_passes_on_a_not_decoupled_repository(unary_engine, protocol, model):
+    """koserve serve's readiness probe must not report a repository rendered --engine-not-decoupled as broken."""
+    from koserve.serving.health import probe_model
+
+    url = unary_engine.http_url if protocol == "http" else unary_engine.grpc_url
+    result = probe_model(url, model, timeout=30)
+    assert result.ok, result.error

@@ -6,7 +6,7 @@ while every request to that model fails or hangs. ``koserve serve`` therefore wa
 - :class:`StubWatch` — the ``triton_python_backend_stub`` processes under tritonserver (its descendants, so mpirun
   ranks are covered), one per model instance (``postprocessing_0_0``...), recorded once the server is ready; a stub
   that is gone, a zombie or replaced counts as dead.
-- :class:`Prober` — every ``interval`` s a bounded one-token streamed request through each text model
+- :class:`Prober` — every ``interval`` s a bounded one-token request through each text model
   (``ensemble``, ``tensorrt_llm_bls``), ``timeout`` s at most.
 - :class:`HealthState` — what both found plus the supervisor's phase; :func:`serve_health` answers
   ``GET /health/ready`` (200 only when serving, every stub alive and every model's last probe succeeded within
@@ -135,18 +135,21 @@ class ProbeResult:
 
 
 def probe_model(url: str, model: str, timeout: float) -> ProbeResult:
-    """One streamed one-token request to ``model``; ok when it ends with no error within ``timeout``. ``url``:
-    ``host:port`` (gRPC ``stream_infer``) or ``http://host:port`` (HTTP ``generate_stream``)."""
+    """One one-token request to ``model``; ok when it ends with no error within ``timeout``. ``url``:
+    ``host:port`` (gRPC ``stream_infer``) or ``http://host:port`` (HTTP ``generate_stream``). It asks for no
+    streaming: that works on a decoupled repository and on one rendered ``--engine-not-decoupled`` (which refuses
+    ``stream=true``) alike, and still passes through every step of the model."""
     from koserve.serving.rawclient import grpc_stream, http_generate_stream, text_inputs  # noqa: PLC0415
 
     t0 = time.monotonic()
     request_id = f"{PROBE_ID_PREFIX}{uuid.uuid4().hex[:12]}"
     try:
         if url.startswith("http"):
-            res = http_generate_stream(url, model, {"text_input": PROBE_PROMPT, "max_tokens": 1, "stream": True},
+            res = http_generate_stream(url, model, {"text_input": PROBE_PROMPT, "max_tokens": 1, "stream": False},
                                        timeout=timeout, request_id=request_id)
         else:
-            res = grpc_stream(url, model, text_inputs(PROBE_PROMPT, 1), request_id=request_id, timeout=timeout)
+            res = grpc_stream(url, model, text_inputs(PROBE_PROMPT, 1, stream=False), request_id=request_id,
+                              timeout=timeout)
         error = res.error
     except Exception as exc:  # noqa: BLE001 - any failure is a failed probe
         error = f"{type(exc).__name__}: {exc}"
