@@ -179,3 +179,20 @@ def test_script_exits_non_zero_and_prints_the_table(fake_toolchain, tmp_path):
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "build BF16 engine" in proc.stdout and "FAIL" in proc.stdout and "1 FAILED" in proc.stdout
+
+
+@pytest.mark.timeout(240)
+def test_smoke_serve_step_runs_the_real_koserve_serve_and_waits_for_its_health(tmp_path):
+    """The smoke run's serve step starts the real `koserve serve` (here on a CPU repository: the same CLI the GPU box
+    runs), waits for koserve's own /health/ready on a port of its own, and stops the server with the block."""
+    import httpx
+
+    from koserve.serving.faults import render_replay_repo
+    from koserve.smoke.run import koserve_serve
+
+    repo = render_replay_repo(tmp_path / "repo")
+    opts = SmokeOptions(workdir=tmp_path, ready_timeout=180)
+    with koserve_serve(repo, opts) as endpoints:
+        assert httpx.get(f"{endpoints.http_url}/v2/health/ready", timeout=5).status_code == 200
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{endpoints.http_url}/v2/health/ready", timeout=2)

@@ -168,35 +168,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_ready(http_url: str, proc: subprocess.Popen, timeout: float) -> None:
+def _wait_ready(health_url: str, proc: subprocess.Popen, timeout: float) -> None:
+    """Wait for koserve serve's own readiness: Triton ready, every stub alive, a probe through both models passed."""
     import httpx  # noqa: PLC0415
 
     deadline = time.monotonic() + timeout
+    last = "no answer"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise KoserveError(f"koserve serve exited with code {proc.returncode} before Triton was ready")
+            raise KoserveError(f"koserve serve exited with code {proc.returncode} before it was ready")
         try:
-            if httpx.get(f"{http_url}/v2/health/ready", timeout=2.0).status_code == 200:
+            answer = httpx.get(f"{health_url}/health/ready", timeout=2.0)
+            if answer.status_code == 200:
                 return
-        except httpx.HTTPError:
-            pass
+            last = answer.text[:300]
+        except httpx.HTTPError as exc:
+            last = str(exc)
         time.sleep(1.0)
-    raise KoserveError(f"Triton was not ready within {timeout:.0f} s")
+    raise KoserveError(f"koserve serve was not ready within {timeout:.0f} s ({health_url}/health/ready: {last})")
 
 
 @contextlib.contextmanager
 def koserve_serve(repo: Path, opts: SmokeOptions) -> Iterator[Endpoints]:
     """``koserve serve --repo`` (GPU: mpirun) on free loopback ports; always stopped."""
-    http, grpc, metrics = _free_port(), _free_port(), _free_port()
+    http, grpc, metrics, health = _free_port(), _free_port(), _free_port(), _free_port()
     log = (opts.workdir / "serve.log").open("w", encoding="utf-8")
     cmd = [sys.executable, "-m", "koserve", "serve", "--repo", str(repo), "--host", "127.0.0.1",
            "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-           "--ready-timeout", str(int(opts.ready_timeout))]
+           "--health-port", str(health), "--ready-timeout", str(int(opts.ready_timeout))]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
     try:
         url = f"http://127.0.0.1:{http}"
-        _wait_ready(url, proc, opts.ready_timeout)
+        _wait_ready(f"http://127.0.0.1:{health}", proc, opts.ready_timeout)
         yield Endpoints(f"127.0.0.1:{grpc}", url, f"http://127.0.0.1:{metrics}/metrics")
     finally:
         if proc.poll() is None:
