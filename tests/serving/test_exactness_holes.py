@@ -124,6 +124,26 @@ def test_concurrent_requests_with_one_id_the_later_is_refused(paced, protocol):
     assert again.error is None and again.text == expected
 
 
+def test_a_stream_with_the_id_of_a_whole_answer_in_flight_is_refused(paced):
+    """A non-streamed request with an id is in flight; a streamed one with the same id must not be mixed into it."""
+    tokenizer = load_tokenizer(paced.tokenizer_dir)
+    expected = tokenizer.decode(tokenizer.encode(ENDINGS_TEXT, add_special_tokens=False))
+    rid = f"dup-{uuid.uuid4().hex[:8]}"
+
+    def whole():
+        return grpc_stream(paced.grpc_url, "ensemble", text_inputs("질문", 100, stream=False), request_id=rid,
+                           timeout=60)
+
+    def streamed():
+        return grpc_stream(paced.grpc_url, "ensemble", text_inputs("질문", 100), request_id=rid, timeout=60)
+
+    first, second = _first_then_second(whole, streamed)
+    assert first.error is None and first.text == expected
+    assert second.error is not None and rid in second.error and "already in flight" in second.error, second.error
+    again = streamed()  # the whole answer came: the id is free
+    assert again.error is None and again.text == expected
+
+
 def test_concurrent_requests_with_distinct_ids_both_exact(paced):
     tokenizer = load_tokenizer(paced.tokenizer_dir)
     expected = tokenizer.decode(tokenizer.encode(ENDINGS_TEXT, add_special_tokens=False))

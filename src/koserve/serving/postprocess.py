@@ -173,10 +173,11 @@ class StreamRegistry:
             now = time.monotonic()
             old = self._streams.get(start.request_id)
             busy_for = min(self.idle_timeout_s, IN_FLIGHT_IDLE_S)
-            # Only a stream blocks its id: a request answered in one response (not streamed) cannot be mixed up with
-            # another one of the same id, and one that never reaches postprocessing (preprocessing called on its
-            # own, as NVIDIA's end_to_end_test does) must not hold its id.
-            if (isinstance(old, _Tracked) and not old.ended and old.end.start.streaming
+            # A stream blocks its id, and a stream is refused while any request with its id is in flight. Two
+            # requests answered in one response each (not streamed) cannot be mixed up, so they may share an id:
+            # NVIDIA's end_to_end_test calls preprocessing on its own (that announcement never ends) and then the
+            # ensemble with the same id.
+            if (isinstance(old, _Tracked) and not old.ended and (old.end.start.streaming or start.streaming)
                     and now - old.last_used < busy_for):
                 return (
                     f"request id {start.request_id!r} is already in flight (another request with this id has not "
