@@ -281,3 +281,26 @@ def test_echo_shows_locust_output_and_still_prints_progress(tmp_path, replay_lla
     progress = [ln for ln in err.splitlines() if ln.startswith("loadtest: ") and "/7s" in ln]
     assert len(progress) >= 1 and "in flight" in progress[-1], err[-2000:]
     assert not (tmp_path / "r" / "locust.log").read_text()  # echoed, not logged
+
+
+@pytest.mark.timeout(240)
+def test_run_that_ends_mid_stream_leaves_nothing_in_flight(tmp_path):
+    """The run ends while its users are in the middle of their streams: they read them to the final response
+    (locust's --stop-timeout is the request timeout) instead of cancelling the gRPC call, which would leave an
+    ensemble request running inside Triton until max_tokens (and is the pattern of Triton 2.51's cancellation
+    abort): Triton, stopped right after the run, finds nothing in flight."""
+    from koserve.serving.stack import serve_cpu
+    from koserve.serving.tritonserver import in_flight_at_shutdown
+
+    with serve_cpu("akallama-70b", "replay", replay_delay_ms=PACE_MS, workdir=tmp_path / "triton",
+                   extra_args=("--exit-timeout-secs=3",), max_input_len=1536, max_seq_len=2048) as ep:
+        # 400 tokens at 20 ms: every stream is still running when the 4 s run ends
+        code, summary, _ = run(tmp_path / "report", ep.grpc_url, "--profile", "akallama-70b", "--model", "ensemble",
+                               "--prompts", "short", "--osl", "400", "--concurrency", "2", "--duration", "4s",
+                               "--metrics-url", "none", "--no-progress")
+        assert code == 0
+        assert summary["run"]["end_reason"] == "duration"
+        ep.server.stop()
+        log = ep.log_path.read_text(errors="replace")
+    assert in_flight_at_shutdown(log) == [], in_flight_at_shutdown(log)
+    assert "Found 0 model versions that have in-flight inferences" in log

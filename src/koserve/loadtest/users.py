@@ -444,7 +444,9 @@ class TritonGrpcUser(LLMStreamUser):
             )
             if not done.wait(self.timeout):
                 raise TimeoutError(f"no final response within {self.timeout:g}s")
-            cancel = bool(failure)
+            # the final response or an error response ended the request: cancelling a call the server has just
+            # written to is the pattern of Triton 2.51's cancellation abort (docs/reliability.md)
+            cancel = False
         finally:
             self.client.stop_stream(cancel_requests=cancel)
         if failure:
