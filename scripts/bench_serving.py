@@ -475,6 +475,9 @@ def main() -> int:
     ap.add_argument("--bls-stream-max-wait-gaps", type=float, default=None,
                     help="BLS: the same in multiples of the engine's average gap per stream "
                     "(default: the render default; 0: off)")
+    ap.add_argument("--ensemble-all-outputs", action="store_true",
+                    help="render the ensemble with all of NVIDIA's optional outputs mapped (koserve repo render "
+                    "--ensemble-all-outputs), to measure what they cost")
     ap.add_argument("--server-arg", action="append", default=[], help="extra tritonserver argument (repeatable)")
     ap.add_argument("--client", choices=["asyncio", "threads"], default="asyncio",
                     help="client: one asyncio event loop for all streams, or a thread per stream (gRPC and HTTP)")
@@ -521,6 +524,7 @@ def main() -> int:
                    bls_stream_send_share=args.bls_stream_send_share,
                    bls_stream_max_interval_us=args.bls_stream_max_interval_us,
                    bls_stream_max_wait_gaps=args.bls_stream_max_wait_gaps,
+                   ensemble_all_outputs=args.ensemble_all_outputs or None,
                    extra_args=tuple(args.server_arg)) as ep:
         if args.probe_http_queue:
             os.environ.pop("LD_PRELOAD", None)
@@ -530,7 +534,8 @@ def main() -> int:
         print(f"server up: {ep.grpc_url} (replay, zero delay, {args.profile}, postprocessing batch delay "
               f"{ctx.get('postprocessing_max_queue_delay_us')} us, BLS stream send share "
               f"{ctx.get('bls_stream_send_share')}, max interval {ctx.get('bls_stream_max_interval_us')} us or "
-              f"{ctx.get('bls_stream_max_wait_gaps')} engine gaps; server autogroup "
+              f"{ctx.get('bls_stream_max_wait_gaps')} engine gaps; ensemble outputs "
+              f"{'all of NVIDIA' if ctx.get('ensemble_all_outputs') else 'koserve default'}; server autogroup "
               f"{autogroup}; client {args.client}; max batch {max_batch}; stub processes "
               f"{', '.join(f'{k} {v}' for k, v in sorted(processes.items()))})", flush=True)
         if args.protocol == "http":

@@ -31,6 +31,7 @@ def _render(args) -> int:
         bls_stream_max_wait_gaps=args.bls_stream_max_wait_gaps,
         engine_decoupled=False if args.engine_not_decoupled else None,
         bls_decoupled=False if args.bls_not_decoupled else None,
+        ensemble_all_outputs=True if args.ensemble_all_outputs else None,
     )
     rendered = render_repository(opts)
     ctx = rendered.context
@@ -71,6 +72,11 @@ def register(subparsers) -> None:
     p.add_argument("--bls-not-decoupled", action="store_true",
                    help="render tensorrt_llm_bls with decoupled: false (unary ModelInfer / HTTP infer on it, one "
                         "response per request; stream=true is refused)")
+    p.add_argument("--ensemble-all-outputs", action="store_true",
+                   help="declare all of NVIDIA's optional ensemble outputs (context/generation logits, perf metrics, "
+                        "kv-cache and draft stats, sequence_index; koserve never sends them), for clients that ask "
+                        "for them by name; default: batch_index, num_input_tokens, num_output_tokens only (each "
+                        "mapped output costs CPU on every streamed response: docs/benchmarks.md)")
     p.add_argument("--replay-delay-ms", type=float, default=0.0, help="replay: delay between tokens")
     p.add_argument("--replay-text", help="replay: file whose text (tokenized) is replayed")
     p.add_argument("--max-batch-size", type=int, help="CPU: engine max batch size (default 64)")

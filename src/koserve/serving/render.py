@@ -81,6 +81,10 @@ class RenderOptions:
     # ModelInfer / HTTP /infer on tensorrt_llm_bls, one response per request; stream=true is refused.
     # None: as tensorrt_llm (a decoupled BLS exists to stream, and it can only stream from a decoupled engine).
     bls_decoupled: bool | None = None
+    # Declare (and map from postprocessing) all of NVIDIA's optional ensemble outputs — logits, perf metrics,
+    # kv-cache and draft stats, sequence_index — which koserve never sends. Off: batch_index, num_input_tokens and
+    # num_output_tokens only. Each mapped output costs the ensemble CPU on every streamed response.
+    ensemble_all_outputs: bool = False
     force: bool = False
 
     def with_overrides(self, **values) -> "RenderOptions":
@@ -191,6 +195,7 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
         "bls_instances": opts.bls_instances,
         "engine_decoupled": bool(opts.engine_decoupled),
         "bls_decoupled": _bls_decoupled(opts),
+        "ensemble_all_outputs": bool(opts.ensemble_all_outputs),
         "bls_stream_send_share": float(opts.bls_stream_send_share),
         "bls_stream_max_interval_us": int(opts.bls_stream_max_interval_us),
         "bls_stream_max_wait_gaps": float(opts.bls_stream_max_wait_gaps),

@@ -54,6 +54,7 @@ def serve_cpu(
     bls_stream_send_share: float | None = None,
     bls_stream_max_interval_us: int | None = None,
     bls_stream_max_wait_gaps: float | None = None,
+    ensemble_all_outputs: bool | None = None,
     workdir: Path | None = None,
     ready_timeout: float = 180.0,
     echo: bool = False,
@@ -98,6 +99,7 @@ def serve_cpu(
             bls_stream_send_share=bls_stream_send_share,
             bls_stream_max_interval_us=bls_stream_max_interval_us,
             bls_stream_max_wait_gaps=bls_stream_max_wait_gaps,
+            ensemble_all_outputs=ensemble_all_outputs,
         )
         rendered = render_repository(opts)
         server = TritonServer.cpu(
