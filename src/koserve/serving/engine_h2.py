@@ -22,6 +22,7 @@ import logging
 import queue
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from urllib.parse import unquote
 
 from koserve.errors import KoserveError
 from koserve.serving.engine_client import (
+    HANDLER_FAILED,
     EngineError,
     EngineHandler,
     call_handler,
@@ -49,6 +51,7 @@ CONNECT_TIMEOUT_S = 10.0
 MAX_FRAME = 1 << 20  # the largest HTTP/2 frame we accept (SETTINGS_MAX_FRAME_SIZE; the default is 16 KiB)
 _FRAME_HEADER = 9
 _DATA = 0x0
+_MESSAGE_PREFIX = struct.Struct(">BI")  # a gRPC message's prefix: compressed flag, length (big-endian)
 
 
 class DataFrameMerger:
@@ -235,16 +238,19 @@ class _Connection:
         for sid, length in acked.items():
             if length:  # h2 ignores streams that closed meanwhile
                 h2conn.acknowledge_received_data(length, sid)
-        parse, routes = self._parse, self.routes
+        parse, routes, prefix = self._parse, self.routes, _MESSAGE_PREFIX.unpack_from
         pos, size = 0, len(inbox)
         while size - pos >= 5:
-            length = int.from_bytes(inbox[pos + 1:pos + 5], "big")
-            if size - pos - 5 < length:
+            end = pos + 5 + prefix(inbox, pos)[1]
+            if end > size:
                 break
-            route_response(parse(bytes(inbox[pos + 5:pos + 5 + length])), routes)
-            pos += 5 + length
+            route_response(parse(inbox[pos + 5:end]), routes)  # (protobuf parses the bytearray slice: no bytes())
+            pos = end
             if after_each is not None:
-                call_handler(after_each)
+                try:  # (call_handler inline: once per engine response)
+                    after_each()
+                except Exception:  # noqa: BLE001 - the model's hook must not stop the reader
+                    log.exception(HANDLER_FAILED)
         del inbox[:pos]
         return ended
 
