@@ -99,28 +99,32 @@ class StreamReply:
         Two threads may flush one reply (the engine reader and the outbox thread): the second waits for the first
         to have sent, so text never overtakes the text before it."""
         with self._send_lock:
-            return self._flush()
-
-    def _flush(self) -> int:
-        with self._lock:
-            if self.closed or not (self._final or self._tokens or self._text or self._log_probs):
-                return 0
-            text, tokens, log_probs, cum = self._text, self._tokens, self._log_probs, self._cum_log_prob
-            final, error = self._final, self._error
-            self._text, self._tokens, self._log_probs = [], 0, []
-            if final:
-                self.closed = True
-        sends = 0
-        response = error  # None with nothing to say: an empty final response
-        if text or tokens or log_probs:
-            response = self._build("".join(text), tokens, log_probs, cum)
-            if error is not None:  # the text first, then the error as the final response
-                self._send(response, False)
-                sends += 1
-                response = error
-        self._send(response, final)
-        self.last_sent = time.monotonic()
-        return sends + 1
+            with self._lock:
+                if self.closed or not (self._final or self._tokens or self._text or self._log_probs):
+                    return 0
+                pending = self._text
+                text = pending[0] if len(pending) == 1 else "".join(pending)  # (non-empty pieces only)
+                pending.clear()
+                tokens, log_probs, cum = self._tokens, self._log_probs, self._cum_log_prob
+                final, error = self._final, self._error
+                self._tokens = 0
+                if log_probs:
+                    self._log_probs = []
+                else:
+                    log_probs = []  # (not the pending list: the builder may keep what it is given)
+                if final:
+                    self.closed = True
+            sends = 0
+            response = error  # None with nothing to say: an empty final response
+            if text or tokens or log_probs:
+                response = self._build(text, tokens, log_probs, cum)
+                if error is not None:  # the text first, then the error as the final response
+                    self._send(response, False)
+                    sends += 1
+                    response = error
+            self._send(response, final)
+            self.last_sent = time.monotonic()
+            return sends + 1
 
 
 class StreamOutbox:
@@ -148,7 +152,10 @@ class StreamOutbox:
         self._streams_in_flight = streams_in_flight or (lambda: 1)
         self._queue: list[tuple[float, int, StreamReply]] = []  # heap of (due time, tie-breaker, reply)
         self._seq = itertools.count()
-        self._cond = threading.Condition()
+        # the queue's lock, entered directly (C) on the per-response paths; ``_cond`` (a Python-level wrapper of
+        # it) only to wait and notify
+        self._mutex = threading.RLock()
+        self._cond = threading.Condition(self._mutex)
         self._sleeping_until: float | None = None  # the thread's wake-up time while it waits (None: it is busy)
         self._reader_seen = 0.0  # when the engine reader last called send_due()
         self._stop = False
@@ -158,12 +165,16 @@ class StreamOutbox:
 
     def interval(self) -> float:
         """Seconds between two responses of one stream right now."""
-        if not self.send_share:
+        share = self.send_share
+        if not share:
             return 0.0
         limit = self.max_interval_s
         if self.max_wait_gaps and self.engine_gap_s:
-            limit = min(limit, self.max_wait_gaps * self.engine_gap_s)
-        return min(limit, self._streams_in_flight() * self.send_cost_s / self.send_share)
+            by_gaps = self.max_wait_gaps * self.engine_gap_s
+            if by_gaps < limit:  # (min() without the builtin's call: this runs once per engine response)
+                limit = by_gaps
+        by_cost = self._streams_in_flight() * self.send_cost_s / share
+        return by_cost if by_cost < limit else limit
 
     def note_engine_gap(self, gap_s: float) -> None:
         """One stream's time between two engine responses (called by the engine reader)."""
@@ -174,13 +185,13 @@ class StreamOutbox:
         if reply.closed:
             return
         interval = self.interval()
-        due = reply.last_sent + interval if (interval and reply.last_sent and not reply.ending) else 0.0
+        due = reply.last_sent + interval if (interval and reply.last_sent and not reply._final) else 0.0
         queued = reply.due
         if queued is not None and queued <= due:
             # Already queued as early (most posts under load), seen without the lock: the entry's flush comes after
             # _take_due clears ``due`` — after this read, hence after the text this post follows was added.
             return
-        with self._cond:
+        with self._mutex:
             if reply.due is not None and reply.due <= due:
                 return  # already queued, as early or earlier
             reply.due = due
@@ -195,9 +206,11 @@ class StreamOutbox:
             if self._sleeping_until is not None and due < self._sleeping_until:
                 self._cond.notify()
 
-    def _take_due(self, limit: int = 0) -> tuple[list[StreamReply], float | None]:
-        """(replies due now — at most ``limit`` when > 0 —, the time the next one is due) — with the lock held."""
-        now = time.monotonic()
+    def _take_due(self, limit: int = 0, now: float | None = None) -> tuple[list[StreamReply], float | None]:
+        """(replies due at ``now`` (default: now) — at most ``limit`` when > 0 —, the time the next one is due) —
+        with the lock held."""
+        if now is None:
+            now = time.monotonic()
         queue, due = self._queue, []
         while queue and queue[0][0] <= now and not (limit and len(due) >= limit):
             at, _, reply = heapq.heappop(queue)
@@ -217,8 +230,8 @@ class StreamOutbox:
         queue = self._queue
         if not queue or queue[0][0] > now:
             return
-        with self._cond:
-            due, _ = self._take_due(INLINE_SENDS_PER_RESPONSE)
+        with self._mutex:
+            due, _ = self._take_due(INLINE_SENDS_PER_RESPONSE, now)
         if due:
             self.send_round(due)
             self._reader_seen = time.monotonic()
@@ -232,7 +245,7 @@ class StreamOutbox:
         """Send every reply due now, on the calling thread (the engine reader, when it would wait anyway)."""
         if not self._queue:
             return
-        with self._cond:
+        with self._mutex:
             due, _ = self._take_due()
         if due:
             self.send_round(due)
