@@ -85,7 +85,8 @@ _ids = itertools.count()
 class _Run:
     """One request in flight: engine responses in (reader thread), text out through its :class:`StreamReply`."""
 
-    __slots__ = ("model", "req", "sender", "engine_id", "text", "reply", "done", "_lock", "_last_chunk_at")
+    __slots__ = ("model", "req", "sender", "engine_id", "text", "reply", "done", "_lock", "_last_chunk_at",
+                 "_final_flag", "_text_only")
 
     def __init__(self, model: "BlsModel", req: GenerationRequest, sender, engine_id: str, prompt_ids=None):
         self.model, self.req, self.sender, self.engine_id = model, req, sender, engine_id
@@ -99,33 +100,42 @@ class _Run:
         self.done = False
         self._lock = threading.Lock()
         self._last_chunk_at = 0.0
+        self._final_flag = model.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        # a response of one token is text_output alone (see BlsModel.response): most streamed responses
+        self._text_only = not (req.return_num_output_tokens or req.return_num_input_tokens or req.return_log_probs)
 
     def _build(self, text: str, tokens: int, log_probs, cum_log_prob):
+        if tokens == 1 and self._text_only:
+            pb = self.model.pb
+            return pb.InferenceResponse(output_tensors=[bytes_tensor(pb, "text_output", text)])
         return self.model.response(text, self.req, log_probs, cum_log_prob, tokens)
 
     def _send(self, response, final: bool) -> None:
-        self.sender.send(response, flags=self.model.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0)
+        self.sender.send(response, flags=self._final_flag if final else 0)
 
     def on_chunk(self, chunk: EngineChunk) -> None:
         now = time.monotonic()
+        outbox = self.model.outbox
         if self._last_chunk_at:
-            self.model.outbox.note_engine_gap(now - self._last_chunk_at)
+            outbox.note_engine_gap(now - self._last_chunk_at)
         self._last_chunk_at = now
+        ids, final = chunk.ids, chunk.final
         with self._lock:
             if self.done:
                 return
-            delta = self.text.add(chunk.ids)
-            ended = chunk.final or self.text.stopped
+            text = self.text
+            delta = text.add(ids)
+            ended = final or text.stopped
             if ended:
-                delta += self.text.finish()
+                delta += text.finish()
                 self.done = True
-            self.reply.add(delta, int(chunk.ids.size), chunk.log_probs, chunk.cum_log_prob, final=ended)
+            self.reply.add(delta, ids.size, chunk.log_probs, chunk.cum_log_prob, final=ended)
         if ended:
             self.model.forget(self)
-            if not chunk.final:
+            if not final:
                 self.model.engine.stop(self.engine_id)  # a stop string matched: the engine stops
         if ended or self.req.stream:
-            self.model.outbox.post(self.reply)
+            outbox.post(self.reply)
 
     def on_error(self, message: str, invalid: bool) -> None:
         with self._lock:
