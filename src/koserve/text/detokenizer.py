@@ -70,10 +70,12 @@ class IncrementalDetokenizer:
         """Add generated ids (an int, a sequence or a numpy array) and return the text they complete."""
         if self._finished:
             raise RuntimeError("IncrementalDetokenizer.add() after finish()")
-        if isinstance(ids, int):
-            ids = (ids,)
-        elif hasattr(ids, "ravel"):  # numpy: any shape, e.g. output_ids [1, n]
+        if hasattr(ids, "ravel"):  # numpy: any shape, e.g. output_ids [1, n]
+            if ids.size == 1 and not self._byte_values:  # the streamed case (Llama-3): one id, no lists
+                return self._add_one(ids.item())
             ids = ids.ravel().tolist()
+        elif isinstance(ids, int):
+            ids = (ids,)
         else:
             ids = [i if type(i) is int else int(i) for i in ids]
         if len(ids) == 1 and not self._byte_values:
