@@ -51,6 +51,7 @@ CONNECT_TIMEOUT_S = 10.0
 MAX_FRAME = 1 << 20  # the largest HTTP/2 frame we accept (SETTINGS_MAX_FRAME_SIZE; the default is 16 KiB)
 _FRAME_HEADER = 9
 _DATA = 0x0
+_FRAME_HEAD = struct.Struct(">IBI")  # an HTTP/2 frame header, read in one call (see DataFrameMerger.merge)
 _MESSAGE_PREFIX = struct.Struct(">BI")  # a gRPC message's prefix: compressed flag, length (big-endian)
 
 
@@ -83,13 +84,14 @@ class DataFrameMerger:
         run_len = 0
         pos = 0
         want = self.stream_id
+        header = _FRAME_HEAD.unpack_from
         while size - pos >= _FRAME_HEADER:
-            length = int.from_bytes(data[pos:pos + 3], "big")
+            length_type, flags, stream = header(data, pos)  # 24-bit length + 8-bit type, flags, R + stream id
+            length = length_type >> 8
             end = pos + _FRAME_HEADER + length
             if end > size:
                 break
-            if data[pos + 3] == _DATA and data[pos + 4] == 0 and \
-                    int.from_bytes(data[pos + 5:pos + 9], "big") & 0x7FFFFFFF == want:
+            if length_type & 0xFF == _DATA and flags == 0 and stream & 0x7FFFFFFF == want:
                 if run_len + length > max_frame and run:
                     out.append(_data_frame(want, run, run_len))
                     run, run_len = [], 0
