@@ -27,7 +27,7 @@ import socket
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -309,6 +309,7 @@ def main(argv=None) -> int:
     ap.add_argument("--send-wait-us", type=float, default=0.0,
                     help="BLS: each send blocks this long without CPU, like the python backend's round trip to the "
                     "server (0: sends are free, so every engine response becomes a response: the costliest case)")
+    ap.add_argument("--json", help="also write the figures here (a list of objects)")
     args = ap.parse_args(argv)
     profile = args.profile or ("akallama-70b" if args.family == "llama3" else "komt-13b")
     print(f"koserve's own CPU per streamed token outside Triton (null pb_utils), {args.family}, {args.tokens} tokens "
@@ -316,10 +317,15 @@ def main(argv=None) -> int:
           f"{args.rounds} rounds; pid {os.getpid()}")
     print("| path | streams | µs per token, median (best) | implied tokens/s per core | tokens per response |")
     print("|---|---:|---:|---:|---:|")
+    results = []
     for f in figures(args.paths, args.streams, args.tokens, args.family, profile, args.batch, args.per_read,
                      args.rounds, args.send_wait_us):
+        results.append(f)
         print(f"| {f.path} | {f.streams} | {f.us_per_token:.1f} ({f.best_us_per_token:.1f}) | "
               f"{1e6 / f.us_per_token:,.0f} | {f.tokens_per_response:.2f} |", flush=True)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump([asdict(f) for f in results], fh, indent=2)
     return 0
 
 
