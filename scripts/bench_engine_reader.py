@@ -40,8 +40,24 @@ def engine_tensors(tokens: int) -> dict[str, np.ndarray]:
             "streaming": np.array([[True]], dtype=np.bool_)}
 
 
-def _final(response) -> bool:
-    return response.parameters["triton_final_response"].bool_param
+class _Tally:
+    """Responses and tokens read so far, and how many streams are still open."""
+
+    def __init__(self, streams: int):
+        from koserve.serving.engine_client import chunk_from_proto
+
+        self.responses, self.ids, self.open, self._decode = 0, 0, streams, chunk_from_proto
+
+    def take(self, message) -> bool:
+        """Decode one ``ModelStreamInferResponse`` as the BLS would; True once every stream has ended."""
+        if message.error_message:
+            raise SystemExit(f"engine error: {message.error_message}")
+        response = message.infer_response
+        final = response.parameters["triton_final_response"].bool_param
+        self.ids += len(self._decode(response, final).ids)
+        self.responses += 1
+        self.open -= final
+        return not self.open
 
 
 def read_h2(url: str, streams: int, tokens: int, timeout: float) -> tuple[int, int]:
@@ -84,26 +100,17 @@ def read_grpc_aio(url: str, streams: int, tokens: int, timeout: float) -> tuple[
     import grpc
     from tritonclient.grpc import service_pb2_grpc
 
-    from koserve.serving.engine_client import chunk_from_proto
-
     async def run() -> tuple[int, int]:
-        count, ids, open_streams = 0, 0, streams
+        tally = _Tally(streams)
         async with grpc.aio.insecure_channel(url) as channel:
             call = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer()
             for req in _requests(streams, tokens):
                 await call.write(req)
             async for message in call:
-                if message.error_message:
-                    raise SystemExit(f"engine error: {message.error_message}")
-                response = message.infer_response
-                final = _final(response)
-                ids += len(chunk_from_proto(response, final).ids)
-                count += 1
-                open_streams -= final
-                if not open_streams:
+                if tally.take(message):
                     await call.done_writing()
                     break
-        return count, ids
+        return tally.responses, tally.ids
 
     return asyncio.run(asyncio.wait_for(run(), timeout))
 
@@ -111,8 +118,6 @@ def read_grpc_aio(url: str, streams: int, tokens: int, timeout: float) -> tuple[
 def read_grpc(url: str, streams: int, tokens: int, timeout: float) -> tuple[int, int]:
     import grpc
     from tritonclient.grpc import service_pb2_grpc
-
-    from koserve.serving.engine_client import chunk_from_proto
 
     outgoing: queue.Queue = queue.Queue()
     for req in _requests(streams, tokens):
@@ -123,21 +128,14 @@ def read_grpc(url: str, streams: int, tokens: int, timeout: float) -> tuple[int,
         while (item := outgoing.get()) is not end:
             yield item
 
-    count, ids, open_streams, deadline = 0, 0, streams, time.monotonic() + timeout
+    tally, deadline = _Tally(streams), time.monotonic() + timeout
     with grpc.insecure_channel(url) as channel:
         call = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(requests(), timeout=timeout)
         for message in call:
-            if message.error_message:
-                raise SystemExit(f"engine error: {message.error_message}")
-            response = message.infer_response
-            final = _final(response)
-            ids += len(chunk_from_proto(response, final).ids)
-            count += 1
-            open_streams -= final
-            if not open_streams or time.monotonic() > deadline:
+            if tally.take(message) or time.monotonic() > deadline:
                 outgoing.put(end)
                 break
-    return count, ids
+    return tally.responses, tally.ids
 
 
 def main(argv=None) -> int:
