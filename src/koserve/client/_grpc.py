@@ -47,6 +47,20 @@ def _channel_args() -> list[tuple[str, int]]:
     ]
 
 
+async def _next_within(responses, seconds: float | None):
+    """``await responses.__anext__()`` within ``seconds`` (None: no limit); raises ``TimeoutError`` after them.
+
+    On Python 3.11 ``asyncio.wait_for`` returns the result, and drops the caller's cancellation, when the task is
+    cancelled just as the awaited response arrives (CPython gh-86296; 3.12 rebuilt it on ``asyncio.timeout``): a
+    cancelled chat would then read its whole answer. ``asyncio.timeout`` (3.11+) keeps the cancellation."""
+    if seconds is None:
+        return await responses.__anext__()
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            return await responses.__anext__()
+    return await asyncio.wait_for(responses.__anext__(), seconds)  # Python 3.10
+
+
 def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
@@ -437,7 +451,7 @@ class AsyncGrpcTransport:
                     raise RequestTimeoutError(timeout_msg)
                 wait = rem if idle is None else idle if rem is None else min(rem, idle)
                 try:
-                    result, error = await asyncio.wait_for(call.__anext__(), wait)
+                    result, error = await _next_within(call, wait)
                 except StopAsyncIteration:
                     ended = True
                     return
