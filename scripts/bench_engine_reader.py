@@ -152,10 +152,10 @@ def main(argv=None) -> int:
 
     run = {"h2": read_h2, "grpc-aio": read_grpc_aio, "grpc": read_grpc}
     cpu: dict[str, list[tuple[float, float, float]]] = {r: [] for r in args.readers}
-    from koserve.serving.engine.replay import BUILTIN_REPLAY_TEXT
+    from koserve.serving.engine.replay import long_replay_text
 
     text_file = Path(tempfile.mkdtemp(prefix="koserve-reader-")) / "replay.txt"  # long enough for --tokens
-    text_file.write_text(" ".join([BUILTIN_REPLAY_TEXT] * (args.tokens // 60 + 1)), encoding="utf-8")
+    text_file.write_text(long_replay_text(args.tokens), encoding="utf-8")
     with serve_cpu("akallama-70b", "replay", replay_delay_ms=0.0, max_batch_size=max(64, args.streams),
                    replay_text_file=text_file) as ep:
         print(f"server up: {ep.grpc_url}; {args.streams} streams x {args.tokens} tokens, {args.rounds} rounds, "

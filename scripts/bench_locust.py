@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return compare_with_aiperf(args)
 
     from koserve.loadtest.runner import LoadTestConfig, run_loadtest
-    from koserve.serving.engine.replay import BUILTIN_REPLAY_TEXT
+    from koserve.serving.engine.replay import long_replay_text
     from koserve.serving.stack import serve_cpu
 
     protocols = args.protocols.split(",")
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     osls = [int(x) for x in args.osl.split(",")]
     work = Path(tempfile.mkdtemp(prefix="koserve-bench-locust-"))
     text = work / "replay.txt"
-    text.write_text(" ".join([BUILTIN_REPLAY_TEXT] * (max(osls) // 100 + 2)), encoding="utf-8")
+    text.write_text(long_replay_text(max(osls)), encoding="utf-8")
     rows: list[dict] = []
     with serve_cpu(args.profile, "replay", replay_text_file=text, replay_delay_ms=0.0, max_batch_size=64,
                    max_input_len=1024, max_seq_len=max(osls) + 1100, workdir=work / "triton") as ep:
@@ -236,14 +236,14 @@ def compare_with_aiperf(args) -> int:
 
     from koserve.loadtest.runner import LoadTestConfig, run_loadtest
     from koserve.profiles import load_profile
-    from koserve.serving.engine.replay import BUILTIN_REPLAY_TEXT
+    from koserve.serving.engine.replay import long_replay_text
     from koserve.serving.stack import serve_cpu
 
     osl = int(args.osl.split(",")[0])
     levels = [int(x) for x in args.concurrency.split(",")]
     work = Path(tempfile.mkdtemp(prefix="koserve-vs-aiperf-"))
     text = work / "replay.txt"
-    text.write_text(" ".join([BUILTIN_REPLAY_TEXT] * (osl // 100 + 2)), encoding="utf-8")
+    text.write_text(long_replay_text(osl), encoding="utf-8")
     family = load_profile(args.profile).tokenizer_family
     values: dict[tuple[int, str, str], list[float]] = {}  # (level, label, tool) -> one value per round
     with serve_cpu(args.profile, "replay", replay_text_file=text, replay_delay_ms=args.pace_ms, max_batch_size=16,

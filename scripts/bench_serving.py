@@ -514,12 +514,12 @@ def main() -> int:
 
     import tempfile
 
-    from koserve.serving.engine.replay import BUILTIN_REPLAY_TEXT
+    from koserve.serving.engine.replay import long_replay_text
 
     # the built-in passage repeated: long enough for --tokens, so every stream runs for several seconds (short runs
     # mostly measure the machine's moment-to-moment speed)
     text_file = Path(tempfile.mkdtemp(prefix="koserve-bench-")) / "replay.txt"
-    text_file.write_text(" ".join([BUILTIN_REPLAY_TEXT] * max(1, args.tokens // 60 + 1)), encoding="utf-8")
+    text_file.write_text(long_replay_text(args.tokens), encoding="utf-8")
     rows, stability = [], []
     if args.probe_http_queue:  # inherited by the server only: the variable is removed once it runs
         os.environ["LD_PRELOAD"] = str(build_http_queue_probe(text_file.parent))

@@ -125,11 +125,11 @@ def model_config(family: str, profile: str) -> dict:
 def replay_ids(family: str, tokens: int) -> list[int]:
     """The ids the replay engine streams in bench_serving (its built-in passage, repeated)."""
     from koserve.fixtures import tokenizer_dir  # noqa: PLC0415
-    from koserve.serving.engine.replay import BUILTIN_REPLAY_TEXT  # noqa: PLC0415
+    from koserve.serving.engine.replay import long_replay_text  # noqa: PLC0415
     from koserve.text import load_tokenizer  # noqa: PLC0415
 
     tok = load_tokenizer(tokenizer_dir(family))
-    ids = tok.encode(" ".join([BUILTIN_REPLAY_TEXT] * (tokens // 60 + 2)), add_special_tokens=False)
+    ids = tok.encode(long_replay_text(tokens), add_special_tokens=False)
     return ids[:tokens]
 
 

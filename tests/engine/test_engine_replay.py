@@ -9,12 +9,20 @@ import pytest
 from koserve.errors import ConfigError
 from koserve.fixtures import tokenizer_dir
 from koserve.serving.engine import EngineRequest, EngineSettings, FinishReason, create_engine
-from koserve.serving.engine.replay import BUILTIN_REPLAY_TEXT, ReplayEngine, load_replay_tokens
+from koserve.serving.engine.replay import BUILTIN_REPLAY_TEXT, ReplayEngine, load_replay_tokens, long_replay_text
 
 
 def test_builtin_text_has_what_korean_streams_need():
     assert "🌸" in BUILTIN_REPLAY_TEXT and "한국어" in BUILTIN_REPLAY_TEXT
     assert "," in BUILTIN_REPLAY_TEXT and "?" in BUILTIN_REPLAY_TEXT and " " in BUILTIN_REPLAY_TEXT
+
+
+@pytest.mark.parametrize("family", ["llama3", "llama2"])
+@pytest.mark.parametrize("tokens", [1, 99, 100, 101, 400, 4096])
+def test_long_replay_text_has_the_tokens_a_benchmark_asks_for(tmp_path, family, tokens):
+    path = tmp_path / "replay.txt"
+    path.write_text(long_replay_text(tokens), encoding="utf-8")
+    assert len(load_replay_tokens(tokenizer_dir(family), path)) >= tokens
 
 
 @pytest.mark.parametrize("family", ["llama3", "llama2"])

@@ -30,6 +30,12 @@ BUILTIN_REPLAY_TEXT = (
 )
 
 
+def long_replay_text(tokens: int) -> str:
+    """:data:`BUILTIN_REPLAY_TEXT` repeated often enough for ``tokens`` tokens (benchmarks that stream long answers;
+    the passage is 122 Llama-3 and 278 Llama-2 tokens, so at least 100 either way)."""
+    return " ".join([BUILTIN_REPLAY_TEXT] * (max(0, tokens) // 100 + 1))
+
+
 def load_replay_tokens(tokenizer_path: str | os.PathLike, text_file: str | os.PathLike | None = None) -> list[int]:
     """Token ids of the replay text (``text_file`` if given, else :data:`BUILTIN_REPLAY_TEXT`), no special tokens."""
     from tokenizers import Tokenizer  # noqa: PLC0415
