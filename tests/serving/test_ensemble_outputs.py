@@ -25,8 +25,12 @@ from koserve.fixtures import tokenizer_dir
 
 NVIDIA = json.loads((Path(__file__).parent / "data" / "nvidia-ensemble-outputs.json").read_text(encoding="utf-8"))
 NVIDIA_OUTPUTS = {name: (dtype, dims) for name, dtype, dims in NVIDIA["outputs"]["v0.19"] + NVIDIA["outputs"]["1.x_adds"]}
-DEFAULT_OUTPUTS = {"text_output", "cum_log_probs", "output_log_probs", "batch_index", "num_input_tokens",
-                   "num_output_tokens"}
+# outputs NVIDIA's client asks for only with an option koserve refuses (logits, perf metrics, several sequences)
+FOR_REFUSED_FEATURES = {name for option in NVIDIA["refused_by_koserve"] for name in NVIDIA["client_requests"][option]}
+
+
+def nvidia_dtype(dtype: str) -> str:
+    return "TYPE_FP32" if dtype == "${logits_datatype}" else dtype
 
 
 def render(tmp_path: Path, *extra: str) -> Path:
@@ -49,14 +53,16 @@ def test_default_ensemble_declares_what_koserve_sends_and_nvidia_clients_ask_for
     repo = render(tmp_path)
     ensemble = parse(repo / "ensemble" / "config.pbtxt")
     outs = declared(ensemble)
-    assert set(outs) == DEFAULT_OUTPUTS
-    # every output NVIDIA's client asks for in a request koserve accepts is declared
+    # NVIDIA's outputs, less those only features koserve refuses produce; each as NVIDIA declares it
+    assert set(outs) == set(NVIDIA_OUTPUTS) - FOR_REFUSED_FEATURES
+    for name, (dtype, dims) in outs.items():
+        assert (dtype, dims) == (nvidia_dtype(NVIDIA_OUTPUTS[name][0]), NVIDIA_OUTPUTS[name][1]), name
+    # every output the client asks for in a request koserve accepts is there
     accepted = {k: v for k, v in NVIDIA["client_requests"].items() if k not in NVIDIA["refused_by_koserve"]}
     assert {name for names in accepted.values() for name in names} <= set(outs)
-    post = declared(parse(repo / "postprocessing" / "config.pbtxt"))
-    step = next(s for s in ensemble.ensemble_scheduling.step if s.model_name == "postprocessing")
-    assert set(step.output_map) == {"OUTPUT", "batch_index", "num_input_tokens", "num_output_tokens"}
-    assert set(step.output_map) <= set(post)
+    # and every declared output is produced by a step (none mapped that is not declared)
+    produced = {v for step in ensemble.ensemble_scheduling.step for v in step.output_map.values()}
+    assert set(outs) <= produced
     info = json.loads((repo / "koserve_repo.json").read_text(encoding="utf-8"))
     assert info["options"]["ensemble_all_outputs"] is False
 
@@ -65,8 +71,7 @@ def test_all_outputs_option_declares_every_output_of_nvidias_ensemble(tmp_path):
     outs = declared(parse(render(tmp_path, "--ensemble-all-outputs") / "ensemble" / "config.pbtxt"))
     assert set(NVIDIA_OUTPUTS) <= set(outs)
     for name, (dtype, dims) in NVIDIA_OUTPUTS.items():
-        want = "TYPE_FP32" if dtype == "${logits_datatype}" else dtype
-        assert outs[name] == (want, dims), name
+        assert outs[name] == (nvidia_dtype(dtype), dims), name
 
 
 def stream(url: str, outputs: list[str]) -> list:
