@@ -51,8 +51,9 @@ async def _next_within(responses, seconds: float | None):
     """``await responses.__anext__()`` within ``seconds`` (None: no limit); raises ``TimeoutError`` after them.
 
     On Python 3.11 ``asyncio.wait_for`` returns the result, and drops the caller's cancellation, when the task is
-    cancelled just as the awaited response arrives (CPython gh-86296; 3.12 rebuilt it on ``asyncio.timeout``): a
-    cancelled chat would then read its whole answer. ``asyncio.timeout`` (3.11+) keeps the cancellation."""
+    cancelled just as the awaited response arrives (CPython gh-86296; 3.12 rebuilt it on ``asyncio.timeout``,
+    gh-96764 / PR #98518): a cancelled chat would then read its whole answer. ``asyncio.timeout`` (3.11+) keeps the
+    cancellation; on 3.10 the ``wait_for`` fallback keeps the race."""
     if seconds is None:
         return await responses.__anext__()
     if hasattr(asyncio, "timeout"):
