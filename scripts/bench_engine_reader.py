@@ -2,10 +2,10 @@
 """Client CPU per engine response of the ways the BLS could read ``tensorrt_llm``'s gRPC stream (issue 19).
 
 Against one real tritonserver (CPU stand-in, replay at zero delay): N streamed engine requests on one
-``ModelStreamInfer`` call, every response decoded into an :class:`koserve.serving.engine_client.EngineChunk` (the
+``ModelStreamInfer`` call, every response decoded into an :class:`koserve.triton_models.engine_client.EngineChunk` (the
 work the BLS needs from it), read by
 
-- ``h2``: koserve's reader (``koserve.serving.engine_h2.H2EngineClient``, what the BLS uses);
+- ``h2``: koserve's reader (``koserve.triton_models.engine_h2.H2EngineClient``, what the BLS uses);
 - ``grpc-aio``: grpcio's asyncio API (``grpc.aio``), one bidirectional call;
 - ``grpc``: grpcio's threaded API, one bidirectional call with a request iterator.
 
@@ -44,7 +44,7 @@ class _Tally:
     """Responses and tokens read so far, and how many streams are still open."""
 
     def __init__(self, streams: int):
-        from koserve.serving.engine_client import chunk_from_proto
+        from koserve.triton_models.engine_client import chunk_from_proto
 
         self.responses, self.ids, self.open, self._decode = 0, 0, streams, chunk_from_proto
 
@@ -61,8 +61,8 @@ class _Tally:
 
 
 def read_h2(url: str, streams: int, tokens: int, timeout: float) -> tuple[int, int]:
-    from koserve.serving.engine_client import EngineChunk
-    from koserve.serving.engine_h2 import H2EngineClient
+    from koserve.triton_models.engine_client import EngineChunk
+    from koserve.triton_models.engine_h2 import H2EngineClient
 
     done = threading.Semaphore(0)
     counts = [0, 0]
@@ -90,7 +90,7 @@ def read_h2(url: str, streams: int, tokens: int, timeout: float) -> tuple[int, i
 
 
 def _requests(streams: int, tokens: int) -> list:
-    from koserve.serving.engine_client import request_proto
+    from koserve.triton_models.engine_client import request_proto
 
     return [request_proto("tensorrt_llm", engine_tensors(tokens), ["output_ids", "sequence_length"],
                           uuid.uuid4().hex) for _ in range(streams)]
@@ -148,11 +148,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import grpc
 
-    from koserve.serving.stack import serve_cpu
+    from koserve.testing.stack import serve_cpu
 
     run = {"h2": read_h2, "grpc-aio": read_grpc_aio, "grpc": read_grpc}
     cpu: dict[str, list[tuple[float, float, float]]] = {r: [] for r in args.readers}
-    from koserve.serving.engine.replay import long_replay_text
+    from koserve.cpu_engine.replay import long_replay_text
 
     text_file = Path(tempfile.mkdtemp(prefix="koserve-reader-")) / "replay.txt"  # long enough for --tokens
     text_file.write_text(long_replay_text(args.tokens), encoding="utf-8")

@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return compare_with_aiperf(args)
 
     from koserve.loadtest.runner import LoadTestConfig, run_loadtest
-    from koserve.serving.engine.replay import long_replay_text
-    from koserve.serving.stack import serve_cpu
+    from koserve.cpu_engine.replay import long_replay_text
+    from koserve.testing.stack import serve_cpu
 
     protocols = args.protocols.split(",")
     levels = [int(x) for x in args.concurrency.split(",")]
@@ -172,7 +172,7 @@ def _start_gateway(grpc_url: str, profile: str, log: Path):
     import subprocess
     import urllib.request
 
-    from koserve.serving.tritonserver import free_port
+    from koserve.server.tritonserver import free_port
 
     port = free_port()
     fh = open(log, "wb")  # noqa: SIM115 - closed with the process
@@ -236,8 +236,8 @@ def compare_with_aiperf(args) -> int:
 
     from koserve.loadtest.runner import LoadTestConfig, run_loadtest
     from koserve.profiles import load_profile
-    from koserve.serving.engine.replay import long_replay_text
-    from koserve.serving.stack import serve_cpu
+    from koserve.cpu_engine.replay import long_replay_text
+    from koserve.testing.stack import serve_cpu
 
     osl = int(args.osl.split(",")[0])
     levels = [int(x) for x in args.concurrency.split(",")]

@@ -44,7 +44,7 @@ def pct(values, q):
 
 
 def one_stream(url, model, tokens, timeout, barrier, http_url=None):
-    from koserve.serving.rawclient import grpc_stream, http_generate_stream
+    from koserve.server.triton_calls import grpc_stream, http_generate_stream
 
     if http_url is not None:  # HTTP generate_stream (SSE); text models only
         barrier.wait(timeout=60)
@@ -57,7 +57,7 @@ def one_stream(url, model, tokens, timeout, barrier, http_url=None):
 
 def stream_inputs(model, tokens):
     """(inputs, output name) of one benchmark request."""
-    from koserve.serving.rawclient import text_inputs
+    from koserve.server.triton_calls import text_inputs
 
     if model == "tensorrt_llm":
         return {
@@ -75,7 +75,7 @@ async def _aio_streams(url, model, streams, tokens, timeout, http_url=None):
     reader can tell the client's stalls from the server's."""
     import asyncio
 
-    from koserve.serving.rawclient import StreamResult, grpc_inputs
+    from koserve.server.triton_calls import StreamResult, grpc_inputs
 
     lags, ticking = [], True
 
@@ -176,7 +176,7 @@ def run(url, model, streams, tokens, timeout, http_url=None):
 
 def reference_text(ep, tokens, timeout):
     """The non-streamed answer (``ensemble``, ``stream`` false): what every streamed text must equal."""
-    from koserve.serving.rawclient import grpc_stream, text_inputs
+    from koserve.server.triton_calls import grpc_stream, text_inputs
 
     res = grpc_stream(ep.grpc_url, "ensemble", text_inputs(PROMPT, tokens, stream=False),
                       request_id=uuid.uuid4().hex, timeout=timeout)
@@ -245,7 +245,7 @@ def http_queue_probe_report(log_text: str) -> str:
     import struct
     import termios
 
-    from koserve.serving.http_queue import EVHTP_COMMAND_BYTES, http_response_queue_capacity
+    from koserve.server.http_queue import EVHTP_COMMAND_BYTES, http_response_queue_capacity
 
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:  # what one queued command occupies in the send queue (SIOCOUTQ = TIOCOUTQ)
@@ -423,7 +423,7 @@ def own_figures(args) -> dict[tuple[str, int], float]:
     import subprocess
     import tempfile
 
-    from koserve.serving.stack import PROFILE_FAMILY
+    from koserve.testing.stack import PROFILE_FAMILY
 
     stubs = [STUB_OF_PATH[p] for p in args.paths if p in STUB_OF_PATH]
     if not stubs:
@@ -440,7 +440,7 @@ def own_figures(args) -> dict[tuple[str, int], float]:
 
 
 def _repo_context(repo) -> dict:
-    from koserve.serving.render import read_repo_info
+    from koserve.repo.render import read_repo_info
 
     return read_repo_info(repo).get("context", {})
 
@@ -505,7 +505,7 @@ def main() -> int:
 
     import os
 
-    from koserve.serving.stack import serve_cpu
+    from koserve.testing.stack import serve_cpu
 
     if args.bls_transport:
         os.environ["KOSERVE_BLS_TRANSPORT"] = args.bls_transport
@@ -514,7 +514,7 @@ def main() -> int:
 
     import tempfile
 
-    from koserve.serving.engine.replay import long_replay_text
+    from koserve.cpu_engine.replay import long_replay_text
 
     # the built-in passage repeated: long enough for --tokens, so every stream runs for several seconds (short runs
     # mostly measure the machine's moment-to-moment speed)
@@ -546,7 +546,7 @@ def main() -> int:
               f"{autogroup}; client {args.client}; max batch {max_batch}; stub processes "
               f"{', '.join(f'{k} {v}' for k, v in sorted(processes.items()))})", flush=True)
         if args.protocol == "http":
-            from koserve.serving.http_queue import http_response_queue_capacity
+            from koserve.server.http_queue import http_response_queue_capacity
 
             print(f"Triton HTTP frontend: {http_response_queue_capacity()} streamed responses queue per HTTP thread "
                   "before it drops one (net.core.wmem_default; docs/serving.md)", flush=True)

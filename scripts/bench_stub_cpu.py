@@ -2,8 +2,8 @@
 """koserve's own CPU per streamed token in the ``postprocessing`` and ``tensorrt_llm_bls`` stubs, outside Triton.
 
 The same code the stubs run — ``PostprocessingModel.execute`` and, for the BLS, ``BlsModel.admit`` plus the engine
-reader's per-read work (:meth:`koserve.serving.engine_h2._Connection.receive`: HTTP/2 frames → gRPC messages →
-``route_response`` → text → :class:`~koserve.serving.outbox.StreamOutbox` → response) — with a *null* stand-in for
+reader's per-read work (:meth:`koserve.triton_models.engine_h2._Connection.receive`: HTTP/2 frames → gRPC messages →
+``route_response`` → text → :class:`~koserve.triton_models.outbox.StreamOutbox` → response) — with a *null* stand-in for
 ``triton_python_backend_utils`` (its ``Tensor``, ``InferenceResponse`` and ``send`` cost next to nothing). So the
 figure is koserve's own share (our Python, numpy, tokenizers, h2, protobuf); a stub's total (``bench_serving.py
 --cpu-per-token``) minus it is the python backend's share (pb_utils, the stub's C++ and its round trips to
@@ -125,7 +125,7 @@ def model_config(family: str, profile: str) -> dict:
 def replay_ids(family: str, tokens: int) -> list[int]:
     """The ids the replay engine streams in bench_serving (its built-in passage, repeated)."""
     from koserve.fixtures import tokenizer_dir  # noqa: PLC0415
-    from koserve.serving.engine.replay import long_replay_text  # noqa: PLC0415
+    from koserve.cpu_engine.replay import long_replay_text  # noqa: PLC0415
     from koserve.text import load_tokenizer  # noqa: PLC0415
 
     tok = load_tokenizer(tokenizer_dir(family))
@@ -156,7 +156,7 @@ def _cpu_rounds(fn, rounds: int, tokens: int) -> list[float]:
 
 # -- postprocessing ------------------------------------------------------------------------------------------------
 def postprocessing_rounds(family: str, profile: str, streams: int, tokens: int, batch: int, rounds: int) -> list[float]:
-    from koserve.serving.models import PostprocessingModel  # noqa: PLC0415
+    from koserve.triton_models.models import PostprocessingModel  # noqa: PLC0415
 
     ids = replay_ids(family, tokens)
     model = PostprocessingModel()
@@ -216,8 +216,8 @@ def bls_rounds(family: str, profile: str, streams: int, tokens: int, per_read: i
     import h2.connection  # noqa: PLC0415
 
     from koserve.serving import engine_h2  # noqa: PLC0415
-    from koserve.serving.bls import BlsModel  # noqa: PLC0415
-    from koserve.serving.rawclient import text_inputs  # noqa: PLC0415
+    from koserve.triton_models.bls import BlsModel  # noqa: PLC0415
+    from koserve.server.triton_calls import text_inputs  # noqa: PLC0415
 
     ids = replay_ids(family, tokens)
     model = BlsModel(NullPb, model_config(family, profile), transport="grpc")

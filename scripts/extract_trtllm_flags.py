@@ -2,7 +2,7 @@
 """Extract the command-line flags of TensorRT-LLM's engine-build tools from its source, at a named commit.
 
     python scripts/extract_trtllm_flags.py --repo /path/to/TensorRT-LLM --commit v1.2.1 \
-        > tests/build/data/trtllm-1.2-cli-flags.json
+        > tests/engines/data/trtllm-1.2-cli-flags.json
 
 Reads (``git show COMMIT:PATH`` when --commit is given, else the work tree) and parses with ``ast`` — nothing is
 imported or run:
@@ -13,7 +13,7 @@ imported or run:
     (the plugin flags are generated from ``PluginConfig``'s fields by ``add_plugin_argument``)
 Every ``*.add_argument(...)`` call contributes its option strings, whether it takes a value and its ``choices``
 (literal lists, or module-level names resolved to literals; otherwise ``null`` with the expression kept in
-``choices_expr``). The output keeps the shape tests/build/test_build_commands.py reads, with the repo, commit and
+``choices_expr``). The output keeps the shape tests/engines/test_build_commands.py reads, with the repo, commit and
 paths it came from.
 """
 

@@ -37,7 +37,7 @@ os.environ.setdefault("KOSERVE_CACHE", str(ROOT / ".cache" / "koserve"))
 
 import numpy as np  # noqa: E402
 
-from koserve.serving.faults import (  # noqa: E402
+from koserve.testing.faults import (  # noqa: E402
     live_processes_with,
     port_free,
     render_replay_repo,
@@ -45,7 +45,7 @@ from koserve.serving.faults import (  # noqa: E402
     start_serve,
     wait_until,
 )
-from koserve.serving.rawclient import grpc_stream, http_generate, text_inputs  # noqa: E402
+from koserve.server.triton_calls import grpc_stream, http_generate, text_inputs  # noqa: E402
 
 MODELS = ("ensemble", "tensorrt_llm_bls")
 READY_TIMEOUT = 240.0
@@ -189,8 +189,8 @@ def _r(x):
 def abandoned_stream(how: str) -> dict:
     """Abandon a 200-token ensemble stream (20 ms a token: ~4 s) after two responses, then shut the server down at
     once: Triton logs each second how many inferences are still in flight, i.e. whether the engine went on."""
-    from koserve.serving.stack import serve_cpu  # noqa: PLC0415
-    from koserve.serving.tritonserver import in_flight_at_shutdown  # noqa: PLC0415
+    from koserve.testing.stack import serve_cpu  # noqa: PLC0415
+    from koserve.server.tritonserver import in_flight_at_shutdown  # noqa: PLC0415
 
     with serve_cpu("akallama-70b", "replay", replay_delay_ms=20.0, max_input_len=384, max_seq_len=512,
                    extra_args=("--exit-timeout-secs=10",)) as ep:

@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from koserve.serving.health import rss_bytes, stub_processes  # noqa: E402
-from koserve.serving.tritonserver import in_flight_at_shutdown  # noqa: E402
+from koserve.server.health import rss_bytes, stub_processes  # noqa: E402
+from koserve.server.tritonserver import in_flight_at_shutdown  # noqa: E402
 
 MODELS = ("ensemble", "tensorrt_llm_bls")
 PROMPT = "안녕하세요? 오늘 날씨 어때요?"
@@ -50,7 +50,7 @@ def one_request(i: int, args, url: str, clients: dict, raw_client) -> tuple[str,
     cancel = i % 4 == 3
     kind = f"{model}/{'cancelled' if cancel else 'whole'}"
     if args.cancel == "raw":
-        from koserve.serving.rawclient import grpc_stream, text_inputs  # noqa: PLC0415
+        from koserve.server.triton_calls import grpc_stream, text_inputs  # noqa: PLC0415
 
         res = grpc_stream(url, model, text_inputs(PROMPT, args.max_tokens), request_id=f"soak-{uuid.uuid4().hex}",
                           timeout=args.request_timeout, cancel_after=2 if cancel else None, client=raw_client)
@@ -103,7 +103,7 @@ def _cancel_always(url: str, model: str, cancel: bool, args, client) -> str | No
     cancelled as soon as its answer arrives."""
     import queue  # noqa: PLC0415
 
-    from koserve.serving.rawclient import grpc_inputs, text_inputs  # noqa: PLC0415
+    from koserve.server.triton_calls import grpc_inputs, text_inputs  # noqa: PLC0415
 
     events: queue.SimpleQueue = queue.SimpleQueue()
     request_id = f"soak-{uuid.uuid4().hex}"
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     if args.requests < 1 or not 0 <= args.warmup < args.requests:
         p.error("need --requests >= 1 and 0 <= --warmup < --requests")
     os.environ.setdefault("KOSERVE_CACHE", str(ROOT / ".cache" / "koserve"))
-    from koserve.serving.stack import serve_cpu  # noqa: PLC0415
+    from koserve.testing.stack import serve_cpu  # noqa: PLC0415
 
     with serve_cpu(args.profile, args.mode, replay_delay_ms=args.replay_delay_ms,
                    extra_args=("--exit-timeout-secs=5",)) as endpoints:

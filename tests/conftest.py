@@ -3,7 +3,7 @@
 Servers start lazily (only when a test asks for one), are shared by the whole session (one per
 profile × mode × options) and are always stopped at the end, with their leaked shm regions removed.
 
-Fixtures (all session-scoped; each yields / returns :class:`koserve.serving.stack.TritonEndpoints` with
+Fixtures (all session-scoped; each yields / returns :class:`koserve.testing.stack.TritonEndpoints` with
 ``grpc_url`` ("127.0.0.1:PORT"), ``http_url`` ("http://127.0.0.1:PORT"), ``metrics_url``, ``profile``, ``mode``,
 ``max_input_len``, ``max_seq_len``, ``tokenizer_dir``, ``repo``, ``log_path`` and ``server``):
 
@@ -43,7 +43,7 @@ def triton_servers(tmp_path_factory):
     cache: dict = {}
 
     def get(profile: str, mode: str = "hf", **options):
-        from koserve.serving.stack import serve_cpu
+        from koserve.testing.stack import serve_cpu
 
         # Test servers need not drain in-flight streams for Triton's default 30 s when the session ends.
         options = {**SERVER_LIMITS, "extra_args": ("--exit-timeout-secs=2",), **options}

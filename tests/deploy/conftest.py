@@ -281,7 +281,7 @@ def tritonserver_flags() -> frozenset[str]:
     from koserve.errors import ConfigError
 
     try:
-        from koserve.serving.tritonserver import find_pytriton, server_env
+        from koserve.cpu_engine.pytriton_server import find_pytriton, server_env
 
         dist = find_pytriton()
     except ConfigError as e:

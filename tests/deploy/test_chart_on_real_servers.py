@@ -73,7 +73,7 @@ def _probe_url(rc, probe: str) -> str:
 def chart_stack(chart, kit, tmp_path_factory, replay_text_file):
     from koserve.errors import ConfigError
     from koserve.fixtures import tokenizer_dir
-    from koserve.serving.tritonserver import free_ports
+    from koserve.server.tritonserver import free_ports
 
     try:
         tokenizer = tokenizer_dir("llama2")
@@ -213,7 +213,7 @@ def test_a_dead_stub_fails_the_chart_readiness_probe_and_the_pod_recovers(chart_
     """kill -9 of the postprocessing stub: the Triton container's readinessProbe answers non-200 within seconds
     (Triton's own /v2/health/ready would stay 200), its livenessProbe stays 200 while koserve serve restarts
     tritonserver, then readiness returns and the gateway serves again. (Runs last: it restarts the module's server.)"""
-    from koserve.serving.health import stub_processes
+    from koserve.server.health import stub_processes
 
     triton, server = chart_stack["triton"], chart_stack["server"]
     ready, live = _probe_url(triton, "readinessProbe"), _probe_url(triton, "livenessProbe")

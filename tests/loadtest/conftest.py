@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from koserve.fixtures import tokenizer_dir
-from koserve.serving.engine.replay import load_replay_tokens
+from koserve.cpu_engine.replay import load_replay_tokens
 
 REPLAY_DELAY_MS = 20.0
 FAMILY = {"akallama-70b": "llama3", "komt-13b": "llama2"}
@@ -24,7 +24,7 @@ def replay_llama3(triton_servers):
 @pytest.fixture
 def replay_komt(tmp_path):
     """komt-13b profile, replay engine; a server of its own because the test using it stops it."""
-    from koserve.serving.stack import serve_cpu
+    from koserve.testing.stack import serve_cpu
 
     with serve_cpu("komt-13b", "replay", replay_delay_ms=REPLAY_DELAY_MS, workdir=tmp_path / "triton",
                    **LIMITS) as endpoints:

@@ -199,7 +199,7 @@ def gateway(replay_llama3, tmp_path):
     import sys
     import urllib.request
 
-    from koserve.serving.tritonserver import free_port
+    from koserve.server.tritonserver import free_port
 
     port = free_port()
     log = open(tmp_path / "gateway.log", "wb")  # noqa: SIM115
@@ -289,8 +289,8 @@ def test_run_that_ends_mid_stream_leaves_nothing_in_flight(tmp_path):
     (locust's --stop-timeout is the request timeout) instead of cancelling the gRPC call, which would leave an
     ensemble request running inside Triton until max_tokens (and is the pattern of Triton 2.51's cancellation
     abort): Triton, stopped right after the run, finds nothing in flight."""
-    from koserve.serving.stack import serve_cpu
-    from koserve.serving.tritonserver import in_flight_at_shutdown
+    from koserve.testing.stack import serve_cpu
+    from koserve.server.tritonserver import in_flight_at_shutdown
 
     with serve_cpu("akallama-70b", "replay", replay_delay_ms=PACE_MS, workdir=tmp_path / "triton",
                    extra_args=("--exit-timeout-secs=3",), max_input_len=1536, max_seq_len=2048) as ep:

@@ -1,4 +1,4 @@
-"""The BLS's engine client (koserve.serving.engine_h2) against a real tritonserver's gRPC endpoint."""
+"""The BLS's engine client (koserve.triton_models.engine_h2) against a real tritonserver's gRPC endpoint."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import uuid
 import numpy as np
 import pytest
 
-from koserve.serving.engine_client import EngineError
-from koserve.serving.engine_h2 import H2EngineClient, _trailer_reason
+from koserve.triton_models.engine_client import EngineError
+from koserve.triton_models.engine_h2 import H2EngineClient, _trailer_reason
 
 OUTPUTS = ["output_ids", "sequence_length"]
 

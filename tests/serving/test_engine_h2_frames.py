@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from h2.frame_buffer import FrameBuffer
 
-from koserve.serving.engine_client import chunk_from_proto
-from koserve.serving.engine_h2 import DataFrameMerger
-from koserve.serving.postprocess import tokens_of
+from koserve.triton_models.engine_client import chunk_from_proto
+from koserve.triton_models.engine_h2 import DataFrameMerger
+from koserve.triton_models.postprocess import tokens_of
 
 
 def _data(stream_id, payload, *flags):

@@ -1,7 +1,7 @@
 """Exactness holes found with inputs nobody here had picked (issue 17 §2), each against the real server.
 
 - An answer ending in a prefix of a stop word (``C#``, ``##``, ``<``) comes out whole: ``postprocessing`` sees a
-  stream's last response (:class:`koserve.serving.postprocess.StreamEnd`) and flushes what the stop-string matcher
+  stream's last response (:class:`koserve.triton_models.postprocess.StreamEnd`) and flushes what the stop-string matcher
   held back — streamed and not, gRPC and HTTP, ``ensemble`` and ``tensorrt_llm_bls``, both profiles, ended by the
   end of the text (an end id) or by ``max_tokens``.
 - Two concurrent ``ensemble`` requests with one request id: the later one gets INVALID_ARG naming the id; the first
@@ -22,7 +22,7 @@ import uuid
 import numpy as np
 import pytest
 
-from koserve.serving.rawclient import TEXT_MODELS, grpc_stream, http_generate, http_generate_stream, text_inputs
+from koserve.server.triton_calls import TEXT_MODELS, grpc_stream, http_generate, http_generate_stream, text_inputs
 from koserve.text import load_tokenizer
 
 pytestmark = pytest.mark.server

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from koserve.serving.guarded_sender import GuardedSender
+from koserve.triton_models.guarded_sender import GuardedSender
 
 FINAL = 1  # TRITONSERVER_RESPONSE_COMPLETE_FINAL
 

@@ -249,8 +249,8 @@ def unary_bls(tmp_path_factory):
     """A server whose tensorrt_llm_bls is rendered decoupled: false (NVIDIA's decoupled_mode), as end_to_end_test.py
     expects for its unary ModelInfer calls on the BLS."""
     from koserve.fixtures import tokenizer_dir
-    from koserve.serving.render import RenderOptions, render_repository
-    from koserve.serving.tritonserver import ServerOptions, TritonServer
+    from koserve.repo.render import RenderOptions, render_repository
+    from koserve.cpu_engine.pytriton_server import ServerOptions, cpu_triton_server
 
     base = tmp_path_factory.mktemp("unary-bls")
     (base / "answer.txt").write_text(ANSWER, encoding="utf-8")
@@ -259,7 +259,7 @@ def unary_bls(tmp_path_factory):
         replay_text_file=base / "answer.txt", max_seq_len=512, max_input_len=384, bls_decoupled=False,
     ))
     assert "decoupled: false" in (rendered.path / "tensorrt_llm_bls" / "config.pbtxt").read_text()
-    server = TritonServer.cpu(ServerOptions(rendered.path, extra_args=("--exit-timeout-secs=2",)),
+    server = cpu_triton_server(ServerOptions(rendered.path, extra_args=("--exit-timeout-secs=2",)),
                               log_path=base / "tritonserver.log")
     server.start(180)
     try:
@@ -309,8 +309,8 @@ def unary_engine(tmp_path_factory):
     """``koserve repo render --engine-not-decoupled``: tensorrt_llm (the CPU stand-in) and, following it,
     tensorrt_llm_bls are not decoupled, so the ensemble is not either; the replay engine answers ANSWER."""
     from koserve.fixtures import tokenizer_dir
-    from koserve.serving.render import RenderOptions, render_repository
-    from koserve.serving.tritonserver import ServerOptions, TritonServer
+    from koserve.repo.render import RenderOptions, render_repository
+    from koserve.cpu_engine.pytriton_server import ServerOptions, cpu_triton_server
 
     base = tmp_path_factory.mktemp("unary-engine")
     (base / "answer.txt").write_text(ANSWER, encoding="utf-8")
@@ -320,7 +320,7 @@ def unary_engine(tmp_path_factory):
     ))
     for model in ("tensorrt_llm", "tensorrt_llm_bls"):
         assert "decoupled: false" in (rendered.path / model / "config.pbtxt").read_text(), model
-    server = TritonServer.cpu(ServerOptions(rendered.path, extra_args=("--exit-timeout-secs=2",)),
+    server = cpu_triton_server(ServerOptions(rendered.path, extra_args=("--exit-timeout-secs=2",)),
                               log_path=base / "tritonserver.log")
     server.start(180)
     try:
@@ -536,8 +536,8 @@ def unary_komt(tmp_path_factory):
     """komt (stop words ``<|end|>``, ``<s>``, ``###``) rendered --engine-not-decoupled, replaying a text that goes
     on past ``### Response:``."""
     from koserve.fixtures import tokenizer_dir
-    from koserve.serving.render import RenderOptions, render_repository
-    from koserve.serving.tritonserver import ServerOptions, TritonServer
+    from koserve.repo.render import RenderOptions, render_repository
+    from koserve.cpu_engine.pytriton_server import ServerOptions, cpu_triton_server
 
     base = tmp_path_factory.mktemp("unary-komt")
     (base / "answer.txt").write_text(KOMT_TEXT, encoding="utf-8")
@@ -545,7 +545,7 @@ def unary_komt(tmp_path_factory):
         profile="komt-13b", tokenizer_dir=tokenizer_dir("llama2"), out=base / "repo", replay=True,
         replay_text_file=base / "answer.txt", max_seq_len=512, max_input_len=384, engine_decoupled=False,
     ))
-    server = TritonServer.cpu(ServerOptions(rendered.path, extra_args=("--exit-timeout-secs=2",)),
+    server = cpu_triton_server(ServerOptions(rendered.path, extra_args=("--exit-timeout-secs=2",)),
                               log_path=base / "tritonserver.log")
     server.start(180)
     try:
@@ -580,7 +580,7 @@ def test_not_decoupled_ensemble_and_bls_cut_at_stop_words(unary_komt, protocol):
 @pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
 def test_health_probe_passes_on_a_not_decoupled_repository(unary_engine, protocol, model):
     """koserve serve's readiness probe must not report a repository rendered --engine-not-decoupled as broken."""
-    from koserve.serving.health import probe_model
+    from koserve.server.health import probe_model
 
     url = unary_engine.http_url if protocol == "http" else unary_engine.grpc_url
     result = probe_model(url, model, timeout=30)

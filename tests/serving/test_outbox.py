@@ -1,4 +1,4 @@
-"""The BLS's streamed-response policy (koserve.serving.outbox), outside Triton: what is sent, when, and how many
+"""The BLS's streamed-response policy (koserve.triton_models.outbox), outside Triton: what is sent, when, and how many
 tokens each response says it covers."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from koserve.serving.outbox import INLINE_SENDS_PER_RESPONSE, StreamOutbox, StreamReply
+from koserve.triton_models.outbox import INLINE_SENDS_PER_RESPONSE, StreamOutbox, StreamReply
 
 
 class Wire:
@@ -189,7 +189,7 @@ def test_two_threads_flushing_one_reply_keep_the_text_in_order():
 
 
 def test_the_engine_reader_sends_a_few_due_replies_per_engine_response(monkeypatch):
-    import koserve.serving.outbox as outbox_module
+    import koserve.triton_models.outbox as outbox_module
 
     monkeypatch.setattr(outbox_module, "READER_QUIET_S", 60.0)  # a busy reader: the outbox thread leaves it the sends
     wire = Wire()

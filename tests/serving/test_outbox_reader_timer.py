@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from koserve.serving.outbox import StreamOutbox, StreamReply
+from koserve.triton_models.outbox import StreamOutbox, StreamReply
 
 
 class Wire:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from koserve.serving import pb_speedups
+from koserve.triton_models import pb_speedups
 
 
 def _real_pb_utils():

@@ -23,7 +23,7 @@ import pytest
 
 from koserve.client import AsyncChatClient, ChatClient
 from koserve.client.errors import RequestTimeoutError
-from koserve.serving.tritonserver import in_flight_at_shutdown
+from koserve.server.tritonserver import in_flight_at_shutdown
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("ensemble", "tensorrt_llm_bls")
@@ -84,7 +84,7 @@ def _ctrl_c_in_repl(url: str, model: str) -> str:
 @pytest.mark.server
 @pytest.mark.timeout(400)
 def test_every_early_end_of_a_koserve_stream_leaves_nothing_in_flight(tmp_path, replay_text_file):
-    from koserve.serving.stack import serve_cpu
+    from koserve.testing.stack import serve_cpu
 
     with serve_cpu("akallama-70b", "replay", replay_text_file=replay_text_file, replay_delay_ms=20.0,
                    max_input_len=384, max_seq_len=512, workdir=tmp_path, extra_args=("--exit-timeout-secs=3",)

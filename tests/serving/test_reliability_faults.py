@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from koserve.serving.faults import (
+from koserve.testing.faults import (
     ServeProcess,
     live_processes_with,
     port_free,
@@ -23,8 +23,8 @@ from koserve.serving.faults import (
     start_serve,
     wait_until,
 )
-from koserve.serving.health import stub_processes
-from koserve.serving.rawclient import grpc_stream, text_inputs
+from koserve.server.health import stub_processes
+from koserve.server.triton_calls import grpc_stream, text_inputs
 
 # -- tests -------------------------------------------------------------------------------------------------------
 READY_TIMEOUT = 240.0  # a loaded 2-core machine can take a while to start 4 python stubs

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from koserve.serving.faults import get_json, wait_until
-from koserve.serving.health import HealthState, ProbeResult, serve_health, stub_processes
-from koserve.serving.supervisor import RestartPolicy
-from koserve.serving.tritonserver import SHM_DIR, free_port
+from koserve.testing.faults import get_json, wait_until
+from koserve.server.health import HealthState, ProbeResult, serve_health, stub_processes
+from koserve.server.supervisor import RestartPolicy
+from koserve.server.tritonserver import SHM_DIR, free_port
 
 REAPER = Path(__file__).resolve().parents[2] / "src" / "koserve" / "serving" / "reaper.py"
 
@@ -158,7 +158,7 @@ def test_serve_refuses_a_busy_health_port_and_bad_restart_flags_before_starting_
     import socket
 
     from koserve.cli import main
-    from koserve.serving.faults import render_replay_repo
+    from koserve.testing.faults import render_replay_repo
 
     repo = render_replay_repo(tmp_path / "repo")
     with socket.socket() as busy:

@@ -15,7 +15,7 @@ import uuid
 import numpy as np
 import pytest
 
-from koserve.serving.rawclient import TEXT_MODELS, grpc_stream, text_inputs
+from koserve.server.triton_calls import TEXT_MODELS, grpc_stream, text_inputs
 
 pytestmark = pytest.mark.server
 

@@ -10,7 +10,7 @@ import uuid
 import numpy as np
 import pytest
 
-from koserve.serving.rawclient import TEXT_MODELS, grpc_stream, http_generate, text_inputs
+from koserve.server.triton_calls import TEXT_MODELS, grpc_stream, http_generate, text_inputs
 
 pytestmark = pytest.mark.server
 

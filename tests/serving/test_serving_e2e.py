@@ -11,7 +11,7 @@ import uuid
 import numpy as np
 import pytest
 
-from koserve.serving.rawclient import (
+from koserve.server.triton_calls import (
     TEXT_MODELS,
     grpc_stream,
     http_generate,

@@ -8,9 +8,9 @@ import uuid
 import pytest
 
 from koserve.errors import ConfigError
-from koserve.serving.bls import grpc_url_from_cmdline
-from koserve.serving.startsignal import StartReceiver, StartSender, StreamStart
-from koserve.serving.tritonserver import default_stop_grace, gpu_command, split_rank_args
+from koserve.triton_models.bls import grpc_url_from_cmdline
+from koserve.triton_models.startsignal import StartReceiver, StartSender, StreamStart
+from koserve.server.tritonserver import default_stop_grace, gpu_command, split_rank_args
 
 
 def test_start_signal_is_answered_before_the_next_step():
@@ -99,7 +99,7 @@ def test_gpu_extra_args_rank0_and_process_wide_flags_everywhere():
 
 def test_text_stream_drops_an_incomplete_last_character():
     from koserve.fixtures import tokenizer_dir
-    from koserve.serving.postprocess import StreamRegistry, TextStream
+    from koserve.triton_models.postprocess import StreamRegistry, TextStream
     from koserve.text import load_tokenizer
 
     for family in ("llama3", "llama2"):
@@ -116,7 +116,7 @@ def test_text_stream_drops_an_incomplete_last_character():
 
 def test_registry_reset_forgets_a_stopped_stream():
     from koserve.fixtures import tokenizer_dir
-    from koserve.serving.postprocess import StreamRegistry
+    from koserve.triton_models.postprocess import StreamRegistry
     from koserve.text import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir("llama2"))
@@ -130,7 +130,7 @@ def test_registry_reset_forgets_a_stopped_stream():
 
 
 def test_http_response_queue_capacity_follows_the_send_buffer():
-    from koserve.serving.http_queue import http_response_queue_capacity
+    from koserve.server.http_queue import http_response_queue_capacity
 
     small, large = http_response_queue_capacity(sndbuf=8192), http_response_queue_capacity(sndbuf=65536)
     assert 0 < small < large
@@ -149,7 +149,7 @@ def test_http_response_queue_capacity_follows_the_send_buffer():
     ],
 )
 def test_http_stream_warning(extra, capacity, warned):
-    from koserve.serving.http_queue import http_stream_warning
+    from koserve.server.http_queue import http_stream_warning
 
     warning = http_stream_warning(extra, capacity=capacity)
     if not warned:

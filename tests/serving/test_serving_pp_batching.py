@@ -12,10 +12,10 @@ import pytest
 
 from koserve.errors import ConfigError
 from koserve.fixtures import tokenizer_dir
-from koserve.serving.models import PostprocessingModel
-from koserve.serving.postprocess import StreamRegistry
-from koserve.serving.render import RenderOptions, read_repo_info, render_repository
-from koserve.serving.rawclient import grpc_stream, text_inputs
+from koserve.triton_models.models import PostprocessingModel
+from koserve.triton_models.postprocess import StreamRegistry
+from koserve.repo.render import RenderOptions, read_repo_info, render_repository
+from koserve.server.triton_calls import grpc_stream, text_inputs
 from koserve.text import load_tokenizer
 
 KOREAN = "안녕하세요, 반갑습니다! 뷁똠햏 🤗\n다음 줄."

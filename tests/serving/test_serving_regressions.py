@@ -14,7 +14,7 @@ import uuid
 import httpx
 import pytest
 
-from koserve.serving.rawclient import TEXT_MODELS, grpc_stream, http_generate, http_generate_stream, text_inputs
+from koserve.server.triton_calls import TEXT_MODELS, grpc_stream, http_generate, http_generate_stream, text_inputs
 from koserve.text import load_tokenizer
 
 pytestmark = pytest.mark.server

@@ -12,18 +12,13 @@ import pytest
 
 from koserve.errors import ConfigError, InvalidRequestError
 from koserve.fixtures import tiny_model_dir, tokenizer_dir
-from koserve.serving.params import ServingLimits, parse_generation_request
-from koserve.serving.postprocess import StreamRegistry, TextStream
-from koserve.serving.preprocess import Preprocessor
-from koserve.serving.render import RenderOptions, read_repo_info, render_repository
-from koserve.serving.settings import ModelSettings
-from koserve.serving.tritonserver import (
-    ServerOptions,
-    TritonServer,
-    TritonStartError,
-    gpu_command,
-    leaked_shm_regions,
-)
+from koserve.triton_models.params import ServingLimits, parse_generation_request
+from koserve.triton_models.postprocess import StreamRegistry, TextStream
+from koserve.triton_models.preprocess import Preprocessor
+from koserve.repo.render import RenderOptions, read_repo_info, render_repository
+from koserve.triton_models.settings import ModelSettings
+from koserve.server.tritonserver import TritonStartError, gpu_command, leaked_shm_regions
+from koserve.cpu_engine.pytriton_server import ServerOptions, cpu_triton_server
 
 KOREAN = "안녕하세요, 반갑습니다! 뷁똠햏 🤗\n다음 줄."
 
@@ -244,7 +239,7 @@ def test_server_that_never_gets_ready_is_killed_and_cleaned(tmp_path):
     (model / "1" / "model.py").write_text(
         "import time\nclass TritonPythonModel:\n    def initialize(self, args):\n        time.sleep(3600)\n")
     opts = ServerOptions(tmp_path / "repo")
-    server = TritonServer.cpu(opts)
+    server = cpu_triton_server(opts)
     with pytest.raises(TritonStartError, match="not ready after 8 s"):
         server.start(timeout=8)
     assert not server.is_alive()

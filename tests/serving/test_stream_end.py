@@ -1,5 +1,5 @@
 """Units (no server): how postprocessing's StreamRegistry follows an announced request to its end
-(koserve.serving.postprocess.StreamEnd) and refuses a second stream with an id still in flight."""
+(koserve.triton_models.postprocess.StreamEnd) and refuses a second stream with an id still in flight."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from koserve.fixtures import tokenizer_dir
-from koserve.serving.postprocess import StreamRegistry
-from koserve.serving.startsignal import StreamStart
+from koserve.triton_models.postprocess import StreamRegistry
+from koserve.triton_models.startsignal import StreamStart
 from koserve.text import load_tokenizer
 
 KOMT_STOPS = ("<|end|>", "<s>", "###")

@@ -1,9 +1,9 @@
-"""Triton adapter for koserve's postprocessing (logic: koserve.serving.postprocess)."""
+"""Triton adapter for koserve's postprocessing (logic: koserve.triton_models.postprocess)."""
 
 import triton_python_backend_utils as pb_utils
 
-from koserve.serving import pb_speedups
-from koserve.serving.models import PostprocessingModel
+from koserve.triton_models import pb_speedups
+from koserve.triton_models.models import PostprocessingModel
 
 
 class TritonPythonModel(PostprocessingModel):

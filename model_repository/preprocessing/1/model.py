@@ -1,8 +1,8 @@
-"""Triton adapter for koserve's preprocessing (logic: koserve.serving.preprocess)."""
+"""Triton adapter for koserve's preprocessing (logic: koserve.triton_models.preprocess)."""
 
 import triton_python_backend_utils as pb_utils
 
-from koserve.serving.models import PreprocessingModel
+from koserve.triton_models.models import PreprocessingModel
 
 
 class TritonPythonModel(PreprocessingModel):

@@ -1,9 +1,9 @@
-"""Triton adapter for koserve's streaming BLS (logic: koserve.serving.bls)."""
+"""Triton adapter for koserve's streaming BLS (logic: koserve.triton_models.bls)."""
 
 import triton_python_backend_utils as pb_utils
 
-from koserve.serving import pb_speedups
-from koserve.serving.models import BlsTritonModel
+from koserve.triton_models import pb_speedups
+from koserve.triton_models.models import BlsTritonModel
 
 
 class TritonPythonModel(BlsTritonModel):

@@ -1,11 +1,11 @@
 """CPU stand-in for the TensorRT-LLM engine: NVIDIA's ``tensorrt_llm`` tensor interface over koserve's engine.
 
-Thin adapter: the logic lives in :mod:`koserve.serving.engine` (settings come from config.pbtxt ``parameters``).
+Thin adapter: the logic lives in :mod:`koserve.cpu_engine` (settings come from config.pbtxt ``parameters``).
 """
 
 import triton_python_backend_utils as pb_utils
 
-from koserve.serving.engine.triton import TritonEngineModel
+from koserve.cpu_engine.triton import TritonEngineModel
 
 
 class TritonPythonModel:

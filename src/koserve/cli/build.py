@@ -7,7 +7,7 @@ import os
 
 
 def _scenarios(args) -> list[tuple[int, int]]:
-    from koserve.build.planner import DEFAULT_SCENARIOS
+    from koserve.engines.planner import DEFAULT_SCENARIOS
 
     if args.isl is None and args.osl is None:
         return list(DEFAULT_SCENARIOS)
@@ -19,7 +19,7 @@ def _scenarios(args) -> list[tuple[int, int]]:
 
 
 def _paths(args, recipe):
-    from koserve.build.commands import BuildPaths
+    from koserve.engines.commands import BuildPaths
 
     return BuildPaths.for_recipe(
         recipe,
@@ -32,8 +32,8 @@ def _paths(args, recipe):
 
 
 def _plan(args) -> int:
-    from koserve.build.planner import format_plan, plan
-    from koserve.build.recipe import load_recipe
+    from koserve.engines.planner import format_plan, plan
+    from koserve.engines.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
     p = plan(recipe, _scenarios(args), min_concurrency=args.min_concurrency)
@@ -42,8 +42,8 @@ def _plan(args) -> int:
 
 
 def _list(args) -> int:
-    from koserve.build.gpus import get_gpu
-    from koserve.build.recipe import builtin_recipe_names, load_recipe
+    from koserve.engines.gpus import get_gpu
+    from koserve.engines.recipe import builtin_recipe_names, load_recipe
 
     for name in builtin_recipe_names():
         r = load_recipe(name)
@@ -53,8 +53,8 @@ def _list(args) -> int:
 
 
 def _commands(args) -> int:
-    from koserve.build.commands import build_steps
-    from koserve.build.recipe import load_recipe
+    from koserve.engines.commands import build_steps
+    from koserve.engines.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
     steps = build_steps(recipe, _paths(args, recipe))
@@ -72,8 +72,8 @@ def _commands(args) -> int:
 
 
 def _run(args) -> int:
-    from koserve.build.recipe import load_recipe
-    from koserve.build.runner import run_build
+    from koserve.engines.recipe import load_recipe
+    from koserve.engines.runner import run_build
 
     recipe = load_recipe(args.recipe)
     paths = _paths(args, recipe)
@@ -86,18 +86,18 @@ def _run(args) -> int:
 
 
 def _preflight(args) -> int:
-    from koserve.build.preflight import preflight_engine
+    from koserve.engines.preflight import preflight_engine
 
     expected, source = args.expect, "expected (--expect)"
     if args.recipe:
-        from koserve.build.recipe import load_recipe
+        from koserve.engines.recipe import load_recipe
 
         expected, source = load_recipe(args.recipe).trtllm_version, f"recipe {args.recipe} trtllm_version"
     check = preflight_engine(args.engine_dir, python=args.python, expected=expected, expected_from=source,
                              what=f"preflight {args.engine_dir}")
     print(f"koserve: TensorRT-LLM versions agree: {check.summary()}")
     if args.gpus_per_node is not None:
-        from koserve.build.preflight import check_gpus_per_node
+        from koserve.engines.preflight import check_gpus_per_node
 
         check_gpus_per_node(args.engine_dir, args.gpus_per_node)
         print(f"koserve: engine built for {args.gpus_per_node} GPU(s) per node")

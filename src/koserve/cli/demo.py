@@ -18,7 +18,7 @@ DEMO_QUESTIONS = {
 def _stream_one(endpoints, model: str, question: str, max_tokens: int, out) -> None:
     from koserve.chat import render_prompt
     from koserve.profiles import load_profile
-    from koserve.serving.rawclient import grpc_stream, text_inputs
+    from koserve.server.triton_calls import grpc_stream, text_inputs
     from koserve.text import load_tokenizer
 
     profile = load_profile(endpoints.profile)
@@ -52,7 +52,7 @@ def _stream_one(endpoints, model: str, question: str, max_tokens: int, out) -> N
 
 
 def _demo(args) -> int:
-    from koserve.serving.stack import serve_cpu
+    from koserve.testing.stack import serve_cpu
 
     out = sys.stdout
     profiles = args.profile or list(DEMO_QUESTIONS)

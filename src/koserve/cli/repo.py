@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def _render(args) -> int:
-    from koserve.serving.render import RenderOptions, render_repository
+    from koserve.repo.render import RenderOptions, render_repository
 
     opts = RenderOptions(
         profile=args.profile,
@@ -46,7 +46,7 @@ def _render(args) -> int:
 
 
 def register(subparsers) -> None:
-    from koserve.serving.stream_defaults import DEFAULT_MAX_INTERVAL_US, DEFAULT_MAX_WAIT_GAPS, DEFAULT_SEND_SHARE
+    from koserve.triton_models.stream_defaults import DEFAULT_MAX_INTERVAL_US, DEFAULT_MAX_WAIT_GAPS, DEFAULT_SEND_SHARE
 
     repo = subparsers.add_parser("repo", help="Triton model repository tools")
     sub = repo.add_subparsers(dest="repo_command", metavar="SUBCOMMAND")

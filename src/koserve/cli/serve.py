@@ -20,16 +20,11 @@ def _is_gpu_repo(repo: Path, info: dict) -> bool:
 def build_server(args):
     """The TritonServer for ``args`` (not started)."""
     from koserve.errors import ConfigError
-    from koserve.serving.render import read_repo_info
-    from koserve.serving.tritonserver import (
-        GPU_TRITONSERVER,
-        ServerOptions,
-        TritonServer,
-        gpu_command,
-        unique_shm_prefix,
-    )
+    from koserve.repo.render import read_repo_info
+    from koserve.server.tritonserver import GPU_TRITONSERVER, TritonServer, gpu_command, unique_shm_prefix
+    from koserve.cpu_engine.pytriton_server import ServerOptions, cpu_triton_server
 
-    from koserve.serving.tritonserver import default_stop_grace
+    from koserve.server.tritonserver import default_stop_grace
 
     repo = Path(args.repo).expanduser().resolve()
     if not repo.is_dir():
@@ -41,7 +36,7 @@ def build_server(args):
     info = read_repo_info(repo)
     gpu = args.gpu if args.gpu is not None else _is_gpu_repo(repo, info)
     if not gpu:
-        return TritonServer.cpu(
+        return cpu_triton_server(
             ServerOptions(
                 repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                 metrics_port=args.metrics_port, log_verbose=args.log_verbose, extra_args=extra,
@@ -85,7 +80,7 @@ def _check_health_args(args) -> None:
 
 def _probe_url(server, extra: tuple[str, ...]) -> str:
     """gRPC unless tritonserver's gRPC endpoint is off (then HTTP)."""
-    from koserve.serving.tritonserver import tritonserver_arg
+    from koserve.server.tritonserver import tritonserver_arg
 
     grpc_off = (tritonserver_arg(extra, "--allow-grpc") or "true").lower() in ("false", "0", "no", "off")
     return server.http_url if grpc_off else server.grpc_url
@@ -93,16 +88,16 @@ def _probe_url(server, extra: tuple[str, ...]) -> str:
 
 def _serve(args) -> int:
     from koserve.errors import ConfigError
-    from koserve.serving.health import HealthState, Prober, serve_health, text_models_in
-    from koserve.serving.http_queue import http_stream_warning
-    from koserve.serving.supervisor import RestartPolicy, Supervisor
+    from koserve.server.health import HealthState, Prober, serve_health, text_models_in
+    from koserve.server.http_queue import http_stream_warning
+    from koserve.server.supervisor import RestartPolicy, Supervisor
 
     server = build_server(args)
     if args.print_command:
         print(shlex.join(server.cmd))
         return 0
     if not args.skip_version_check and args.gpu is not False:
-        from koserve.build.preflight import preflight_repo  # GPU repository: TensorRT-LLM versions must agree
+        from koserve.engines.preflight import preflight_repo  # GPU repository: TensorRT-LLM versions must agree
 
         preflight_repo(Path(args.repo).expanduser().resolve())
     _check_health_args(args)
@@ -151,8 +146,8 @@ def _serve(args) -> int:
 
 def register(subparsers) -> None:
     # dependency-free modules: `koserve --help` stays fast
-    from koserve.serving.health import DEFAULT_HEALTH_PORT, DEFAULT_PROBE_INTERVAL_S, DEFAULT_PROBE_TIMEOUT_S
-    from koserve.serving.supervisor import (
+    from koserve.server.health import DEFAULT_HEALTH_PORT, DEFAULT_PROBE_INTERVAL_S, DEFAULT_PROBE_TIMEOUT_S
+    from koserve.server.supervisor import (
         DEFAULT_MAX_RESTARTS,
         DEFAULT_RESTART_GRACE_S,
         DEFAULT_RESTART_WINDOW_S,

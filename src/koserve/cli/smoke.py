@@ -24,7 +24,7 @@ def _run(args) -> int:
 
 
 def register(subparsers) -> None:
-    from koserve.build.versions import CONTAINER_EXAMPLES_DIR, TRITON_TRTLLM_IMAGE
+    from koserve.engines.versions import CONTAINER_EXAMPLES_DIR, TRITON_TRTLLM_IMAGE
 
     p = subparsers.add_parser(
         "gpu-smoke",

@@ -1,6 +1,6 @@
 """koserve locustfile: streaming LLM users for Triton (gRPC, HTTP SSE) and the OpenAI gateway.
 
-    locust -f loadtest/locustfile.py  (or this file) --headless TritonGrpcUser --host 127.0.0.1:8001 \
+    locust -f examples/locustfile.py  (or this file) --headless TritonGrpcUser --host 127.0.0.1:8001 \
         --target-model ensemble --model-profile akallama-70b --prompts all \
         --shape fixed --concurrency 8 --shape-duration 60 --records-dir out/records
 

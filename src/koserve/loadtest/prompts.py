@@ -1,6 +1,6 @@
 """Prompt sources for load tests: Korean chat prompt sets and synthetic prompts of target ISL/OSL.
 
-Prompt sets are JSONL files (``loadtest/prompts/{short,medium,long}.jsonl``), one chat per line::
+Prompt sets are JSONL files (``koserve/loadtest/prompts/{short,medium,long}.jsonl``), one chat per line::
 
     {"id": "qa-short-01", "task": "qa", "messages": [{"role": "user", "content": "..."}]}
 
@@ -30,8 +30,8 @@ LENGTHS = ("short", "medium", "long")
 
 
 def default_prompts_dir() -> Path:
-    """``<repo>/loadtest/prompts`` (the prompt sets live in the source tree, not in the wheel)."""
-    return Path(__file__).resolve().parents[3] / "loadtest" / "prompts"
+    """The prompt sets shipped with koserve (package data ``koserve/loadtest/prompts``)."""
+    return Path(__file__).resolve().parent / "prompts"
 
 
 @dataclass(frozen=True)

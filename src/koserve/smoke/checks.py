@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from koserve.serving.rawclient import grpc_stream, http_generate, http_generate_stream, text_inputs
+from koserve.server.triton_calls import grpc_stream, http_generate, http_generate_stream, text_inputs
 
 KOREAN_PROMPT = "안녕하세요! 오늘 서울 날씨와 추천 음식을 한국어로 알려 주세요."
 TEXT_MODELS = ("ensemble", "tensorrt_llm_bls")

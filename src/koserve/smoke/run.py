@@ -25,12 +25,12 @@ from pathlib import Path
 
 import yaml
 
-from koserve.build.commands import BuildPaths
-from koserve.build.gpus import GPUS
-from koserve.build.probe import GpuProbeError, probe_gpus
-from koserve.build.recipe import EngineRecipe, parse_recipe
-from koserve.build.runner import run_build
-from koserve.build.versions import CONTAINER_EXAMPLES_DIR, TRTLLM_VERSION
+from koserve.engines.commands import BuildPaths
+from koserve.engines.gpus import GPUS
+from koserve.engines.probe import GpuProbeError, probe_gpus
+from koserve.engines.recipe import EngineRecipe, parse_recipe
+from koserve.engines.runner import run_build
+from koserve.engines.versions import CONTAINER_EXAMPLES_DIR, TRTLLM_VERSION
 from koserve.errors import ConfigError, KoserveError
 from koserve.smoke.checks import KOREAN_PROMPT, CheckResult, Target, format_table, run_checks
 from koserve.smoke.fixture import HEAD_SIZES_SUPPORTED, head_size, prepare_gpu_fixture
@@ -246,7 +246,7 @@ def loadtest(endpoints: Endpoints, profile_file: Path, tokenizer: Path, opts: Sm
 
 def run_smoke(opts: SmokeOptions, *, server: ServerFactory = koserve_serve, probe=probe_gpus) -> SmokeReport:
     """The whole acceptance run; never raises for a failing step (it is a FAIL row)."""
-    from koserve.serving.render import RenderOptions, render_repository  # noqa: PLC0415
+    from koserve.repo.render import RenderOptions, render_repository  # noqa: PLC0415
     from koserve.text import load_tokenizer  # noqa: PLC0415
 
     echo = opts.echo
