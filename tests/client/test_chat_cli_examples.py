@@ -1,4 +1,4 @@
-"""`koserve chat` (one-shot, --json, REPL through a pty with Korean) and the client/ examples, against Triton."""
+"""`koserve chat` (one-shot, --json, REPL through a pty with Korean) and the examples/ scripts, against Triton."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def test_interactive_session_in_a_pty_renders_korean(komt, want):
 
 
 def test_examples_run_against_the_server(komt, want):
-    examples = REPO / "client"
+    examples = REPO / "examples"
     out = run([sys.executable, str(examples / "grpc_streaming.py"), "--url", komt.grpc_url, "-p", "komt-13b",
                "--max-tokens", "300", "안녕"])
     assert out.returncode == 0 and out.stdout == want + "\n", out.stderr
