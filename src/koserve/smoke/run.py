@@ -160,6 +160,17 @@ def detect_gpu_key(probe=probe_gpus) -> str:
     return spec.key
 
 
+def checked_gpu_key(opts: SmokeOptions, probe=probe_gpus) -> str:
+    """``--gpu`` or GPU 0's catalogue key, after checking that a GPU is there: no GPU, no checkpoint build."""
+    if not opts.gpu:
+        return detect_gpu_key(probe)
+    try:
+        probe()
+    except GpuProbeError as exc:
+        raise ConfigError(str(exc)) from None
+    return opts.gpu
+
+
 # -- serving ---------------------------------------------------------------------------------------------------------
 
 def _free_port() -> int:
@@ -233,10 +244,10 @@ class _Stop(Exception):
 
 def loadtest(endpoints: Endpoints, profile_file: Path, tokenizer: Path, opts: SmokeOptions) -> tuple[bool, str]:
     out = opts.workdir / "loadtest"
-    cmd = [sys.executable, "-m", "koserve", "loadtest", endpoints.grpc_url, "--protocol", "grpc",
-           "--model", "ensemble", "--profile", str(profile_file), "--tokenizer", str(tokenizer),
+    cmd = [sys.executable, "-m", "koserve", "loadtest", "--url", endpoints.grpc_url, "--protocol", "grpc",
+           "--target", "ensemble", "--profile", str(profile_file), "--tokenizer", str(tokenizer),
            "--duration", f"{opts.loadtest_seconds:g}s", "--concurrency", str(opts.loadtest_concurrency),
-           "--prompts", opts.loadtest_prompts, "--osl", "32", "--out", str(out), "--metrics-url", endpoints.metrics_url,
+           "--prompts", opts.loadtest_prompts, "--max-tokens", "32", "--out", str(out), "--metrics-url", endpoints.metrics_url,
            "--slo", "error_rate=1%", "--no-plots", "--no-progress"]
     budget = opts.loadtest_seconds + 180
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=budget, check=False)
@@ -253,12 +264,17 @@ def run_smoke(opts: SmokeOptions, *, server: ServerFactory = koserve_serve, prob
     report = SmokeReport()
     opts.workdir.mkdir(parents=True, exist_ok=True)
     try:
+        try:
+            gpu_key = checked_gpu_key(opts, probe)
+        except ConfigError as exc:
+            report.results.append(CheckResult("GPU", False, str(exc), 0.0))
+            raise _Stop from None
         checkpoint = _step(report, "checkpoint", lambda: _checkpoint(opts), echo)
         profile_file = opts.workdir / "gpu-smoke-profile.yaml"
 
         def build():
             write_profile(checkpoint, profile_file)
-            recipe = smoke_recipe(profile_file, checkpoint, opts.gpu or detect_gpu_key(probe))
+            recipe = smoke_recipe(profile_file, checkpoint, gpu_key)
             paths = BuildPaths(workdir=opts.workdir / "build", checkpoint=str(checkpoint),
                                engine_dir=opts.workdir / "engine", examples_dir=opts.examples_dir, python=opts.python)
             result = run_build(recipe, paths, echo=echo, probe=probe)
