@@ -278,6 +278,10 @@ def _looks_like_hub_id(text: str) -> bool:
 
 # -- finding and loading -------------------------------------------------------------------------
 
+# In a checkout a symlink to the top-level recipes/; the wheel carries a copy.
+_PACKAGED_RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
 def repo_root() -> Path | None:
     """The koserve checkout this module runs from (the folder holding ``recipes``), if any."""
     for parent in Path(__file__).resolve().parents:
@@ -287,13 +291,16 @@ def repo_root() -> Path | None:
 
 
 def recipes_dir() -> Path:
-    """Where built-in recipes live: ``$KOSERVE_RECIPES_DIR``, else the checkout's ``recipes``."""
+    """Where built-in recipes live: ``$KOSERVE_RECIPES_DIR``, else the checkout's ``recipes``, else the copy the
+    wheel ships (``koserve/engines/recipes``)."""
     env = os.environ.get("KOSERVE_RECIPES_DIR")
     if env:
         return Path(env)
     root = repo_root()
     if root is not None:
         return root / "recipes"
+    if _PACKAGED_RECIPES.is_dir():
+        return _PACKAGED_RECIPES
     return Path.cwd() / "recipes"
 
 
@@ -350,4 +357,6 @@ def resolve_local_path(text: str) -> Path:
     root = repo_root()
     if root is not None and (root / path).exists():
         return root / path
+    if path.parts[:1] == ("recipes",) and (_PACKAGED_RECIPES.parent / path).exists():  # installed from a wheel
+        return _PACKAGED_RECIPES.parent / path
     return Path.cwd() / path

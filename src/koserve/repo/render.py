@@ -32,15 +32,17 @@ DEFAULT_POSTPROCESSING_MAX_QUEUE_DELAY_US = 1000
 
 
 def templates_dir() -> Path:
-    """``$KOSERVE_TEMPLATES`` or the ``model_repository/`` folder of the source tree."""
+    """``$KOSERVE_TEMPLATES``, else the templates shipped in the package (``koserve/repo/templates``: in a checkout a
+    symlink to the top-level ``model_repository/``, in a wheel a copy of it)."""
     env = os.environ.get("KOSERVE_TEMPLATES")
     candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[3] / "model_repository")
+    candidates.append((Path(__file__).resolve().parent / "templates").resolve())
     for path in candidates:
         if (path / "ensemble" / "config.pbtxt").is_file():
             return path
     raise ConfigError(
-        f"model repository templates not found (looked in {', '.join(map(str, candidates))}); set KOSERVE_TEMPLATES"
+        f"model repository templates not found (looked in {', '.join(map(str, candidates))}); set KOSERVE_TEMPLATES "
+        "to a folder holding ensemble/config.pbtxt, or reinstall koserve (its wheel ships them)"
     )
 
 
