@@ -261,8 +261,8 @@ def compare_with_aiperf(args) -> int:
                                                  isl=args.isl, osl=osl, concurrency=conc, duration=600,
                                                  max_requests=args.requests, warmup_requests=args.warmup_requests,
                                                  request_timeout=30, metrics_url=None, plots=False)
-                            print(f"$ koserve loadtest {url} --protocol openai --profile {args.profile} --prompts "
-                                  f"synthetic --isl {args.isl} --osl {osl} --concurrency {conc} --max-requests "
+                            print(f"$ koserve loadtest --url {url} --protocol openai --profile {args.profile} --prompts "
+                                  f"synthetic --isl {args.isl} --max-tokens {osl} --concurrency {conc} --max-requests "
                                   f"{args.requests} --warmup-requests {args.warmup_requests} --duration 10m",
                                   flush=True)
                             k = run_loadtest(cfg, progress=False).summary
