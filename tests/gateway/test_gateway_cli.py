@@ -112,3 +112,17 @@ def test_gateway_from_a_shell_counts_prompt_tokens(triton_servers, replay_text_f
     text = log.read_text()
     assert f"llama2 tokenizer from {REPO / '.cache' / 'koserve' / 'tokenizers' / 'llama2'}" in text
     assert "no tokenizer" not in text
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("komt-13b=127.0.0.1:1,target=xx", "target: Input should be 'ensemble' or 'tensorrt_llm_bls'"),
+    ("komt-13b=127.0.0.1:1,profile=nope", "unknown profile"),
+    ("komt-13b", "expected NAME=URL"),
+])
+def test_gateway_refuses_bad_model_options_at_start(spec, message, tmp_path):
+    """Every key of --model is checked before the gateway listens: one error line, exit 2, no server."""
+    proc = subprocess.run([str(KOSERVE), "gateway", "--model", spec, "--port", str(_free_port())], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("koserve: error:") and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "Uvicorn running" not in proc.stderr

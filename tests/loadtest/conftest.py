@@ -43,3 +43,33 @@ def token_counter():
     from koserve.loadtest.prompts import TokenCounter
 
     return lambda profile: TokenCounter(tokenizer_dir(FAMILY[profile]))
+
+
+class FakeClock:
+    """A clock the test moves by hand (``clock.t += 0.1``)."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def make_record():
+    """``make_record(**fields)``: a finished request record, a successful 4-token one unless told otherwise."""
+    from koserve.loadtest.metrics import StreamRecord
+
+    def make(**kw) -> StreamRecord:
+        base = dict(protocol="grpc", model="ensemble", prompt_id="p", start=1000.0, end=1001.0, input_chars=10,
+                    input_tokens=5, max_tokens=4, ttft=0.1, itls=[0.02, 0.03, 0.02], e2e=1.0, chunks=4,
+                    output_tokens=4, output_chars=8, concurrency=1)
+        base.update(kw)
+        return StreamRecord(**base)
+
+    return make

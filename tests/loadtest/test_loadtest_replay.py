@@ -24,7 +24,7 @@ ITL_TOLERANCE_MS = 5.0
 
 
 def run(out: Path, url: str, *args: str) -> tuple[int, dict, list]:
-    code = koserve(["loadtest", url, "--out", str(out), *args])
+    code = koserve(["loadtest", "--url", url, "--out", str(out), *args])
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     records = read_records(sorted((out / "records").glob("*.jsonl")))
     return code, summary, records
@@ -44,8 +44,8 @@ def test_grpc_ensemble_fixed_concurrency_report(tmp_path, replay_llama3, replay_
     osl, text = clean_length("akallama-70b", replay_ids, token_counter, (24, 25, 23, 26))
     out = tmp_path / "report"
     code, s, records = run(
-        out, replay_llama3.grpc_url, "--protocol", "grpc", "--model", "ensemble", "--profile", "akallama-70b",
-        "--prompts", "all", "--osl", str(osl), "--shape", "fixed", "--concurrency", "4", "--duration", "6s",
+        out, replay_llama3.grpc_url, "--protocol", "grpc", "--target", "ensemble", "--profile", "akallama-70b",
+        "--prompts", "all", "--max-tokens", str(osl), "--shape", "fixed", "--concurrency", "4", "--duration", "6s",
         "--metrics-url", replay_llama3.metrics_url,
         "--slo", "ttft_p99=5s,tpot_p99=30ms,chunk_gap_p99=250ms,itl_p99=250ms,error_rate=0",
     )
@@ -111,8 +111,8 @@ def test_http_bls_request_budget_and_missed_slo(tmp_path, replay_llama3, replay_
     osl, _ = clean_length("akallama-70b", replay_ids, token_counter, (16, 17, 15))
     t0 = time.monotonic()
     code, s, records = run(
-        tmp_path / "r", replay_llama3.http_url, "--protocol", "http", "--model", "tensorrt_llm_bls",
-        "--prompts", "synthetic", "--isl", "64", "--osl", str(osl), "--concurrency", "3", "--duration", "1m",
+        tmp_path / "r", replay_llama3.http_url, "--protocol", "http", "--target", "tensorrt_llm_bls",
+        "--prompts", "synthetic", "--isl", "64", "--max-tokens", str(osl), "--concurrency", "3", "--duration", "1m",
         "--max-requests", "12", "--warmup-requests", "3", "--metrics-url", "none", "--slo", "itl_p99=1ms",
         "--no-plots",
     )
@@ -134,7 +134,7 @@ def test_http_bls_request_budget_and_missed_slo(tmp_path, replay_llama3, replay_
 def test_poisson_arrivals_and_step_ramp(tmp_path, replay_llama3):
     code, s, records = run(
         tmp_path / "poisson", replay_llama3.grpc_url, "--shape", "poisson", "--rate", "6", "--concurrency", "16",
-        "--duration", "5", "--osl", "8", "--metrics-url", "none", "--no-plots",
+        "--duration", "5", "--max-tokens", "8", "--metrics-url", "none", "--no-plots",
     )
     assert code == 0 and s["failed"] == 0
     assert 10 <= len(records) <= 60  # 30 expected; Poisson counts vary
@@ -143,7 +143,7 @@ def test_poisson_arrivals_and_step_ramp(tmp_path, replay_llama3):
 
     code, s, records = run(
         tmp_path / "step", replay_llama3.grpc_url, "--shape", "step", "--concurrency", "1", "--step-users", "2",
-        "--step-duration", "2", "--max-users", "5", "--duration", "6", "--osl", "8", "--metrics-url", "none",
+        "--step-duration", "2", "--max-users", "5", "--duration", "6", "--max-tokens", "8", "--metrics-url", "none",
         "--no-plots",
     )
     assert code == 0 and s["failed"] == 0
@@ -173,7 +173,7 @@ def test_failures_counted_when_the_server_stops_mid_run(tmp_path, replay_komt, r
     stopper.start()
     try:
         code, s, records = run(
-            out, replay_komt.http_url, "--protocol", "http", "--profile", "komt-13b", "--osl", str(osl),
+            out, replay_komt.http_url, "--protocol", "http", "--profile", "komt-13b", "--max-tokens", str(osl),
             "--concurrency", "4", "--duration", "12", "--request-timeout", "5", "--metrics-url", "none",
             "--slo", "error_rate=0",
         )
@@ -236,7 +236,7 @@ def test_openai_gateway_user(tmp_path, gateway, replay_ids, token_counter):
     osl, text = clean_length("akallama-70b", replay_ids, token_counter, (20, 21, 19))
     code, s, records = run(
         tmp_path / "r", gateway, "--protocol", "openai", "--profile", "akallama-70b", "--prompts", "short",
-        "--osl", str(osl), "--concurrency", "3", "--duration", "5", "--slo", "itl_p99=250ms",
+        "--max-tokens", str(osl), "--concurrency", "3", "--duration", "5", "--slo", "itl_p99=250ms",
     )
     assert code == 0 and s["failed"] == 0 and len(records) >= 5
     assert {r.protocol for r in records} == {"openai"} and {r.model for r in records} == {"akallama-70b"}
@@ -259,19 +259,25 @@ def test_openai_gateway_user(tmp_path, gateway, replay_ids, token_counter):
     assert (tmp_path / "r" / "metrics-after.prom").is_file()  # the gateway's own /metrics
 
 
-def test_server_error_messages_are_reported(tmp_path, replay_llama3):
+def test_server_error_messages_are_reported(tmp_path, replay_llama3, capfd):
     code, s, records = run(
-        tmp_path / "r", replay_llama3.grpc_url, "--osl", "100000", "--concurrency", "2", "--duration", "10",
-        "--max-requests", "4", "--metrics-url", "none", "--no-plots", "--slo", "error_rate=0",
+        tmp_path / "r", replay_llama3.grpc_url, "--max-tokens", "100000", "--concurrency", "2", "--duration", "10",
+        "--max-requests", "4", "--metrics-url", "none", "--slo", "error_rate=0",
     )
     assert code == 1 and len(records) == 4 and s["failed"] == 4
     message = s["errors"][0]["message"]
     assert "100000" in message or "max_tokens" in message, message  # the server's own words
+    out, err = capfd.readouterr()
+    assert "most frequent errors (4 failed requests):" in out and f"4 × {message}" in out  # on the console too
+    assert "no request succeeded (4 failed)" in err
+    assert "SLO error_rate=0: 100.00 % > 0.00 % MISSED" in out
+    assert "no plots: no request succeeded" in out and not list((tmp_path / "r").glob("*.png"))
+    assert "Plots: none, no request succeeded" in (tmp_path / "r" / "summary.md").read_text(encoding="utf-8")
 
 
 def test_echo_shows_locust_output_and_still_prints_progress(tmp_path, replay_llama3, capfd):
     code, s, records = run(
-        tmp_path / "r", replay_llama3.grpc_url, "--osl", "8", "--concurrency", "2", "--duration", "7s",
+        tmp_path / "r", replay_llama3.grpc_url, "--max-tokens", "8", "--concurrency", "2", "--duration", "7s",
         "--metrics-url", "none", "--no-plots", "--echo",
     )
     assert code == 0 and s["failed"] == 0 and records
@@ -295,8 +301,8 @@ def test_run_that_ends_mid_stream_leaves_nothing_in_flight(tmp_path):
     with serve_cpu("akallama-70b", "replay", replay_delay_ms=PACE_MS, workdir=tmp_path / "triton",
                    extra_args=("--exit-timeout-secs=3",), max_input_len=1536, max_seq_len=2048) as ep:
         # 400 tokens at 20 ms: every stream is still running when the 4 s run ends
-        code, summary, _ = run(tmp_path / "report", ep.grpc_url, "--profile", "akallama-70b", "--model", "ensemble",
-                               "--prompts", "short", "--osl", "400", "--concurrency", "2", "--duration", "4s",
+        code, summary, _ = run(tmp_path / "report", ep.grpc_url, "--profile", "akallama-70b", "--target", "ensemble",
+                               "--prompts", "short", "--max-tokens", "400", "--concurrency", "2", "--duration", "4s",
                                "--metrics-url", "none", "--no-progress")
         assert code == 0
         assert summary["run"]["end_reason"] == "duration"

@@ -34,7 +34,7 @@ def text_main(argv: list[str] | None = None) -> int:
 
 def register(subparsers) -> None:
     bench = subparsers.add_parser("bench", help="micro-benchmarks (print Markdown tables)")
-    sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    sub = bench.add_subparsers(dest="bench_command", required=True)
     text = sub.add_parser("text", help="incremental detokenizer and stop-string matcher µs per token (Korean)")
     _add_text_arguments(text)
     text.set_defaults(func=_run_text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 
 def _scenarios(args) -> list[tuple[int, int]]:
@@ -49,6 +50,21 @@ def _list(args) -> int:
         r = load_recipe(name)
         print(f"{name:34s} {r.profile:13s} {r.quantization.precision:8s} "
               f"{r.parallelism.world_size} × {get_gpu(r.gpu).display_name}")
+    return 0
+
+
+def _gpus(args) -> int:
+    from koserve.engines.gpus import format_catalogue
+
+    print(format_catalogue())
+    return 0
+
+
+def _new(args) -> int:
+    from koserve.engines.recipe import write_recipe_copy
+
+    path = write_recipe_copy(args.source, args.name, Path(args.out), force=args.force)
+    print(f"wrote {path} (a copy of {args.source}); edit it, then: koserve build plan {path}")
     return 0
 
 
@@ -107,28 +123,54 @@ def _preflight(args) -> int:
 def _common(p, *, paths: bool) -> None:
     p.add_argument("recipe", help="built-in recipe name (see `koserve build list`) or a recipe YAML file")
     if paths:
-        p.add_argument("--workdir", help="build folder (default ./koserve-build/RECIPE)")
-        p.add_argument("--checkpoint-dir", help="local Hugging Face checkpoint folder (overrides the recipe)")
-        p.add_argument("--output-dir", help="engine folder (default WORKDIR/engine)")
-        p.add_argument("--trtllm-examples", help="TensorRT-LLM v1.2.1 examples/ folder "
-                                                 "(default $TRTLLM_EXAMPLES or /app/examples, where NVIDIA's image has them)")
+        p.add_argument("--workdir", metavar="DIR", help="build folder (default: ./koserve-build/RECIPE)")
+        p.add_argument("--checkpoint-dir", metavar="DIR",
+                       help="local Hugging Face checkpoint folder (overrides the recipe)")
+        p.add_argument("--output-dir", metavar="DIR", help="engine folder (default: WORKDIR/engine)")
+        p.add_argument("--trtllm-examples", metavar="DIR",
+                       help="TensorRT-LLM v1.2.1 examples/ folder (default: $TRTLLM_EXAMPLES or /app/examples, "
+                       "where NVIDIA's image has them)")
         p.add_argument("--python", default="python3", help="interpreter for quantize.py / convert_checkpoint.py")
 
 
 def register(subparsers) -> None:
-    build = subparsers.add_parser("build", help="plan and build TensorRT-LLM engines from recipes")
-    sub = build.add_subparsers(dest="build_command", metavar="ACTION", required=True)
+    from koserve.cli.conventions import add_time
+
+    build = subparsers.add_parser(
+        "build", help="plan and build TensorRT-LLM engines from recipes",
+        description="Engine recipes: `list` the built-in ones, `gpus` the GPU keys they take, `new` to copy one to "
+        "edit, `plan` before any GPU work, `commands` to see what runs, `run` on the GPU box. Guide: docs/build.md.",
+    )
+    sub = build.add_subparsers(dest="build_command", required=True)
 
     p = sub.add_parser("list", help="list the built-in recipes")
     p.set_defaults(func=_list)
 
+    p = sub.add_parser("gpus", help="list the GPU catalogue: the keys a recipe's gpu: and --gpu take")
+    p.set_defaults(func=_gpus)
+
+    p = sub.add_parser(
+        "new", help="write a copy of a recipe under a new name, to edit",
+        description="Copy RECIPE (built-in name or file) to OUT/NAME.yaml with name: NAME, comments kept, and check "
+        "that the copy loads. Edit it, then `koserve build plan OUT/NAME.yaml`.",
+        epilog="example: koserve build new --from akallama-70b-fp8-h200-tp1 akallama-70b-bf16-h200-tp2",
+    )
+    p.add_argument("--from", dest="source", required=True, metavar="RECIPE",
+                   help="the recipe to copy: a built-in name (see `koserve build list`) or a YAML file")
+    p.add_argument("name", metavar="NAME", help="name of the new recipe (also its file name, NAME.yaml)")
+    p.add_argument("--out", default=".", metavar="DIR", help="folder to write NAME.yaml into")
+    p.add_argument("--force", action="store_true", help="replace OUT/NAME.yaml if it exists")
+    p.set_defaults(func=_new)
+
     p = sub.add_parser("plan", help="memory, KV-cache capacity, concurrency and refusals, before any GPU work")
     _common(p, paths=False)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--isl", type=int, help="input sequence length of the scenario (default: 128/128 and 2048/2048)")
-    p.add_argument("--osl", type=int, help="output sequence length of the scenario")
-    p.add_argument("--min-concurrency", type=int, default=32,
-                   help="sequences the KV cache must hold at once for a scenario to be 'ok' (default 32)")
+    p.add_argument("--isl", type=int, metavar="N",
+                   help="input sequence length of the traffic scenario planned for, with --osl (default: the "
+                   "scenarios 128/128 and 2048/2048)")
+    p.add_argument("--osl", type=int, metavar="N", help="output sequence length of the scenario, with --isl")
+    p.add_argument("--min-concurrency", type=int, default=32, metavar="N",
+                   help="sequences the KV cache must hold at once for a scenario to be 'ok'")
     p.set_defaults(func=_plan)
 
     p = sub.add_parser("commands", help="print the exact TensorRT-LLM 1.2.1 command lines")
@@ -140,8 +182,8 @@ def register(subparsers) -> None:
     _common(p, paths=True)
     p.add_argument("--dry-run", action="store_true", help="show what would run or be skipped, run nothing")
     p.add_argument("--force", action="store_true", help="re-run every step even when up to date")
-    p.add_argument("--heartbeat", type=float, default=60.0, help="seconds between progress lines of a running step")
-    p.add_argument("--step-timeout", type=float, default=None, help="kill a step that runs longer (seconds)")
+    add_time(p, "--heartbeat", default="1m", help="time between progress lines of a running step")
+    add_time(p, "--step-timeout", default=None, help="kill a step that runs longer than this (default: no limit)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser(
@@ -152,11 +194,12 @@ def register(subparsers) -> None:
         "pinned 1.2.1). Exit 0 when all agree; otherwise exit 2 with an error naming all three. The chart's init "
         "container runs it before rendering the repository.",
     )
-    p.add_argument("--engine-dir", required=True, help="TensorRT-LLM engine folder (config.json + rank*.engine)")
+    p.add_argument("--engine-dir", required=True, metavar="DIR",
+                   help="TensorRT-LLM engine folder (config.json + rank*.engine)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--recipe", help="built-in recipe name or YAML: expect its trtllm_version")
     g.add_argument("--expect", help="expected TensorRT-LLM version, e.g. 1.2.1")
-    p.add_argument("--python", default="python3", help="interpreter whose tensorrt_llm is checked (default python3)")
-    p.add_argument("--gpus-per-node", type=int, default=None,
+    p.add_argument("--python", default="python3", help="interpreter whose tensorrt_llm is checked")
+    p.add_argument("--gpus-per-node", type=int, default=None, metavar="N",
                    help="multi-node: GPUs per pod; the engine's mapping.gpus_per_node must equal it")
     p.set_defaults(func=_preflight)

@@ -24,11 +24,14 @@ _SAMPLING_FLAGS = (
 )
 
 _HELP = """\
-Commands: /reset clears the conversation, /history shows it, /exit (or Ctrl-D) quits.
-Ctrl-C stops the answer being generated."""
+Commands: /reset clears the conversation, /history shows it, /exit (or Ctrl-D) quits, /help shows this.
+Ctrl-C stops the answer being generated; what was written stays in the conversation, marked [stopped].
+Start a message with // to send a line that begins with /."""
 
 
 def register(subparsers: Any) -> None:
+    from koserve.cli.conventions import add_alias, add_profile, add_target, add_time  # noqa: PLC0415
+
     p = subparsers.add_parser(
         "chat",
         help="chat with a served model (one-shot or interactive)",
@@ -37,25 +40,39 @@ def register(subparsers: Any) -> None:
         epilog='example: koserve chat -p akallama-70b "네 이름은 뭐야?"',
     )
     p.add_argument("prompt", nargs="?", help="the message; omit for an interactive session; '-' reads stdin")
-    p.add_argument("-p", "--profile", default=os.environ.get("KOSERVE_PROFILE", "akallama-70b"),
-                   help="model profile name or YAML file (default: $KOSERVE_PROFILE or akallama-70b)")
-    p.add_argument("--url", default=os.environ.get("KOSERVE_URL"),
-                   help="Triton URL: host:port for gRPC (default 127.0.0.1:8001) or http://host:port for HTTP "
-                   "(default 127.0.0.1:8000); env KOSERVE_URL")
-    p.add_argument("--protocol", choices=("grpc", "http"), help="default: guessed from --url (http:// → http)")
-    p.add_argument("--model", default="ensemble",
-                   help="Triton model to call: ensemble (default) or tensorrt_llm_bls")
+    add_profile(p, env=True)
+    p.add_argument("--url", default=os.environ.get("KOSERVE_URL"), metavar="URL",
+                   help="Triton: host:port for gRPC (default: 127.0.0.1:8001) or http://host:port for HTTP "
+                   "(default: 127.0.0.1:8000); env KOSERVE_URL")
+    p.add_argument("--protocol", choices=("grpc", "http"),
+                   help="wire protocol (default: guessed from --url, http:// → http)")
+    add_target(p)
     system = p.add_mutually_exclusive_group()
     system.add_argument("--system", help="system prompt (default: the profile's own)")
     system.add_argument("--no-system", action="store_true", help="send no system prompt")
     for flag, dest, typ, help_text in _SAMPLING_FLAGS:
         p.add_argument(flag, dest=dest, type=typ, help=help_text)
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per reply (default 120)")
+    add_time(p, "--request-timeout", default="2m", help="time allowed per reply")
+    add_alias(p, "--timeout", "--request-timeout", dest="request_timeout", type=_duration, metavar="TIME")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder, to report prompt token counts")
     p.add_argument("--json", action="store_true", help="print each reply as JSON with token counts and timings")
     p.add_argument("--no-stream", action="store_true", help="wait for the whole reply instead of streaming it")
     p.set_defaults(func=run)
+
+
+def _duration(text: str) -> float:
+    from koserve.loadtest.durations import duration_arg  # noqa: PLC0415
+
+    return duration_arg(text)
+
+
+class _Stopped(Exception):
+    """Ctrl-C stopped a reply; ``text`` is what had been written of it."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
 
 
 def _utf8_stdio() -> None:
@@ -68,7 +85,7 @@ def _utf8_stdio() -> None:
 def _params(args: argparse.Namespace) -> dict[str, Any]:
     params = {dest: getattr(args, dest) for _, dest, _, _ in _SAMPLING_FLAGS}
     params["stop"] = args.stop
-    params["timeout"] = args.timeout
+    params["timeout"] = args.request_timeout
     if args.no_system:
         params["system_prompt"] = None
     elif args.system is not None:
@@ -77,9 +94,13 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _reply(client: Any, messages: list[dict[str, str]], params: dict[str, Any], args: argparse.Namespace):
-    """Send one turn; stream it to stdout unless --json / --no-stream. Returns the ChatResult."""
+    """Send one turn; stream it to stdout unless --json / --no-stream. Returns the ChatResult; raises
+    :class:`_Stopped` with the text written so far when Ctrl-C stops the reply."""
     if args.json or args.no_stream:
-        result = client.chat(messages, **params)
+        try:
+            result = client.chat(messages, **params)
+        except KeyboardInterrupt:
+            raise _Stopped("") from None
         if args.json:
             print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
         else:
@@ -87,13 +108,17 @@ def _reply(client: Any, messages: list[dict[str, str]], params: dict[str, Any], 
             _end_reply(result.finish_reason)
         return result
     stream = client.stream(messages, **params)
+    written: list[str] = []
     wrote = False
     with _one_interrupt():
         try:
             for delta in stream:
                 sys.stdout.write(delta)
                 sys.stdout.flush()
+                written.append(delta)
                 wrote = True
+        except KeyboardInterrupt:
+            raise _Stopped("".join(written)) from None
         finally:
             stream.close()  # stops the generation on the server and reads the stream to its end
             if wrote:
@@ -198,6 +223,18 @@ def _repl(client: Any, params: dict[str, Any], args: argparse.Namespace) -> int:
           file=sys.stderr)
     print(_HELP, file=sys.stderr)
     history: list[dict[str, str]] = []
+    stopped: set[int] = set()  # indexes of assistant messages cut by Ctrl-C
+
+    def keep_stopped(text: str) -> None:
+        if text:
+            history.append({"role": "assistant", "content": text})
+            stopped.add(len(history) - 1)
+            print("(stopped: the partial answer stays in the conversation, marked [stopped] in /history)",
+                  file=sys.stderr)
+        else:
+            history.pop()
+            print("(stopped before any answer: this turn is dropped from the conversation)", file=sys.stderr)
+
     while True:
         try:
             line = input(">>> ")
@@ -214,28 +251,37 @@ def _repl(client: Any, params: dict[str, Any], args: argparse.Namespace) -> int:
             return 0
         if text == "/reset":
             history.clear()
+            stopped.clear()
             print("(conversation cleared)", file=sys.stderr)
             continue
         if text == "/history":
-            for m in history:
-                print(f"[{m['role']}] {m['content']}")
+            for i, m in enumerate(history):
+                print(f"[{m['role']}] {m['content']}" + (" [stopped]" if i in stopped else ""))
             continue
         if text in ("/help", "/?"):
             print(_HELP, file=sys.stderr)
             continue
+        if text.startswith("//"):
+            line = line.lstrip()[1:]
+        elif text.startswith("/"):
+            print(f"unknown command {text.split()[0]}; try /help", file=sys.stderr)
+            continue
         history.append({"role": "user", "content": line})
         try:
             result = _reply(client, history, params, args)
+        except _Stopped as exc:
+            keep_stopped(exc.text)
+            continue
         except KeyboardInterrupt:
             history.pop()
-            print("(stopped)", file=sys.stderr)
+            print("(stopped before any answer: this turn is dropped from the conversation)", file=sys.stderr)
             continue
         except (ClientError, InvalidRequestError) as exc:
             history.pop()
             print(f"koserve: error: {exc}", file=sys.stderr)
             continue
         if result.finish_reason == "cancelled":
-            history.pop()
+            keep_stopped(result.text)
             continue
         history.append({"role": "assistant", "content": result.text})
 
@@ -251,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
         if not prompt.strip():
             print("koserve: error: no prompt on stdin", file=sys.stderr)
             return 2
-    with ChatClient(args.url, args.profile, protocol=args.protocol, model=args.model,
+    with ChatClient(args.url, args.profile, protocol=args.protocol, model=args.target,
                     tokenizer=args.tokenizer) as client:
         _warn_profile_mismatch(client)
         if prompt is None:

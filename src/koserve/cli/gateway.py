@@ -7,6 +7,8 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
+    from koserve.cli.conventions import add_time  # noqa: PLC0415
+
     p = subparsers.add_parser(
         "gateway",
         help="OpenAI-compatible HTTP API in front of Triton",
@@ -21,17 +23,20 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--config", metavar="YAML", help="gateway config file (models, limits)")
     p.add_argument("--model", dest="models", action="append", metavar="NAME=URL[,key=value...]",
-                   help="a served model: NAME (also the profile unless profile=...) at Triton URL; options "
-                   "profile=, target=ensemble|tensorrt_llm_bls, protocol=grpc|http, tokenizer=DIR|none, max_tokens=N "
-                   "(repeatable)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 in a pod)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    p.add_argument("--max-request-bytes", type=int, help="largest accepted request body (default 1 MiB)")
-    p.add_argument("--request-timeout", type=float, help="seconds allowed per request (default 300)")
+                   help="an OpenAI model name the gateway serves: NAME (also the profile unless profile=...) at "
+                   "Triton URL; options profile=, target=ensemble|tensorrt_llm_bls, protocol=grpc|http, "
+                   "tokenizer=DIR|none, max_tokens=N (repeatable)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1; 0.0.0.0 in a pod)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on")
+    p.add_argument("--max-request-bytes", type=int, metavar="N", help="largest accepted request body (default: 1 MiB)")
+    add_time(p, "--request-timeout", default=None,
+             help="time allowed per request (default: the config file's request_timeout, else 5m)")
     p.add_argument("--allow-raw-prompts", action="store_true", default=None,
                    help="let /v1/completions prompts contain the chat format's control tokens and role markers "
                    "(pre-templated prompts); default: refused like in chat messages")
-    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="log level of the gateway and uvicorn")
     p.set_defaults(func=run)
 
 

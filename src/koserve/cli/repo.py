@@ -46,10 +46,11 @@ def _render(args) -> int:
 
 
 def register(subparsers) -> None:
+    from koserve.cli.conventions import add_profile
     from koserve.triton_models.stream_defaults import DEFAULT_MAX_INTERVAL_US, DEFAULT_MAX_WAIT_GAPS, DEFAULT_SEND_SHARE
 
     repo = subparsers.add_parser("repo", help="Triton model repository tools")
-    sub = repo.add_subparsers(dest="repo_command", metavar="SUBCOMMAND")
+    sub = repo.add_subparsers(dest="repo_command")
     p = sub.add_parser(
         "render",
         help="render the model repository for a profile",
@@ -57,13 +58,14 @@ def register(subparsers) -> None:
         "folder: limits and TP×PP read from its config.json), --cpu-model (CPU stand-in running a HF Llama "
         "checkpoint) or --replay (CPU stand-in replaying a fixed token sequence).",
     )
-    p.add_argument("--profile", required=True, help="built-in profile name (akallama-70b, komt-13b) or YAML path")
-    p.add_argument("--tokenizer", required=True, help="folder with tokenizer.json (+ tokenizer_config.json)")
+    add_profile(p, default=None, required=True)
+    p.add_argument("--tokenizer", required=True, metavar="DIR",
+                   help="folder with tokenizer.json (+ tokenizer_config.json)")
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--engine", help="TensorRT-LLM engine folder (GPU)")
-    mode.add_argument("--cpu-model", help="Hugging Face Llama checkpoint folder (CPU stand-in)")
+    mode.add_argument("--engine", metavar="DIR", help="TensorRT-LLM engine folder (GPU)")
+    mode.add_argument("--cpu-model", metavar="DIR", help="Hugging Face Llama checkpoint folder (CPU stand-in)")
     mode.add_argument("--replay", action="store_true", help="CPU stand-in in replay mode (tests, benchmarks)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.add_argument("--engine-not-decoupled", action="store_true",
                    help="render tensorrt_llm (GPU engine or CPU stand-in) with decoupled: false: unary "
@@ -77,14 +79,19 @@ def register(subparsers) -> None:
                         "kv-cache and draft stats, sequence_index; koserve never sends them), for clients that ask "
                         "for them by name; default: batch_index, num_input_tokens, num_output_tokens only (each "
                         "mapped output costs CPU on every streamed response: docs/benchmarks.md)")
-    p.add_argument("--replay-delay-ms", type=float, default=0.0, help="replay: delay between tokens")
-    p.add_argument("--replay-text", help="replay: file whose text (tokenized) is replayed")
-    p.add_argument("--max-batch-size", type=int, help="CPU: engine max batch size (default 64)")
-    p.add_argument("--max-input-len", type=int, help="CPU: max prompt tokens (default max-seq-len - 1)")
-    p.add_argument("--max-seq-len", type=int, help="CPU: max prompt + output tokens (default the model's)")
-    p.add_argument("--max-queue-delay-us", type=int, default=0, help="engine dynamic batching queue delay")
-    p.add_argument("--bls-instances", type=int, default=1)
-    p.add_argument("--preprocessing-instances", type=int, default=1)
+    p.add_argument("--replay-delay-ms", type=float, default=0.0, metavar="MS", help="replay: delay between tokens (ms)")
+    p.add_argument("--replay-text", metavar="FILE", help="replay: file whose text (tokenized) is replayed")
+    p.add_argument("--max-batch-size", type=int, metavar="N", help="CPU: engine max batch size (default: 64)")
+    p.add_argument("--max-input-len", type=int, metavar="N", help="CPU: max prompt tokens (default: max-seq-len - 1)")
+    p.add_argument("--max-seq-len", type=int, metavar="N",
+                   help="CPU: max prompt + output tokens (default: the model's)")
+    p.add_argument("--max-queue-delay-us", type=int, default=0, metavar="US",
+                   help="engine dynamic batching queue delay (µs)")
+    p.add_argument("--bls-instances", type=int, default=1, metavar="N",
+                   help="instances (processes) of tensorrt_llm_bls; each takes requests in parallel")
+    p.add_argument("--preprocessing-instances", type=int, default=1, metavar="N",
+                   help="instances (processes) of preprocessing (tokenizing); postprocessing stays at one, which "
+                   "keeps each stream's tokens in order (docs/serving.md)")
     p.add_argument("--postprocessing-batch-delay-us", type=int, default=None,
                    help="postprocessing dynamic batching queue delay in µs (0: no dynamic batching; default "
                    "1000, measured in docs/serving.md)")

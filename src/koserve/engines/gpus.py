@@ -83,7 +83,18 @@ def get_gpu(key: str) -> GpuSpec:
     try:
         return GPUS[key]
     except KeyError:
-        raise ConfigError(f"unknown GPU {key!r}; known: {', '.join(GPUS)}") from None
+        raise ConfigError(f"unknown GPU {key!r}; known: {', '.join(GPUS)} (`koserve build gpus` describes them)") from None
+
+
+def format_catalogue() -> str:
+    """One line per GPU: the key recipes and ``--gpu`` take, the name, memory, architecture and precisions."""
+    lines = [f"{'KEY':16s} {'GPU':16s} {'MEMORY':>8s}  {'ARCH':7s} CC   PRECISIONS"]
+    for g in _CATALOGUE:
+        precisions = ["bf16" if g.supports_bf16 else "fp16", *(["fp8"] if g.supports_fp8 else []),
+                      *(["int4_awq"] if g.supports_int4_awq else [])]
+        lines.append(f"{g.key:16s} {g.display_name:16s} {g.memory_mib / 1024:6.1f} GiB  {g.architecture:7s} "
+                     f"{g.cc_text:4s} {', '.join(precisions)}")
+    return "\n".join(lines)
 
 
 def match_gpu_name(nvidia_smi_name: str) -> GpuSpec | None:

@@ -349,7 +349,10 @@ def _scenario(recipe, gpu, isl, osl, fits, kv_blocks, w_gpu, kv_gpu, min_concurr
         note = "weights do not fit"
     elif isl > lim.max_input_len or seq > lim.max_seq_len:
         verdict = "exceeds-engine-limits"
-        note = f"needs max_input_len ≥ {isl} and max_seq_len ≥ {seq}"
+        positions = recipe.model_profile.architecture.max_position_embeddings
+        beyond = " (more than the model has: no engine of it serves this)" if seq > positions else ""
+        note = (f"needs max_input_len ≥ {isl} and max_seq_len ≥ {seq}; {recipe.profile}'s position limit is "
+                f"{positions:,}{beyond}")
     elif kv_conc < min(min_concurrency, lim.max_batch_size):
         verdict = "kv-starved"
         note = f"KV cache holds {kv_conc} sequences of {seq} tokens (< {min(min_concurrency, lim.max_batch_size)})"
@@ -408,8 +411,9 @@ def format_plan(p: BuildPlan) -> str:
     ]
     if p.calibration_memory_bytes:
         rows.append(("calibration", f"needs ~{_gb(p.calibration_memory_bytes)} (derived) + ~"
-                                    f"{_gb(CALIBRATION_GPU_RESERVE_BYTES)} per GPU (estimate): {p.calibration_gpus} GPU(s) "
-                                    f"planned, {p.calibration_gpus_needed} needed"))
+                                    f"{_gb(CALIBRATION_GPU_RESERVE_BYTES)} per GPU (estimate): quantize.py "
+                                    f"calibrates on {p.calibration_gpus} GPU(s) (calibration.num_gpus; at least "
+                                    f"{p.calibration_gpus_needed} needed), the engine serves on {p.gpu_count}"))
     width = max(len(k) for k, _ in rows)
     out = [f"{k.ljust(width)}  {v}" for k, v in rows]
     out.append("")

@@ -3,13 +3,15 @@
 A recipe fixes everything a build needs (profile, checkpoint, precision, parallelism, GPU,
 engine limits, trtllm-build plugin choices, calibration) and says *why* for each choice in
 its ``why`` map (dotted field path -> one line). Validation refuses unknown keys, choices
-TensorRT-LLM 1.2 does not accept and undocumented choices.
+TensorRT-LLM 1.2 does not accept and undocumented choices; a field left at its default
+needs no why.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -148,7 +150,9 @@ class Serving(_Strict):
     kv_cache_free_gpu_mem_fraction: float = Field(default=0.9, gt=0.0, le=1.0)
 
 
-# Choices that must carry a one-line why (dotted paths into the recipe).
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+
+# Choices that must carry a one-line why (dotted paths into the recipe) unless left at their default.
 REQUIRED_WHY = (
     "checkpoint", "gpu", "parallelism.tp", "parallelism.pp", "quantization.precision",
     "quantization.kv_cache_dtype", "limits.max_batch_size", "limits.max_input_len", "limits.max_seq_len",
@@ -161,7 +165,7 @@ REQUIRED_WHY = (
 class EngineRecipe(_Strict):
     """One deployable engine build."""
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     profile: str
     checkpoint: str  # a Hugging Face id (org/name) or a local folder
@@ -205,9 +209,10 @@ class EngineRecipe(_Strict):
             required += ["calibration.dataset", "calibration.size", "calibration.num_gpus"]
         if self.parallelism.gpus_per_node is not None:
             required.append("parallelism.gpus_per_node")
-        missing = [k for k in required if k not in self.why]
+        missing = [k for k in required if k not in self.why and not _at_default(self, k)]
         if missing:
-            raise ValueError(f"every choice needs a one-line why; missing: {', '.join(missing)}")
+            raise ValueError(f"every choice that differs from the default needs a one-line why; missing: "
+                             f"{', '.join(missing)}")
         return self
 
     @model_validator(mode="after")
@@ -269,6 +274,18 @@ def _field_paths(recipe: EngineRecipe) -> set[str]:
     return paths
 
 
+def _at_default(recipe: BaseModel, path: str) -> bool:
+    """Whether the field at dotted ``path`` has a default and holds it (such a field needs no why)."""
+    *parents, leaf = path.split(".")
+    model = recipe
+    for part in parents:
+        model = getattr(model, part)
+    info = type(model).model_fields[leaf]
+    if info.is_required():
+        return False
+    return getattr(model, leaf) == info.get_default(call_default_factory=True)
+
+
 def _looks_like_hub_id(text: str) -> bool:
     if text.startswith((".", "/", "~")) or Path(text).expanduser().exists():
         return False
@@ -322,21 +339,26 @@ def parse_recipe(data: object, source: str = "<recipe>") -> EngineRecipe:
     return recipe
 
 
+def recipe_path(name_or_path: str | Path) -> Path:
+    """The YAML file of a built-in recipe name or a recipe path."""
+    text = str(name_or_path)
+    builtin = recipes_dir() / f"{text}.yaml"
+    if "/" not in text and not text.endswith((".yaml", ".yml")) and builtin.is_file():
+        return builtin
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown recipe {text!r}: not a built-in ({', '.join(builtin_recipe_names()) or 'none found'}; "
+            "`koserve build list`) and no such file"
+        )
+    return path
+
+
 def load_recipe(name_or_path: str | Path | EngineRecipe) -> EngineRecipe:
     """Load a built-in recipe by name (``akallama-70b-fp8-h100-tp4``) or a recipe YAML file by path."""
     if isinstance(name_or_path, EngineRecipe):
         return name_or_path
-    text = str(name_or_path)
-    builtin = recipes_dir() / f"{text}.yaml"
-    if "/" not in text and not text.endswith((".yaml", ".yml")) and builtin.is_file():
-        path = builtin
-    else:
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise ConfigError(
-                f"unknown recipe {text!r}: not a built-in ({', '.join(builtin_recipe_names()) or 'none found'}) "
-                "and no such file"
-            )
+    path = recipe_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -345,8 +367,32 @@ def load_recipe(name_or_path: str | Path | EngineRecipe) -> EngineRecipe:
         raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from exc
     recipe = parse_recipe(data, str(path))
     if recipe.name != path.stem:
-        raise ConfigError(f"recipe {path}: name {recipe.name!r} must match the file name {path.stem!r}")
+        raise ConfigError(f"recipe {path}: name {recipe.name!r} must match the file name {path.stem!r} "
+                          f"(rename the file to {recipe.name}.yaml or set name: {path.stem})")
     return recipe
+
+
+def write_recipe_copy(source: str | Path, name: str, out_dir: Path, *, force: bool = False) -> Path:
+    """Write ``out_dir/NAME.yaml``: a copy of recipe ``source`` (its comments kept) renamed to ``name``, checked by
+    loading it. The starting point of a custom recipe."""
+    if not re.match(NAME_PATTERN, name):
+        raise ConfigError(f"recipe name {name!r}: use lower-case letters, digits, '.', '_' and '-', starting with a "
+                          "letter or digit (it is also the file name)")
+    original = load_recipe(source)
+    text = recipe_path(source).read_text(encoding="utf-8")
+    text, renamed = re.subn(r"(?m)^name:.*$", f"name: {name}", text, count=1)
+    if not renamed:  # a recipe written without a top-level name line: say it in YAML's own terms
+        text = f"name: {name}\n{text}"
+    header = (f"# A copy of the recipe {original.name} (`koserve build new`). Edit it, then check it with\n"
+              f"#   koserve build plan {out_dir / (name + '.yaml')}\n"
+              "# Fields left at their default need no why; `koserve build gpus` lists the gpu keys.\n")
+    dest = out_dir / f"{name}.yaml"
+    if dest.exists() and not force:
+        raise ConfigError(f"{dest} exists; choose another NAME, another --out, or give --force")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dest.write_text(header + text, encoding="utf-8")
+    load_recipe(dest)
+    return dest
 
 
 def resolve_local_path(text: str) -> Path:

@@ -42,7 +42,7 @@ class ModelRoute(BaseModel):
     profile: str = ""
     url: str
     protocol: Literal["grpc", "http"] | None = None
-    target: str = Field(default="ensemble", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    target: Literal["ensemble", "tensorrt_llm_bls"] = "ensemble"  # the Triton model requests go to
     tokenizer: str | None = None
     max_tokens: int | None = Field(default=None, gt=0, description="cap on max_tokens (default: the profile's context)")
 

@@ -1,16 +1,17 @@
-"""Durations on the command line: ``90``, ``90s``, ``2m``, ``1h``, ``1h30m`` (like locust's ``-t``), in seconds."""
+"""Durations on the command line: ``90``, ``90s``, ``2m``, ``1h``, ``1h30m`` (like locust's ``-t``), ``500ms``, in
+seconds."""
 
 from __future__ import annotations
 
 import argparse
 import re
 
-_PART = re.compile(r"(\d+(?:\.\d+)?)(h|m|s)")
-_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
 def parse_duration(text: str) -> float:
-    """Seconds of ``text``: a plain number (seconds) or parts such as ``1h30m``, ``2m``, ``90s``, ``0.5s``.
+    """Seconds of ``text``: a plain number (seconds) or parts such as ``1h30m``, ``2m``, ``90s``, ``0.5s``, ``500ms``.
 
     Raises ``ValueError`` naming the accepted forms."""
     raw = str(text).strip().lower()
@@ -25,7 +26,7 @@ def parse_duration(text: str) -> float:
         total += float(m.group(1)) * _UNIT_S[m.group(2)]
         pos = m.end()
     if pos != len(raw) or not raw:
-        raise ValueError(f"{text!r} is not a duration: use seconds (90) or 90s, 2m, 1h, 1h30m")
+        raise ValueError(f"{text!r} is not a duration: use seconds (90) or 90s, 2m, 1h, 1h30m, 500ms")
     return total
 
 

@@ -181,6 +181,26 @@ def parse_slos(spec: str) -> list[SLO]:
     return slos
 
 
+def _slo_quantity(metric: str, value: float) -> str:
+    if metric == "error_rate":
+        return f"{value * 100:.2f} %"
+    if metric in _HIGHER_IS_BETTER:
+        return f"{value:,.1f}/s"
+    return f"{value:,.1f} ms"
+
+
+def slo_comparison(result: dict[str, Any]) -> str:
+    """``439.6 ms > 50.0 ms``: the measured value against the limit, with units and the relation that holds."""
+    metric, limit, value = result["metric"], result["limit"], result["value"]
+    if value is None:
+        return f"not measured (no successful request) vs {_slo_quantity(metric, limit)}"
+    if metric in _HIGHER_IS_BETTER:
+        relation = "≥" if value >= limit else "<"
+    else:
+        relation = "≤" if value <= limit else ">"
+    return f"{_slo_quantity(metric, value)} {relation} {_slo_quantity(metric, limit)}"
+
+
 def check_slos(slos: Sequence[SLO], summary: dict[str, Any]) -> list[dict[str, Any]]:
     results = []
     for slo in slos:
@@ -308,9 +328,9 @@ def render_markdown(summary: dict[str, Any], slo_results: Sequence[dict[str, Any
         lines += ["", "## Errors", "", "| count | message |", "|---:|---|"]
         lines += [f"| {e['count']} | {str(e['message']).replace('|', '/')} |" for e in summary["errors"]]
     if slo_results:
-        lines += ["", "## SLOs", "", "| SLO | measured | result |", "|---|---:|---|"]
+        lines += ["", "## SLOs", "", "| SLO | measured vs limit | result |", "|---|---:|---|"]
         for r in slo_results:
-            lines.append(f"| `{r['slo']}` | {_fmt(r['value'], 3)} | {'pass' if r['passed'] else '**MISSED**'} |")
+            lines.append(f"| `{r['slo']}` | {slo_comparison(r)} | {'pass' if r['passed'] else '**MISSED**'} |")
     if prometheus:
         lines += ["", "## Server metrics (Triton, change over the run)", "",
                   "| model | success | failure | executions | avg request ms | avg queue ms |",
@@ -320,8 +340,11 @@ def render_markdown(summary: dict[str, Any], slo_results: Sequence[dict[str, Any
                 f"| {model} | {s.get('request_success', 0):.0f} | {s.get('request_failure', 0):.0f} | "
                 f"{s.get('exec_count', 0):.0f} | {_fmt(s.get('avg_request_ms'), 2)} | {_fmt(s.get('avg_queue_ms'), 2)} |"
             )
-    lines += ["", "Plots: `latency_over_time.png`, `throughput_over_time.png`, `ttft_vs_concurrency.png`. "
-              "Raw data: `records/*.jsonl` (one line per request), `locust_*.csv`.", ""]
+    if summary.get("plots"):
+        lines += ["", "Plots: " + ", ".join(f"`{name}`" for name in summary["plots"]) + "."]
+    elif summary.get("plots_note"):
+        lines += ["", f"Plots: none, {summary['plots_note']}."]
+    lines += ["", "Raw data: `records/*.jsonl` (one line per request), `locust_*.csv`.", ""]
     return "\n".join(lines)
 
 
@@ -524,7 +547,13 @@ def write_report(
         summary["slos"] = results
         summary["slos_passed"] = all(r["passed"] for r in results)
     if plots:
-        summary["plots"] = [p.name for p in write_plots(records, out_dir)]
+        if summary["succeeded"]:
+            summary["plots"] = [p.name for p in write_plots(records, out_dir)]
+        else:
+            summary["plots"] = []
+            summary["plots_note"] = "no request succeeded (a plot would be empty)"
+    else:
+        summary["plots_note"] = "--no-plots"
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out_dir / "summary.md").write_text(render_markdown(summary, results, prom), encoding="utf-8")
     return summary

@@ -139,6 +139,15 @@ def scrape(url: str | None, timeout: float = 5.0) -> tuple[str | None, str | Non
         return None, f"{url}: {exc}"
 
 
+def scrape_warning(cfg: LoadTestConfig, error: str) -> str:
+    """The console line for a failed metrics scrape: the report goes without server metrics, and how to fix it."""
+    how = ("give --metrics-url with the metrics address `koserve serve` printed (its ports are free ports on CPU), "
+           "or --metrics-url none")
+    if cfg.metrics_url == "auto" and cfg.protocol != "openai":
+        how = f"--metrics-url auto guessed port 8002; {how}"
+    return f"koserve: warning: cannot read the server's metrics ({error}): the report has no server metrics; {how}"
+
+
 def locust_command(cfg: LoadTestConfig, records_dir: Path, *, echo: bool = False) -> list[str]:
     """The locust command line; with ``echo`` locust prints its periodic stats too (no ``--only-summary``)."""
     per_process = max(1, cfg.processes)
@@ -235,17 +244,19 @@ def run_loadtest(cfg: LoadTestConfig, *, echo: bool = False, progress: bool = Tr
     if records_dir.exists():
         shutil.rmtree(records_dir)
     records_dir.mkdir(parents=True)
+    stream = progress_stream if progress_stream is not None else sys.stderr
     metrics_url = cfg.resolved_metrics_url()
     before, before_err = scrape(metrics_url)
     if before is not None:
         (out / "metrics-before.prom").write_text(before, encoding="utf-8")
+    elif before_err:
+        print(scrape_warning(cfg, before_err), file=stream, flush=True)
 
     cmd = locust_command(cfg, records_dir, echo=echo)
     (out / "locust-command.txt").write_text(" ".join(cmd) + "\n", encoding="utf-8")
     log_path = out / "locust.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
     killed = interrupted = False
-    stream = progress_stream if progress_stream is not None else sys.stderr
     monitor = None
     if progress:
         tty = bool(getattr(stream, "isatty", lambda: False)()) and not echo
