@@ -138,9 +138,21 @@ def test_kv_concurrency_bounded_by_max_batch_size():
     assert short.kv_concurrency > 256 and short.concurrency == 256
 
 
-def test_scenario_beyond_engine_limits():
+def test_scenario_beyond_engine_limits_names_the_models_position_limit():
     p = plan(load_recipe("komt-13b-fp8-h100-tp1"), [(4000, 1000)])
     assert p.scenarios[0].verdict == "exceeds-engine-limits"
+    assert "komt-13b's position limit is 4,096 (more than the model has" in p.scenarios[0].note
+    llama3 = plan(load_recipe("akallama-70b-fp8-h100-tp2"), [(8000, 100)]).scenarios[0]
+    assert llama3.verdict == "exceeds-engine-limits"
+    assert "needs max_input_len ≥ 8000" in llama3.note and "akallama-70b's position limit is 8,192" in llama3.note
+    assert "more than the model has" not in llama3.note  # 8,100 fits the model: raise the engine's limits
+
+
+def test_calibration_line_says_where_calibration_and_serving_run():
+    text = format_plan(plan(load_recipe("akallama-70b-fp8-h200-tp1")))
+    line = next(ln for ln in text.splitlines() if ln.startswith("calibration"))
+    assert "quantize.py calibrates on 2 GPU(s) (calibration.num_gpus; at least" in line
+    assert line.endswith("the engine serves on 1"), line
 
 
 def test_roofline_is_labelled_an_upper_bound_and_is_consistent():

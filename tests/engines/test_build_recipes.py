@@ -3,6 +3,7 @@
 import pytest
 import yaml
 
+from koserve.cli import main
 from koserve.engines.recipe import EngineRecipe, builtin_recipe_names, load_recipe, parse_recipe
 from koserve.errors import ConfigError
 
@@ -75,7 +76,7 @@ def test_fp8_kv_needs_quantize_path():
 def test_load_by_path_checks_name(tmp_path):
     path = tmp_path / "other-name.yaml"
     path.write_text(yaml.safe_dump(_data()))
-    with pytest.raises(ConfigError, match="must match the file name"):
+    with pytest.raises(ConfigError, match="must match the file name 'other-name' .rename the file to "):
         load_recipe(str(path))
     with pytest.raises(ConfigError, match="unknown recipe"):
         load_recipe("no-such-recipe")
@@ -87,3 +88,72 @@ def test_recipe_hash_is_stable_and_sensitive():
     assert parse_recipe(data).sha256() == a.sha256()
     data["limits"]["max_batch_size"] = 64
     assert parse_recipe(data).sha256() != a.sha256()
+
+
+def test_fields_left_at_their_default_need_no_why():
+    data = _data("komt-13b-fp8-h100-tp1")
+    data["parallelism"] = {"tp": 1, "pp": 1}  # the defaults
+    for key in ("parallelism.tp", "parallelism.pp", "build.multiple_profiles", "build.use_paged_context_fmha"):
+        data["why"].pop(key)
+    assert parse_recipe(data).parallelism.tp == 1
+    data["parallelism"]["tp"] = 2  # a choice again: it needs its why
+    with pytest.raises(ConfigError, match="differs from the default needs a one-line why; missing: parallelism.tp"):
+        parse_recipe(data)
+
+
+def test_a_minimal_bf16_recipe_needs_whys_only_for_its_choices(tmp_path):
+    """The docs/build.md example: a 70B BF16 engine on two H100s, every other field at its default."""
+    text = """\
+name: akallama-70b-bf16-h100-tp2
+profile: akallama-70b
+checkpoint: /models/AkaLlama-llama3-70b-v0.1
+gpu: h100-sxm-80gb
+parallelism: {tp: 2}
+quantization: {precision: bf16, kv_cache_dtype: bf16}
+limits: {max_batch_size: 16, max_input_len: 4096, max_seq_len: 8192}
+why:
+  checkpoint: the downloaded AkaLlama weights
+  gpu: the H100s we have
+  parallelism.tp: 141 GB of BF16 weights need two 80 GB GPUs
+  quantization.precision: BF16, no calibration
+  quantization.kv_cache_dtype: BF16 KV with BF16 weights
+  limits.max_batch_size: little KV room next to the weights
+  limits.max_input_len: half the context for the prompt
+  limits.max_seq_len: Llama-3's 8192 positions
+"""
+    path = tmp_path / "akallama-70b-bf16-h100-tp2.yaml"
+    path.write_text(text)
+    recipe = load_recipe(path)
+    assert recipe.build.use_fused_mlp == "enable" and recipe.calibration.num_gpus is None
+    assert main(["build", "plan", str(path), "--isl", "128", "--osl", "128"]) == 0
+
+
+def test_build_new_writes_a_valid_copy_to_edit(tmp_path, capsys):
+    assert main(["build", "new", "--from", "komt-13b-fp8-h100-tp1", "my-komt", "--out", str(tmp_path)]) == 0
+    path = tmp_path / "my-komt.yaml"
+    assert f"wrote {path} (a copy of komt-13b-fp8-h100-tp1); edit it, then: koserve build plan {path}" in \
+        capsys.readouterr().out
+    copy = load_recipe(path)
+    original = load_recipe("komt-13b-fp8-h100-tp1")
+    assert copy.name == "my-komt" and copy.model_dump(exclude={"name"}) == original.model_dump(exclude={"name"})
+    assert "# komt-Llama-2-13B, FP8 weights" in path.read_text()  # the comments come along
+    assert main(["build", "new", "--from", "komt-13b-fp8-h100-tp1", "my-komt", "--out", str(tmp_path)]) == 2
+    assert "exists; choose another NAME" in capsys.readouterr().err
+    assert main(["build", "new", "--from", str(path), "My Komt", "--out", str(tmp_path)]) == 2
+    assert "recipe name 'My Komt'" in capsys.readouterr().err
+    assert main(["build", "new", "--from", "nope", "x", "--out", str(tmp_path)]) == 2
+    assert "unknown recipe 'nope'" in capsys.readouterr().err
+
+
+def test_build_gpus_lists_the_keys_recipes_take(capsys):
+    from koserve.engines.gpus import GPUS
+
+    assert main(["build", "gpus"]) == 0
+    out = capsys.readouterr().out
+    keys = [line.split()[0] for line in out.splitlines()[1:]]
+    assert keys == list(GPUS)
+    assert "h100-sxm-80gb    H100 80GB SXM" in out and "fp8" in out.splitlines()[1]
+    data = _data()
+    data["gpu"] = "h100"
+    with pytest.raises(ConfigError, match="`koserve build gpus` describes them"):
+        parse_recipe(data)

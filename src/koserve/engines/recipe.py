@@ -185,7 +185,7 @@ class EngineRecipe(_Strict):
         from koserve.engines.gpus import GPUS
 
         if value not in GPUS:
-            raise ValueError(f"unknown GPU {value!r}; known: {', '.join(GPUS)}")
+            raise ValueError(f"unknown GPU {value!r}; known: {', '.join(GPUS)} (`koserve build gpus` describes them)")
         return value
 
     @field_validator("why")
