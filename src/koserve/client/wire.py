@@ -1,4 +1,4 @@
-"""The request as Triton tensors (docs/CONTRACTS.md, compatible with tensorrtllm_backend's ``ensemble``).
+"""The request as Triton tensors (DEVELOPERS.md, tensor contract; compatible with tensorrtllm_backend's ``ensemble``).
 
 ``build_request`` turns a prompt and :class:`SamplingParams` into named tensors; the transports encode them as
 gRPC ``InferInput`` objects or as the JSON body of HTTP ``generate`` / ``generate_stream``. Only inputs the target

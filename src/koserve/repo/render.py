@@ -139,7 +139,7 @@ def _bls_decoupled(opts: RenderOptions) -> bool:
 
 
 def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
-    """The Jinja2 render context (see docs/CONTRACTS.md), the kind and the world size."""
+    """The Jinja2 render context (DEVELOPERS.md, "Contracts between components"), the kind and the world size."""
     from koserve.profiles import load_profile  # noqa: PLC0415
     from koserve.profiles.loader import _DATA  # noqa: PLC0415
 
