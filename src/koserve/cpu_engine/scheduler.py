@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 
 from koserve.errors import KoserveError
+from koserve.cpu_engine.metrics import EngineStats
 from koserve.cpu_engine.types import EngineOutput, EngineRequest, FinishReason
 
 
@@ -162,6 +163,7 @@ class Engine(ABC):
         self._closed = False
         self._thread: threading.Thread | None = None
         self.steps = 0  # model steps run (tests and metrics)
+        self.iterations = 0  # scheduler rounds over the active sequences (nv_trt_llm_general_metrics)
         self._ids = itertools.count()
 
     # -- public API ------------------------------------------------------------------------------------------
@@ -203,6 +205,18 @@ class Engine(ABC):
     @property
     def num_waiting(self) -> int:
         return len(self._waiting)
+
+    def stats(self, max_seq_len: int) -> EngineStats:
+        """A snapshot of the scheduler for the TensorRT-LLM metric families (:mod:`koserve.cpu_engine.metrics`)."""
+        with self._cond:
+            active, waiting = list(self._active), len(self._waiting)
+        in_context = [s for s in active if not s.generated]
+        return EngineStats(
+            active=len(active), max_requests=self.max_batch_size, context=len(in_context), waiting=waiting,
+            active_tokens=tuple(len(s.request.input_ids) + len(s.generated) for s in active),
+            context_tokens=sum(len(s.request.input_ids) for s in in_context), iterations=self.iterations,
+            max_seq_len=max_seq_len, timestamp_us=int(time.time() * 1_000_000),
+        )
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Cancel everything, deliver the final chunks and stop the scheduler thread."""
@@ -269,6 +283,7 @@ class Engine(ABC):
                     self._cond.wait(0.5)
                     continue
             now = time.monotonic()
+            self.iterations += 1
             for seq in list(self._active):
                 if self._cancelled(seq, now):
                     seq.finish(FinishReason.CANCELLED)

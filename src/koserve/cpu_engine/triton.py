@@ -20,10 +20,12 @@ from collections.abc import Callable
 import numpy as np
 
 from koserve.errors import InvalidRequestError
+from koserve.cpu_engine.metrics import TritonEngineMetrics
 from koserve.cpu_engine.scheduler import Engine, EngineBusyError, EngineClosedError
 from koserve.cpu_engine.settings import EngineSettings, create_engine
 from koserve.cpu_engine.types import EngineOutput, EngineRequest, FinishReason
 from koserve.text.stop_words import parse_word_list
+from koserve.triton_models.drain import DrainFlag, drain_response
 
 GetTensor = Callable[[str], "np.ndarray | None"]
 
@@ -253,6 +255,12 @@ class TritonEngineModel:
         self.vocab_size = _vocab_size(self.engine, self.settings)
         self._lock = threading.Lock()
         self._by_request_id: dict[str, list] = {}
+        self.drain = DrainFlag()
+        # NVIDIA's backend metric families on Triton's metrics port (koserve.cpu_engine.metrics)
+        self.metrics = TritonEngineMetrics(
+            pb_utils, args.get("model_name", "tensorrt_llm"), str(args.get("model_version", "1")),
+            lambda: self.engine.stats(self.settings.max_seq_len),
+        ).start()
 
     def _error(self, message: str, invalid: bool = True):
         pb = self.pb
@@ -278,6 +286,9 @@ class TritonEngineModel:
                         sender.send(flags=final)
                     else:  # default mode: exactly one response per request
                         sender.send(pb.InferenceResponse(output_tensors=[]), flags=final)
+                    continue
+                if self.drain.draining():  # koserve serve drains: stops still work, new requests do not start
+                    sender.send(drain_response(pb), flags=final)
                     continue
                 ereq = parse_triton_request(
                     get, self.settings, default_end_ids=self.default_end_ids, request_id=request_id,
@@ -339,4 +350,5 @@ class TritonEngineModel:
             handle.cancel()
 
     def finalize(self) -> None:
+        self.metrics.stop()
         self.engine.shutdown()

@@ -193,7 +193,7 @@ class Prober:
 
 
 # -- state and endpoints -----------------------------------------------------------------------------------------
-PHASES = ("starting", "serving", "restarting", "failed", "stopping")
+PHASES = ("starting", "serving", "restarting", "failed", "draining", "stopping")
 
 
 @dataclass

@@ -11,6 +11,7 @@ is how a stream that waits on a dead stub ends.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -46,9 +47,10 @@ class Supervisor:
     """Watches a started :class:`~koserve.server.tritonserver.TritonServer` and keeps ``state`` true."""
 
     def __init__(self, server, state: HealthState, *, policy: RestartPolicy, ready_timeout: float,
-                 prober: Prober | None = None, poll_s: float = POLL_S):
+                 prober: Prober | None = None, poll_s: float = POLL_S, stop: threading.Event | None = None):
         self.server, self.state, self.policy = server, state, policy
         self.ready_timeout, self.prober, self.poll_s = ready_timeout, prober, poll_s
+        self.stop = stop if stop is not None else threading.Event()  # set: return 0 (koserve serve drains)
         self._history: deque = deque()
 
     def serving(self) -> None:
@@ -69,14 +71,17 @@ class Supervisor:
         return None
 
     def run(self) -> int:
-        """Block until the server breaks beyond what restarts fix; the exit code for ``koserve serve``."""
+        """Block until ``stop`` is set (returns 0) or the server breaks beyond what restarts fix; the exit code for
+        ``koserve serve``."""
         from koserve.server.tritonserver import TritonStartError  # noqa: PLC0415
 
         self.serving()
         while True:
+            if self.stop.is_set():
+                return 0
             found = self.fault()
             if found is None:
-                time.sleep(self.poll_s)
+                self.stop.wait(self.poll_s)
                 continue
             reason, dead, code = found
             _say(reason)

@@ -12,6 +12,8 @@ import logging
 import numpy as np
 
 from koserve.errors import KoserveError
+from koserve.triton_models.cancel_watch import CancelWatch
+from koserve.triton_models.drain import DrainFlag, drain_response, refuse_decoupled
 from koserve.triton_models.postprocess import Decoded, StreamRegistry, tokens_of
 from koserve.triton_models.preprocess import Preprocessor
 from koserve.triton_models.settings import ModelSettings
@@ -27,9 +29,12 @@ class PreprocessingModel:
     def initialize(self, args):
         self.preprocessor = Preprocessor(ModelSettings.from_model_config(json.loads(args["model_config"])))
         self.start_sender = StartSender()
+        self.drain = DrainFlag()
 
     def execute(self, requests):
         pb = self.pb
+        if self.drain.draining():  # koserve serve is draining: no new ensemble request starts
+            return [drain_response(pb) for _ in requests]
         responses = []
         for request in requests:
             try:
@@ -70,6 +75,7 @@ class PostprocessingModel:
         except OSError as exc:  # another postprocessing of this server holds it: ids are then never reset
             logging.getLogger("koserve").warning("postprocessing: no request-start channel (%s)", exc)
             self.start_receiver = None
+        self.cancel_watch = CancelWatch(self.pb)
 
     def execute(self, requests):
         """One response per request, in order. With dynamic batching (render option
@@ -78,6 +84,7 @@ class PostprocessingModel:
         pb = self.pb
         responses = []
         for request in requests:
+            self.cancel_watch.see(request)  # a client that left the ensemble: stop the engine
             try:
                 inputs = read_inputs(pb, request, ("TOKENS_BATCH", "SEQUENCE_LENGTH"))
                 ids = tokens_of(inputs["TOKENS_BATCH"], inputs["SEQUENCE_LENGTH"])
@@ -101,6 +108,7 @@ class PostprocessingModel:
         return tensors
 
     def finalize(self):
+        self.cancel_watch.close()
         if self.start_receiver is not None:
             self.start_receiver.close()
 
@@ -112,8 +120,12 @@ class BlsTritonModel:
         from koserve.triton_models.bls import BlsModel  # noqa: PLC0415
 
         self.model = BlsModel(self.pb, json.loads(args["model_config"]))
+        self.drain = DrainFlag()
 
     def execute(self, requests):
+        if self.drain.draining():  # koserve serve is draining: no new BLS request starts
+            refuse_decoupled(self.pb, requests)
+            return None
         self.model.execute(requests)
         return None
 
