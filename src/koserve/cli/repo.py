@@ -78,7 +78,8 @@ def register(subparsers) -> None:
                    help="declare all of NVIDIA's optional ensemble outputs (context/generation logits, perf metrics, "
                         "kv-cache and draft stats, sequence_index; koserve never sends them), for clients that ask "
                         "for them by name; default: batch_index, num_input_tokens, num_output_tokens only (each "
-                        "mapped output costs CPU on every streamed response: docs/benchmarks.md)")
+                        "mapped output costs CPU on every streamed response: "
+                        "docs/decisions/2026-12-02-ensemble-optional-outputs.md)")
     p.add_argument("--replay-delay-ms", type=float, default=0.0, metavar="MS", help="replay: delay between tokens (ms)")
     p.add_argument("--replay-text", metavar="FILE", help="replay: file whose text (tokenized) is replayed")
     p.add_argument("--max-batch-size", type=int, metavar="N", help="CPU: engine max batch size (default: 64)")
