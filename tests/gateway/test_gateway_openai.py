@@ -290,6 +290,11 @@ def test_limit_errors_name_the_parameter(sdk):
         ("akallama-70b", dict(max_tokens=3, messages=[{"role": "user", "content": "가나다 " * 500}]), "messages",
          "max input length is 384"),
         ("akallama-70b", dict(max_tokens=500), "max_tokens", "max sequence length 512"),
+        # the same over Triton's HTTP port (komt's route), where the server's refusal is an SSE error event
+        ("komt-13b", dict(max_tokens=3, messages=[{"role": "user", "content": "가나다 " * 500}]), "messages",
+         "max input length is 384"),
+        ("komt-13b", dict(max_tokens=300, messages=[{"role": "user", "content": "가나다 " * 60}]), "max_tokens",
+         "max sequence length 512"),  # ~250 prompt tokens: under the input limit, with 300 over the sequence's
     ]
     for model, kwargs, param, text in cases:
         kwargs = {"messages": msgs, **kwargs}
@@ -297,6 +302,7 @@ def test_limit_errors_name_the_parameter(sdk):
             sdk.chat.completions.create(model=model, **kwargs)
         body = info.value.body
         assert body["param"] == param and text in body["message"], (kwargs, body)
+        assert not body["message"].startswith(("data:", "in ensemble")), body
     with pytest.raises(openai.BadRequestError) as info:
         sdk.completions.create(model="akallama-70b", prompt="가나다 " * 500, max_tokens=3)
     assert info.value.body["param"] == "prompt"

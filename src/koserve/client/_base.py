@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping
 from koserve.chat import USE_DEFAULT, render_prompt
 from koserve.client.params import PARAM_NAMES, SamplingParams, resolve_params
 from koserve.client.result import ChatResult, ResponseAssembler
+from koserve.client.stream_state import StreamState
 from koserve.client.wire import WireRequest, build_request
 from koserve.errors import InvalidRequestError
 from koserve.profiles import ModelProfile, load_profile
 
 if TYPE_CHECKING:
+    from koserve.client.transport import AsyncTransport, Transport
     from koserve.text.tokenizer import TextTokenizer
 
 Protocol = Literal["grpc", "http"]
@@ -74,6 +76,17 @@ def backoff_delays(retries: int, *, base: float = 0.1, cap: float = 2.0) -> Iter
         yield random.uniform(0.0, min(cap, base * (2**attempt)))
 
 
+def retry_delay(delays: Iterator[float], *, received_any: bool, deadline: float | None) -> float | None:
+    """How long to wait before sending a request again after the server was unavailable; ``None``: do not retry
+    (a response had arrived, the retries are used up, or the wait would pass the deadline)."""
+    if received_any:
+        return None
+    delay = next(delays, None)
+    if delay is None or (deadline is not None and time.perf_counter() + delay >= deadline):
+        return None
+    return delay
+
+
 @dataclass
 class Prepared:
     """A request ready to send."""
@@ -93,6 +106,8 @@ CALL_OPTIONS = ("timeout", "request_id", "system_prompt", "server_streaming")
 
 class ClientBase:
     """Settings shared by :class:`ChatClient` and :class:`AsyncChatClient`."""
+
+    _transport: Transport | AsyncTransport
 
     def __init__(
         self,
@@ -207,10 +222,15 @@ class ClientBase:
         return self._prepare(prompt, kwargs, options, stream=stream)
 
     # -- results -------------------------------------------------------------------------------------------
+    def stream_state(self, prepared: Prepared) -> StreamState:
+        """The I/O-free state of one generation of ``prepared``."""
+        engine = None if self._transport.stops_on_close else self.engine_model
+        return StreamState(prepared, self.build_result, engine)
+
     def count_prompt_tokens(self, prompt: str) -> int | None:
         return None if self.tokenizer is None else len(self.tokenizer.encode(prompt, add_special_tokens=True))
 
-    def build_result(self, prepared: Prepared, asm: ResponseAssembler, *, cancelled: bool) -> ChatResult:
+    def build_result(self, prepared: Prepared, asm: ResponseAssembler, cancelled: bool) -> ChatResult:
         if prepared.wire.stream:
             completion = asm.tokens
         elif self.tokenizer is not None:

@@ -17,7 +17,7 @@ import asyncio
 import queue
 import threading
 import time
-from typing import AsyncIterator, Iterator
+from typing import AsyncGenerator, Generator
 
 from koserve.client.errors import ClientError, RequestTimeoutError, ServerError, ServerUnavailableError
 from koserve.client.result import Piece, token_count
@@ -143,7 +143,7 @@ class GrpcTransport:
     """Synchronous gRPC transport (thread-safe: one pooled tritonclient client per concurrent request).
 
     ``stop_model``: the engine model a stream that ends early is stopped on (None: cancel the call instead);
-    ``stops_on_close`` tells the stream classes that it does so itself."""
+    ``stops_on_close`` (:class:`~koserve.client.transport.Transport`) says that it does so itself."""
 
     protocol = "grpc"
     stops_on_close = True
@@ -247,7 +247,8 @@ class GrpcTransport:
         except Exception:  # noqa: BLE001 - the request is being abandoned anyway
             return False
 
-    def responses(self, model: str, request: WireRequest, deadline: float | None) -> Iterator[Piece]:
+    def responses(self, model: str, request: WireRequest, deadline: float | None
+                  ) -> Generator[Piece, None, None]:
         """Yield each response's text (bytes; ``None`` for one without text) until the final one."""
         from tritonclient.utils import InferenceServerException  # noqa: PLC0415
 
@@ -426,7 +427,7 @@ class AsyncGrpcTransport:
             return False
 
     async def responses(self, model: str, request: WireRequest, deadline: float | None
-                        ) -> AsyncIterator[Piece]:
+                        ) -> AsyncGenerator[Piece, None]:
         import grpc  # noqa: PLC0415
         from tritonclient.utils import InferenceServerException  # noqa: PLC0415
 

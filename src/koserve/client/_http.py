@@ -1,18 +1,25 @@
 """HTTP transport: Triton's ``generate`` (one response) and ``generate_stream`` (server-sent events), via httpx.
 
-Closing the response closes the connection, which makes Triton cancel the request. ``/generate`` answers HTTP 200
-with ``{"error": ...}`` when the model sends more than one response: that is surfaced as a :class:`ServerError`,
-as is an ``{"error": ...}`` event in the middle of a stream.
+Events are read with httpx-sse, which splits lines only where the SSE format does (``\r``, ``\n``): a model's text
+may hold U+2028, U+2029 or U+0085 raw in Triton's JSON, and a reader that splits on every Unicode line boundary
+(httpx's ``iter_lines``) breaks such an event in two.
+
+Closing the response closes the connection, which makes Triton cancel the request. Errors come back three ways, all
+raised as :class:`ServerError` with the server's message: a non-200 JSON body (``generate``), a non-200 event stream
+whose event is ``{"error": ...}`` (``generate_stream`` refusing a request, e.g. a prompt over the engine's limit), and
+an ``{"error": ...}`` event in the middle of a stream. ``/generate`` answers HTTP 200 with ``{"error": ...}`` when
+the model sends more than one response.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, AsyncIterator, Iterable, Iterator
+from typing import Any, AsyncGenerator, Generator
 from urllib.parse import quote
 
 import httpx
+from httpx_sse import EventSource
 
 from koserve.client.errors import ClientError, RequestTimeoutError, ServerError, ServerUnavailableError
 from koserve.client.result import Piece, token_count
@@ -35,7 +42,8 @@ def _timeout(deadline: float | None, connect_timeout: float) -> httpx.Timeout:
     return httpx.Timeout(rem, connect=min(connect_timeout, rem))
 
 
-def _error_text(body: bytes | str) -> str:
+def error_text(body: bytes | str) -> str:
+    """The server's message in an error body: ``{"error": ...}``'s value, else the text itself (cut to 500)."""
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     try:
         data = json.loads(text)
@@ -46,22 +54,8 @@ def _error_text(body: bytes | str) -> str:
     return text.strip()[:500]
 
 
-def sse_data(lines: Iterable[str]) -> Iterator[str]:
-    """The ``data`` payload of each server-sent event (multi-line data joined with newlines)."""
-    data: list[str] = []
-    for line in lines:
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        if field == "data":
-            data.append(value[1:] if value.startswith(" ") else value)
-    if data:
-        yield "\n".join(data)
+def _is_event_stream(resp: httpx.Response) -> bool:
+    return resp.headers.get("content-type", "").partition(";")[0].strip() == "text/event-stream"
 
 
 def _piece(obj: dict[str, Any]) -> Piece:
@@ -83,6 +77,9 @@ def _stop_body(request_id: str) -> dict[str, Any]:
 
 class _Common:
     protocol = "http"
+    # Closing the connection cancels the request in Triton, but an ensemble's cancellation does not reach its
+    # engine step: the stream stops the engine by request id.
+    stops_on_close = False
 
     def __init__(self, url: str, *, connect_timeout: float = 5.0, headers: dict[str, str] | None = None):
         if not url.startswith(("http://", "https://")):
@@ -104,15 +101,16 @@ class _Common:
             return ServerUnavailableError(f"connection to Triton at {self.url} was lost: {exc or type(exc).__name__}")
         return ClientError(f"HTTP request to {self.url} failed: {type(exc).__name__}: {exc}")
 
-    def _server_error(self, model: str, status: int, body: bytes | str) -> ServerError:
-        msg = _error_text(body)
-        if status == 503 or status == 502:
-            return ServerUnavailableError(f"Triton at {self.url} is unavailable (HTTP {status}): {msg}")  # type: ignore[return-value]
-        return ServerError(f"Triton at {self.url}, model {model!r}: {msg}", status=status, server_message=msg)
+    def _failure(self, model: str, status: int, message: str) -> ClientError:
+        """A non-200 answer as an error (502/503: the server is unavailable)."""
+        if status in (502, 503):
+            return ServerUnavailableError(f"Triton at {self.url} is unavailable (HTTP {status}): {message}")
+        return ServerError(f"Triton at {self.url}, model {model!r}: {message}", status=status,
+                           server_message=message)
 
     def _config_result(self, model: str, resp: httpx.Response) -> set[str]:
         if resp.status_code != 200:
-            raise self._server_error(model, resp.status_code, resp.content)
+            raise self._failure(model, resp.status_code, error_text(resp.content))
         config = resp.json()
         names = {i["name"] for i in config.get("input", [])}
         self._models[model] = names
@@ -123,20 +121,29 @@ class _Common:
         if rem is not None and rem <= 0:
             raise RequestTimeoutError(f"request to model {model!r} at {self.url} exceeded its deadline")
 
-    def _event(self, model: str, data: str) -> Piece:
+    def _event(self, model: str, status: int, data: str) -> Piece:
+        """One event of a ``generate_stream`` answer with HTTP ``status``: its piece, or its error raised."""
         try:
             obj: Any = json.loads(data)
         except ValueError:
             raise ServerError(f"Triton at {self.url} sent an event that is not JSON: {data[:200]!r}") from None
         if isinstance(obj, dict) and "error" in obj:
-            raise ServerError(f"Triton at {self.url}, model {model!r}: {obj['error']}", server_message=str(obj["error"]))
+            message = str(obj["error"])
+            if status != 200:
+                raise self._failure(model, status, message)
+            raise ServerError(f"Triton at {self.url}, model {model!r}: {message}", server_message=message)
         if not isinstance(obj, dict):
             raise ServerError(f"Triton at {self.url} sent an unexpected event: {data[:200]!r}")
         return _piece(obj)
 
+    def _events_ended(self, model: str, status: int) -> None:
+        """After the last event: a failed answer whose events named no error is an error all the same."""
+        if status != 200:
+            raise self._failure(model, status, "(the server sent no error event)")
+
     def _single(self, model: str, status: int, body: bytes) -> Piece:
         if status != 200:
-            raise self._server_error(model, status, body)
+            raise self._failure(model, status, error_text(body))
         try:
             obj = json.loads(body)
         except ValueError:
@@ -185,20 +192,21 @@ class HttpTransport(_Common):
         except Exception:  # noqa: BLE001
             return False
 
-    def responses(self, model: str, request: WireRequest, deadline: float | None) -> Iterator[Piece]:
+    def responses(self, model: str, request: WireRequest, deadline: float | None
+                  ) -> Generator[Piece, None, None]:
         declared = self._model_inputs(model, deadline)
         body = request.json_body(request.for_model(model, declared))
         what = "generate_stream" if request.stream else "generate"
         try:
             with self._client.stream("POST", self._path(model, what), json=body,
                                      timeout=_timeout(deadline, self.connect_timeout)) as resp:
-                ctype = resp.headers.get("content-type", "")
-                if not request.stream or resp.status_code != 200 or not ctype.startswith("text/event-stream"):
+                if not (request.stream and _is_event_stream(resp)):
                     yield self._single(model, resp.status_code, resp.read())
                     return
-                for data in sse_data(resp.iter_lines()):
+                for event in EventSource(resp).iter_sse():
                     self._check_deadline(deadline, model)
-                    yield self._event(model, data)
+                    yield self._event(model, resp.status_code, event.data)
+                self._events_ended(model, resp.status_code)
         except httpx.HTTPError as exc:
             raise self._map_transport_error(exc, model) from None
 
@@ -240,29 +248,23 @@ class AsyncHttpTransport(_Common):
             return False
 
     async def responses(self, model: str, request: WireRequest, deadline: float | None
-                        ) -> AsyncIterator[Piece]:
+                        ) -> AsyncGenerator[Piece, None]:
         declared = await self._model_inputs(model, deadline)
         body = request.json_body(request.for_model(model, declared))
         what = "generate_stream" if request.stream else "generate"
         try:
             async with self._client.stream("POST", self._path(model, what), json=body,
                                            timeout=_timeout(deadline, self.connect_timeout)) as resp:
-                ctype = resp.headers.get("content-type", "")
-                if not request.stream or resp.status_code != 200 or not ctype.startswith("text/event-stream"):
+                if not (request.stream and _is_event_stream(resp)):
                     yield self._single(model, resp.status_code, await resp.aread())
                     return
-                data: list[str] = []
-                async for line in resp.aiter_lines():
-                    self._check_deadline(deadline, model)
-                    if line:
-                        if line.startswith("data:"):
-                            value = line[5:]
-                            data.append(value[1:] if value.startswith(" ") else value)
-                        continue
-                    if data:
-                        event, data = "\n".join(data), []
-                        yield self._event(model, event)
-                if data:
-                    yield self._event(model, "\n".join(data))
+                events = EventSource(resp).aiter_sse()
+                try:
+                    async for event in events:
+                        self._check_deadline(deadline, model)
+                        yield self._event(model, resp.status_code, event.data)
+                finally:
+                    await events.aclose()
+                self._events_ended(model, resp.status_code)
         except httpx.HTTPError as exc:
             raise self._map_transport_error(exc, model) from None

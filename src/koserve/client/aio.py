@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncGenerator, Iterable
 
-from koserve.client._base import ClientBase, Prepared, backoff_delays
-from koserve.client.errors import ClientError, ServerUnavailableError
-from koserve.client.result import ChatResult, ResponseAssembler
+from koserve.client._base import ClientBase, Prepared, backoff_delays, retry_delay
+from koserve.client.errors import ServerUnavailableError
+from koserve.client.result import ChatResult, Piece
+from koserve.client.transport import AsyncTransport
 
 
 class AsyncChatStream:
@@ -16,103 +16,79 @@ class AsyncChatStream:
     cancelling the task that iterates it cancels the request on the server."""
 
     def __init__(self, client: "AsyncChatClient", prepared: Prepared):
-        self._client = client
-        self._prepared = prepared
-        self._responses: AsyncIterator[Any] | None = None
-        self._asm: ResponseAssembler | None = None
-        self._result: ChatResult | None = None
-        self._error: BaseException | None = None
-        self.request_id = prepared.wire.request_id
+        self._transport: AsyncTransport = client._transport
+        self._state = client.stream_state(prepared)
+        self._responses: AsyncGenerator[Piece, None] | None = None
+        self.request_id = self._state.request_id
 
     def __aiter__(self) -> "AsyncChatStream":
         return self
 
-    def _start(self) -> None:
-        self._asm = ResponseAssembler(self._prepared.params.stop_strings())
-        self._responses = self._client._transport.responses(self._prepared.model, self._prepared.wire,
-                                                             self._prepared.deadline)
-
     async def __anext__(self) -> str:
-        if self._result is not None or self._error is not None:
+        state = self._state
+        if state.done:
             raise StopAsyncIteration
         if self._responses is None:
-            self._start()
-        asm = self._asm
-        assert asm is not None and self._responses is not None
+            state.start()
+            prepared = state.prepared
+            self._responses = self._transport.responses(prepared.model, prepared.wire, prepared.deadline)
         while True:
             try:
                 piece = await self._responses.__anext__()
             except StopAsyncIteration:
-                tail = asm.finish()
-                self._finish(cancelled=False)
+                tail = state.on_end()
                 if tail:
                     return tail
                 raise
             except asyncio.CancelledError:
                 # The task was cancelled: cancel the server-side request, report "cancelled", propagate.
+                state.on_close()
                 await self._close_responses()
-                self._stop_engine_soon()
-                self._finish(cancelled=True)
+                self._stop_engine_soon(state.engine_to_stop)
                 raise
             except BaseException as exc:
-                self._error = exc
+                engine = state.on_error(exc)
                 await self._close_responses()
-                if not isinstance(exc, ServerUnavailableError):
-                    await self._stop_engine()
+                await self._stop_engine(engine)
                 raise
-            delta = asm.add(*piece)
-            if asm.stopped:
+            step = state.on_response(piece)
+            if step.ended:  # a stop string the server did not stop on: stop it ourselves
                 await self._close_responses()
-                await self._stop_engine()
-                self._finish(cancelled=False)
-                if delta:
-                    return delta
-                raise StopAsyncIteration
-            if delta:
-                return delta
+                await self._stop_engine(state.engine_to_stop)
+                if not step.delta:
+                    raise StopAsyncIteration
+            if step.delta:
+                return step.delta
 
     @property
     def received_any(self) -> bool:
-        return self._asm is not None and self._asm.responses > 0
+        """Whether any response arrived (a failed request is retried only when none did)."""
+        return self._state.received_any
 
     async def _close_responses(self) -> None:
-        responses, self._responses = self._responses, _empty()
-        if responses is not None and hasattr(responses, "aclose"):
+        responses, self._responses = self._responses, None
+        if responses is not None:
             try:
                 await responses.aclose()
             except RuntimeError:  # "aclose(): asynchronous generator is already running" after a cancellation
                 pass
 
-    def _stops_itself(self) -> bool:
-        return getattr(self._client._transport, "stops_on_close", False)  # gRPC: stop + drain on close
+    async def _stop_engine(self, engine: str | None) -> None:
+        if engine:
+            await self._transport.stop_engine(engine, self.request_id)
 
-    async def _stop_engine(self) -> None:
-        engine = self._client.engine_model
-        if engine and not self._stops_itself():
-            await self._client._transport.stop_engine(engine, self.request_id)
-
-    def _stop_engine_soon(self) -> None:
+    def _stop_engine_soon(self, engine: str | None) -> None:
         """From a cancelled task: stop the engine in the background (do not delay the cancellation)."""
-        if self._client.engine_model and not self._stops_itself():
-            task = asyncio.get_running_loop().create_task(self._stop_engine())
+        if engine:
+            task = asyncio.get_running_loop().create_task(self._stop_engine(engine))
             _background.add(task)
             task.add_done_callback(_background.discard)
 
-    def _finish(self, *, cancelled: bool) -> None:
-        assert self._asm is not None
-        self._result = self._client.build_result(self._prepared, self._asm, cancelled=cancelled)
-
     async def aclose(self) -> None:
         """Stop the generation (cancelling it on the server) if it is still running."""
-        if self._result is not None or self._error is not None:
-            return
-        if self._responses is None:
-            self._asm = ResponseAssembler(())
-            self._responses = _empty()
-        else:
+        if self._state.on_close():
             await self._close_responses()
-            await self._stop_engine()
-        self._finish(cancelled=True)
+            await self._stop_engine(self._state.engine_to_stop)
 
     async def __aenter__(self) -> "AsyncChatStream":
         return self
@@ -122,11 +98,7 @@ class AsyncChatStream:
 
     @property
     def result(self) -> ChatResult:
-        if self._error is not None:
-            raise ClientError(f"the stream failed: {self._error}")
-        if self._result is None:
-            raise ClientError("the stream has not finished: iterate it to the end or aclose() it first")
-        return self._result
+        return self._state.result("aclose")
 
     async def collect(self) -> ChatResult:
         """Read the rest of the stream and return the result."""
@@ -138,22 +110,23 @@ class AsyncChatStream:
 _background: set = set()
 
 
-async def _empty() -> AsyncIterator[Any]:
-    return
-    yield  # pragma: no cover
-
-
 class AsyncChatClient(ClientBase):
-    """The asyncio twin of :class:`~koserve.client.ChatClient` (same constructor, same methods, awaited).
+    """The asyncio twin of :class:`~koserve.client.ChatClient` (same constructor, same methods, awaited;
+    ``transport`` is an :class:`~koserve.client.transport.AsyncTransport`).
 
     >>> async with AsyncChatClient("127.0.0.1:8001", "komt-13b") as client:
     ...     async for delta in client.stream([{"role": "user", "content": "안녕?"}]):
     ...         print(delta, end="")
     """
 
-    def __init__(self, url: str | None = None, profile: Any = "akallama-70b", **kwargs: Any):
+    _transport: AsyncTransport
+
+    def __init__(self, url: str | None = None, profile: Any = "akallama-70b", *,
+                 transport: AsyncTransport | None = None, **kwargs: Any):
         super().__init__(url, profile, **kwargs)
-        if self.protocol == "grpc":
+        if transport is not None:
+            self._transport, self.protocol = transport, transport.protocol
+        elif self.protocol == "grpc":
             from koserve.client._grpc import AsyncGrpcTransport  # noqa: PLC0415
 
             self._transport = AsyncGrpcTransport(self.url, connect_timeout=self.connect_timeout,
@@ -197,12 +170,8 @@ class AsyncChatClient(ClientBase):
             try:
                 return await stream.collect()
             except ServerUnavailableError:
-                if stream.received_any:
-                    raise
-                delay = next(delays, None)
+                delay = retry_delay(delays, received_any=stream.received_any, deadline=prepared.deadline)
                 if delay is None:
-                    raise
-                if prepared.deadline is not None and time.perf_counter() + delay >= prepared.deadline:
                     raise
                 await asyncio.sleep(delay)
             finally:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Generator, Iterable
 
-from koserve.client._base import ClientBase, Prepared, backoff_delays
-from koserve.client.errors import ClientError, ServerUnavailableError
-from koserve.client.result import ChatResult, ResponseAssembler
+from koserve.client._base import ClientBase, Prepared, backoff_delays, retry_delay
+from koserve.client.errors import ServerUnavailableError
+from koserve.client.result import ChatResult, Piece
+from koserve.client.transport import Transport
 
 
 class ChatStream:
@@ -16,87 +17,65 @@ class ChatStream:
     the stream has ended or been closed."""
 
     def __init__(self, client: "ChatClient", prepared: Prepared):
-        self._client = client
-        self._prepared = prepared
-        self._responses: Iterator[Any] | None = None
-        self._asm: ResponseAssembler | None = None
-        self._result: ChatResult | None = None
-        self._error: BaseException | None = None
-        self.request_id = prepared.wire.request_id
+        self._transport: Transport = client._transport
+        self._state = client.stream_state(prepared)
+        self._responses: Generator[Piece, None, None] | None = None
+        self.request_id = self._state.request_id
 
     # -- iteration -----------------------------------------------------------------------------------------
     def __iter__(self) -> "ChatStream":
         return self
 
-    def _start(self) -> None:
-        self._asm = ResponseAssembler(self._prepared.params.stop_strings())
-        self._responses = self._client._transport.responses(self._prepared.model, self._prepared.wire,
-                                                             self._prepared.deadline)
-
     def __next__(self) -> str:
-        if self._result is not None or self._error is not None:
+        state = self._state
+        if state.done:
             raise StopIteration
         if self._responses is None:
-            self._start()
-        asm = self._asm
-        assert asm is not None and self._responses is not None
+            state.start()
+            prepared = state.prepared
+            self._responses = self._transport.responses(prepared.model, prepared.wire, prepared.deadline)
         while True:
             try:
                 piece = next(self._responses)
             except StopIteration:
-                tail = asm.finish()
-                self._finish(cancelled=False)
+                tail = state.on_end()
                 if tail:
                     return tail
                 raise
             except BaseException as exc:
-                self._error = exc
+                engine = state.on_error(exc)
                 self._close_responses()
-                if not isinstance(exc, ServerUnavailableError):
-                    self._stop_engine()
+                self._stop_engine(engine)
                 raise
-            delta = asm.add(*piece)
-            if asm.stopped:  # a stop string the server did not stop on: stop it ourselves
+            step = state.on_response(piece)
+            if step.ended:  # a stop string the server did not stop on: stop it ourselves
                 self._close_responses()
-                self._stop_engine()
-                self._finish(cancelled=False)
-                if delta:
-                    return delta
-                raise StopIteration
-            if delta:
-                return delta
+                self._stop_engine(state.engine_to_stop)
+                if not step.delta:
+                    raise StopIteration
+            if step.delta:
+                return step.delta
 
     @property
     def received_any(self) -> bool:
         """Whether any response arrived (a failed request is retried only when none did)."""
-        return self._asm is not None and self._asm.responses > 0
+        return self._state.received_any
 
     # -- ending --------------------------------------------------------------------------------------------
     def _close_responses(self) -> None:
-        responses, self._responses = self._responses, iter(())
-        if responses is not None and hasattr(responses, "close"):
+        responses, self._responses = self._responses, None
+        if responses is not None:
             responses.close()
 
-    def _stop_engine(self) -> None:
-        engine = self._client.engine_model
-        if engine and not getattr(self._client._transport, "stops_on_close", False):  # gRPC stops it itself
-            self._client._transport.stop_engine(engine, self.request_id)
-
-    def _finish(self, *, cancelled: bool) -> None:
-        assert self._asm is not None
-        self._result = self._client.build_result(self._prepared, self._asm, cancelled=cancelled)
+    def _stop_engine(self, engine: str | None) -> None:
+        if engine:
+            self._transport.stop_engine(engine, self.request_id)
 
     def close(self) -> None:
         """Stop the generation (cancelling it on the server) if it is still running."""
-        if self._result is not None or self._error is not None:
-            return
-        if self._responses is None:  # never started: nothing was sent
-            self._asm = ResponseAssembler(())
-            self._responses = iter(())
-        else:
+        if self._state.on_close():
             self._close_responses()
-            self._stop_engine()
-        self._finish(cancelled=True)
+            self._stop_engine(self._state.engine_to_stop)
 
     def __enter__(self) -> "ChatStream":
         return self
@@ -105,7 +84,7 @@ class ChatStream:
         self.close()
 
     def __del__(self) -> None:
-        if self._responses is not None and self._result is None:
+        if self._responses is not None and not self._state.done:
             try:
                 self._close_responses()
             except Exception:  # noqa: BLE001 - best effort at garbage collection
@@ -113,11 +92,7 @@ class ChatStream:
 
     @property
     def result(self) -> ChatResult:
-        if self._error is not None:
-            raise ClientError(f"the stream failed: {self._error}")
-        if self._result is None:
-            raise ClientError("the stream has not finished: iterate it to the end or close() it first")
-        return self._result
+        return self._state.result("close")
 
     def collect(self) -> ChatResult:
         """Read the rest of the stream and return the result."""
@@ -136,11 +111,18 @@ class ChatClient(ClientBase):
     parameters (``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``stop``, ``seed``, penalties, ...) default
     to the profile's and can be given per call or as ``params`` for every call. Per-call options: ``timeout``
     (seconds for the whole request), ``request_id``, ``system_prompt`` (chat only), ``server_streaming``.
+    ``transport``: talk through this :class:`~koserve.client.transport.Transport` instead of opening one for
+    ``url`` (as httpx's ``transport=``).
     """
 
-    def __init__(self, url: str | None = None, profile: Any = "akallama-70b", **kwargs: Any):
+    _transport: Transport
+
+    def __init__(self, url: str | None = None, profile: Any = "akallama-70b", *,
+                 transport: Transport | None = None, **kwargs: Any):
         super().__init__(url, profile, **kwargs)
-        if self.protocol == "grpc":
+        if transport is not None:
+            self._transport, self.protocol = transport, transport.protocol
+        elif self.protocol == "grpc":
             from koserve.client._grpc import GrpcTransport  # noqa: PLC0415
 
             self._transport = GrpcTransport(self.url, connect_timeout=self.connect_timeout, headers=self.headers,
@@ -187,11 +169,9 @@ class ChatClient(ClientBase):
             try:
                 return stream.collect()
             except ServerUnavailableError:
-                if stream.received_any:
-                    raise
-                delay = next(delays, None)
+                delay = retry_delay(delays, received_any=stream.received_any, deadline=prepared.deadline)
                 if delay is None:
                     raise
-                if prepared.deadline is not None and time.perf_counter() + delay >= prepared.deadline:
-                    raise
                 time.sleep(delay)
+            finally:
+                stream.close()
