@@ -164,6 +164,8 @@ def _serve(args) -> int:
         except OSError as exc:
             raise ConfigError(f"cannot serve health on {args.host}:{args.health_port}: {exc} "
                               "(choose another --health-port, or 0 for none)") from None
+    if not args.quiet and not uses_gpu(args):
+        print(CPU_NOISE_NOTE, file=sys.stderr, flush=True)
     try:
         server.start(args.ready_timeout)
         health_line = f"\n  health  http://{args.host}:{args.health_port}/health/ready" if health else ""
