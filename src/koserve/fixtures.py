@@ -245,8 +245,12 @@ def hangul_token_ids(tokenizer_json: Path) -> list[int]:
     return sorted(ids)
 
 
-def build_tiny_model(family: Family, out_dir: Path, seed: int = 0, shape: dict | None = None) -> Path:
+def build_tiny_model(family: Family, out_dir: Path, seed: int = 0, shape: dict | None = None,
+                     tokenizer: Path | None = None) -> Path:
     """Save a tiny random-weight ``LlamaForCausalLM`` with the real ``family`` tokenizer into ``out_dir``.
+
+    ``tokenizer``: a folder with ``tokenizer.json`` (+ ``tokenizer_config.json``) of ``family``'s vocabulary size to
+    use instead of the npm fixture (gpu-smoke builds one in code: koserve.smoke.tokenizer).
 
     Random weights produce no meaningful text; they exercise the real vocabulary, tensor shapes and the serving path.
     One hidden feature is made constant and wired to the tokens that are whole Hangul syllables, so the sampled
@@ -255,7 +259,7 @@ def build_tiny_model(family: Family, out_dir: Path, seed: int = 0, shape: dict |
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tok_dir = tokenizer_dir(family)
+    tok_dir = tokenizer if tokenizer is not None else tokenizer_dir(family)
     vocab = 128256 if family == "llama3" else 32000
     config = LlamaConfig(vocab_size=vocab, tie_word_embeddings=False, **(shape or _TINY_SHAPE),
                          **_TINY_FAMILY[family])
@@ -273,7 +277,8 @@ def build_tiny_model(family: Family, out_dir: Path, seed: int = 0, shape: dict |
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, do_sample=False
     ).save_pretrained(tmp)
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy2(tok_dir / name, tmp / name)
+        if (tok_dir / name).is_file():
+            shutil.copy2(tok_dir / name, tmp / name)
     (tmp / _TINY_MARKER).write_text(
         f"version {TINY_MODEL_VERSION}\n"
         "Random weights built by `koserve setup fixtures`: output is not meaningful text.\n"

@@ -91,13 +91,54 @@ def test_checks_fail_on_a_dead_server():
 
 # -- the GPU checkpoint ----------------------------------------------------------------------------------------------
 
-def test_gpu_fixture_has_a_kernel_head_size(tmp_path):
-    from koserve.fixtures import build_tiny_model
+def test_gpu_fixture_is_built_without_npm_or_the_npm_tokenizer(tmp_path, monkeypatch):
+    """As in the image: an empty KOSERVE_CACHE (no npm tokenizer fixture) and no npm on PATH. The checkpoint gets a
+    kernel head size, Llama-3's vocabulary size and end ids, and its answers are Korean."""
+    import torch
+    from transformers import LlamaForCausalLM
 
-    out = build_tiny_model("llama3", tmp_path / "tiny-llama3-gpu", shape=GPU_SHAPE)
+    from koserve.smoke.fixture import prepare_gpu_fixture
+
+    monkeypatch.setenv("KOSERVE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
+    assert shutil.which("npm") is None
+    logs: list[str] = []
+    out = prepare_gpu_fixture(log=logs.append)
+    assert out == tmp_path / "cache" / "models" / "tiny-llama3-gpu" and logs
     config = json.loads((out / "config.json").read_text())
     assert head_size(config) == 64 and config["vocab_size"] == 128256
     assert checkpoint_config(out)["num_key_value_heads"] == 2
+    assert prepare_gpu_fixture(log=logs.append) == out and len(logs) == 1  # cached: not rebuilt
+    tok = load_tokenizer(out)
+    prompt = tok.encode(KOREAN_PROMPT)
+    model = LlamaForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        ids = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
+    answer = tok.decode(ids)
+    assert len(answer) == 12 and all("\uac00" <= ch <= "\ud7a3" for ch in answer), answer
+
+
+def test_gpu_smoke_tokenizer_has_llama3_ids_and_streams_korean_exactly():
+    from tokenizers.decoders import DecodeStream
+
+    from koserve.smoke.tokenizer import VOCAB_SIZE, build_tokenizer
+
+    tok = build_tokenizer()
+    assert tok.get_vocab_size() == VOCAB_SIZE == 128256
+    special = {"<|begin_of_text|>": 128000, "<|end_of_text|>": 128001, "<|start_header_id|>": 128006,
+               "<|end_header_id|>": 128007, "<|eot_id|>": 128009}
+    assert {name: tok.token_to_id(name) for name in special} == special
+    text = "안녕하세요, 반갑습니다 😀 Hello"
+    enc = tok.encode(text)
+    assert enc.ids[0] == 128000  # BOS, as the Llama-3-8B-Instruct tokenizer adds it
+    assert enc.ids[1:6] == [tok.token_to_id(tok.encode(ch, add_special_tokens=False).tokens[0]) for ch in "안녕하세요"]
+    assert all(len(tok.encode(ch, add_special_tokens=False).ids) == 1 for ch in "안녕하세요반갑습니다")
+    chat = "<|start_header_id|>user<|end_header_id|>\n\n안녕<|eot_id|>"
+    assert tok.decode(tok.encode(chat, add_special_tokens=False).ids, skip_special_tokens=False) == chat
+    stream = DecodeStream(skip_special_tokens=True)
+    pieces = [stream.step(tok, i) for i in enc.ids]
+    assert "".join(p for p in pieces if p) == text == tok.decode(enc.ids)
+    assert not any("\ufffd" in p for p in pieces if p)
 
 
 def test_cpu_fixture_head_size_is_refused(tmp_path):
@@ -179,6 +220,33 @@ def test_script_exits_non_zero_and_prints_the_table(fake_toolchain, tmp_path):
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "build BF16 engine" in proc.stdout and "FAIL" in proc.stdout and "1 FAILED" in proc.stdout
+
+
+def test_load_step_is_bounded_and_counts_errors(cpu_target):
+    """The load step (koserve's own client, no locust): bounded by its request budget; a model that does not exist
+    fails every request and the step."""
+    from koserve.smoke.load import LoadSpec, check_load, run_load
+
+    done = run_load(LoadSpec(cpu_target.grpc_url, "ensemble", seconds=60, concurrency=2, max_tokens=8,
+                             max_requests=4, timeout=60, prompts="short"))
+    assert done.requests == 4 and done.errors == 0 and len(done.ttfts) == 4 and done.seconds < 60, done.summary()
+    ok, detail = check_load(LoadSpec(cpu_target.grpc_url, "no_such_model", seconds=2, concurrency=2,
+                                     max_tokens=8, max_requests=6, timeout=10, prompts="short"))
+    assert not ok and "100.0%" in detail and "no_such_model" in detail, detail
+
+
+def test_gpu_smoke_writes_under_koserve_cache_and_says_so(tmp_path, monkeypatch):
+    from koserve.smoke.run import default_workdir
+
+    monkeypatch.setenv("KOSERVE_CACHE", str(tmp_path))
+    assert default_workdir() == tmp_path / "gpu-smoke"
+    proc = subprocess.run([sys.executable, "-m", "koserve", "gpu-smoke", "--help"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    help_text = " ".join(proc.stdout.split())
+    for needed in ("nvidia-smi", "convert_checkpoint.py", "trtllm-build", "torch and transformers", "no npm",
+                   "$KOSERVE_CACHE/models", "default $KOSERVE_CACHE/gpu-smoke", "KOSERVE_CACHE=/var/cache/koserve"):
+        assert needed in help_text, needed
 
 
 @pytest.mark.timeout(240)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 
 def _run(args) -> int:
-    from koserve.smoke.run import SmokeOptions, run_smoke
+    from koserve.smoke.run import SmokeOptions, default_workdir, run_smoke
 
     opts = SmokeOptions(
-        workdir=Path(args.workdir).expanduser().resolve(),
+        workdir=Path(args.workdir).expanduser().resolve() if args.workdir else default_workdir(),
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         gpu=args.gpu,
         examples_dir=args.trtllm_examples,
@@ -31,12 +31,19 @@ def register(subparsers) -> None:
         "gpu-smoke",
         help="acceptance run on a GPU box: build a tiny BF16 engine, serve it, check Korean streaming, load test",
         description=f"Run inside {TRITON_TRTLLM_IMAGE} with one GPU. Checks for the GPU first, then builds a BF16 engine from the tiny "
-        "Llama-3-vocabulary checkpoint tiny-llama3-gpu (built on first use; needs the llama3 tokenizer fixture of "
-        "`koserve setup fixtures --tokenizers-only`) or --checkpoint, renders and serves it, streams Korean through "
+        "Llama-3-vocabulary checkpoint tiny-llama3-gpu or --checkpoint, renders and serves it, streams Korean through "
         "ensemble and tensorrt_llm_bls over gRPC and HTTP (streamed == non-streamed, no U+FFFD, min_tokens, seed, "
-        "cancellation), runs a load test and prints a pass/fail table. Exit 0 only when every row passes.",
+        "cancellation), runs a bounded concurrent load through the ensemble and prints a pass/fail table. Exit 0 "
+        "only when every row passes. "
+        "Needs: one GPU (nvidia-smi), TensorRT-LLM 1.2.1's examples (convert_checkpoint.py, trtllm-build) and "
+        "koserve[server]; for tiny-llama3-gpu also torch and transformers (the image's own), no network, no npm "
+        "(its tokenizer is built in code). "
+        "Writes: tiny-llama3-gpu to $KOSERVE_CACHE/models, and the build, engine, repository and logs to "
+        "--workdir (default $KOSERVE_CACHE/gpu-smoke; the image sets KOSERVE_CACHE=/var/cache/koserve, owned by "
+        "uid 1000).",
     )
-    p.add_argument("--workdir", default="koserve-gpu-smoke", help="folder for the build, engine, repository and logs")
+    p.add_argument("--workdir",
+                   help="folder for the build, engine, repository and logs (default $KOSERVE_CACHE/gpu-smoke)")
     p.add_argument("--checkpoint", help="HF Llama checkpoint folder with head size 64 or 128 (default tiny-llama3-gpu)")
     p.add_argument("--gpu", metavar="KEY",
                    help="GPU catalogue key, see `koserve build gpus` (default: the one nvidia-smi shows)")

@@ -1,12 +1,17 @@
-"""``koserve gpu-smoke``: the first thing to run on a new GPU box inside the pinned container.
+"""``koserve gpu-smoke``: the first thing to run on a new GPU box inside the pinned container, as the image is built
+(uid 1000, no network, no npm, only the ``server`` extra on top of the image's TensorRT-LLM, transformers and torch).
 
-1. checkpoint: ``tiny-llama3-gpu`` (koserve.smoke.fixture) or ``--checkpoint``; its head size must be 64 or 128;
+1. checkpoint: ``tiny-llama3-gpu`` (koserve.smoke.fixture: the image's transformers + torch and a tokenizer built in
+   code) or ``--checkpoint``; its head size must be 64 or 128;
 2. build: a BF16 recipe (no calibration: convert_checkpoint.py + trtllm-build) through ``koserve build run``'s
    runner, so the version preflight and GPU checks run too;
 3. render the model repository from the engine, serve it with ``koserve serve`` (mpirun, one rank);
 4. the checks of koserve.smoke.checks over gRPC and HTTP through ensemble and tensorrt_llm_bls;
-5. a 30 s ``koserve loadtest`` with an error-rate SLO;
+5. a 30 s bounded concurrent load through the ensemble (koserve.smoke.load) with a 1 % error-rate limit;
 6. a pass/fail table; exit 1 when anything failed.
+
+Everything is written under the work folder (default ``$KOSERVE_CACHE/gpu-smoke``) and the checkpoint under
+``$KOSERVE_CACHE/models``.
 """
 
 from __future__ import annotations
@@ -32,12 +37,19 @@ from koserve.engines.recipe import EngineRecipe, parse_recipe
 from koserve.engines.runner import run_build
 from koserve.engines.versions import CONTAINER_EXAMPLES_DIR, TRTLLM_VERSION
 from koserve.errors import ConfigError, KoserveError
+from koserve.fixtures import cache_dir
 from koserve.smoke.checks import KOREAN_PROMPT, CheckResult, Target, format_table, run_checks
 from koserve.smoke.fixture import HEAD_SIZES_SUPPORTED, head_size, prepare_gpu_fixture
+from koserve.smoke.load import LoadSpec, check_load
 
 BASE_PROFILE = "akallama-70b"  # Llama-3 chat format and end ids; architecture replaced by the checkpoint's
 RECIPE_NAME = "gpu-smoke-bf16"
 LIMITS = {"max_batch_size": 16, "max_input_len": 2048, "max_seq_len": 4096, "max_num_tokens": 4096}
+
+
+def default_workdir() -> Path:
+    """``$KOSERVE_CACHE/gpu-smoke``: the image sets KOSERVE_CACHE to a folder uid 1000 owns (the chart mounts it)."""
+    return cache_dir() / "gpu-smoke"
 
 
 @dataclass
@@ -51,7 +63,7 @@ class SmokeOptions:
     request_timeout: float = 120.0
     loadtest_seconds: float = 30.0
     loadtest_concurrency: int = 4
-    loadtest_prompts: str = "all"  # koserve loadtest --prompts (the shipped Korean prompt sets)
+    loadtest_prompts: str = "all"  # a prompt set of koserve.loadtest.prompts (the shipped Korean prompt sets)
     echo: Callable[[str], None] = print
 
 
@@ -242,17 +254,11 @@ class _Stop(Exception):
     pass
 
 
-def loadtest(endpoints: Endpoints, profile_file: Path, tokenizer: Path, opts: SmokeOptions) -> tuple[bool, str]:
-    out = opts.workdir / "loadtest"
-    cmd = [sys.executable, "-m", "koserve", "loadtest", "--url", endpoints.grpc_url, "--protocol", "grpc",
-           "--target", "ensemble", "--profile", str(profile_file), "--tokenizer", str(tokenizer),
-           "--duration", f"{opts.loadtest_seconds:g}s", "--concurrency", str(opts.loadtest_concurrency),
-           "--prompts", opts.loadtest_prompts, "--max-tokens", "32", "--out", str(out), "--metrics-url", endpoints.metrics_url,
-           "--slo", "error_rate=1%", "--no-plots", "--no-progress"]
-    budget = opts.loadtest_seconds + 180
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=budget, check=False)
-    tail = (proc.stdout.strip().splitlines() or [""])[-1]
-    return proc.returncode == 0, f"exit {proc.returncode}: {tail} (report {out})"
+def loadtest(endpoints: Endpoints, opts: SmokeOptions) -> tuple[bool, str]:
+    """The load step: koserve's own bounded concurrent streams through the ensemble (no locust in the image)."""
+    return check_load(LoadSpec(endpoints.grpc_url, "ensemble", seconds=opts.loadtest_seconds,
+                               concurrency=opts.loadtest_concurrency, max_tokens=32, timeout=opts.request_timeout,
+                               prompts=opts.loadtest_prompts))
 
 
 def run_smoke(opts: SmokeOptions, *, server: ServerFactory = koserve_serve, probe=probe_gpus) -> SmokeReport:
@@ -307,7 +313,7 @@ def run_smoke(opts: SmokeOptions, *, server: ServerFactory = koserve_serve, prob
                 echo(f"gpu-smoke: {result.name}: {'PASS' if result.ok else 'FAIL'} {result.detail}")
                 report.results.append(result)
             _step(report, f"loadtest {opts.loadtest_seconds:g} s",
-                  lambda: (None, _ok_or_raise(loadtest(endpoints, profile_file, checkpoint, opts))), echo)
+                  lambda: (None, _ok_or_raise(loadtest(endpoints, opts))), echo)
         finally:
             cm.__exit__(None, None, None)
     except _Stop:
