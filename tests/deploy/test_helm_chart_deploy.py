@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 import subprocess
@@ -224,7 +225,11 @@ def test_probes_and_graceful_shutdown(chart, kit, values_file, model, min_startu
     assert f"--ready-timeout {startup_budget} " in c["args"][0]
     # Graceful shutdown: drain, then Triton's own exit timeout, inside the grace period.
     spec = kit.pod_spec(d)
-    drain, exit_timeout = values["shutdown"]["drainSeconds"], values["shutdown"]["exitTimeoutSeconds"]
+    # (the stream grace derived from the profile: tests/deploy/test_chart_fleet.py checks the derivation)
+    shutdown = values["shutdown"]
+    drain = shutdown["drainSeconds"]
+    stream_tokens = shutdown["streamTokens"][values["models"][model]["profile"]]
+    exit_timeout = math.ceil(round(stream_tokens * shutdown["worstInterTokenSeconds"], 6)) + shutdown["firstTokenSeconds"]
     assert c["lifecycle"]["preStop"]["exec"]["command"][-1] == f"sleep {drain}"
     assert f"--exit-timeout-secs={exit_timeout}" in c["args"][0]
     assert spec["terminationGracePeriodSeconds"] > drain + exit_timeout
@@ -708,7 +713,7 @@ def test_pod_commands_run_with_the_real_koserve_cli(chart, kit, tmp_path):
     assert len(ranks) == 4 and cmd.startswith("mpirun ")
     rank0 = ranks[0]
     for flag in ("--http-address=0.0.0.0", "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002",
-                 "--model-control-mode=none", "--exit-timeout-secs=300", "--metrics-config histogram_latencies=true",
+                 "--model-control-mode=none", "--exit-timeout-secs=850", "--metrics-config histogram_latencies=true",
                  f"--model-repository={repo}"):
         assert flag in rank0, f"{flag} not in {rank0}"
     apis = "model-repository,shared-memory,logging,trace"

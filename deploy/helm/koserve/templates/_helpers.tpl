@@ -116,10 +116,6 @@ koserve.io/profile: {{ .m.profile }}
 {{- end -}}
 {{- end -}}
 
-{{- define "koserve.terminationGracePeriodSeconds" -}}
-{{- add (int .Values.shutdown.drainSeconds) (int .Values.shutdown.exitTimeoutSeconds) 15 -}}
-{{- end -}}
-
 {{/* Absolute paths inside the pod. */}}
 {{- define "koserve.model.engineDir" -}}
 {{- printf "%s/%s" (trimSuffix "/" .root.Values.storage.mountPath) (trimPrefix "/" .m.engine.dir) -}}
@@ -302,7 +298,7 @@ exec koserve serve --repo {{ include "koserve.repoDir" . }} \
   --model-control-mode={{ $t.modelControlMode }} \
   --http-restricted-api="{{ $restricted }}" \
   --grpc-restricted-protocol="{{ $restricted }}" \
-  --exit-timeout-secs={{ .root.Values.shutdown.exitTimeoutSeconds }} \
+  --exit-timeout-secs={{ include "koserve.model.streamSeconds" . }} \
   {{- if $t.histogramLatencies }}
   --metrics-config histogram_latencies=true \
   {{- end }}
@@ -382,7 +378,7 @@ imagePullSecrets:
 {{- end }}
 securityContext:
   {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
-terminationGracePeriodSeconds: {{ include "koserve.terminationGracePeriodSeconds" .root }}
+terminationGracePeriodSeconds: {{ include "koserve.model.terminationGracePeriodSeconds" . }}
 {{- with .m.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
@@ -402,4 +398,5 @@ volumes:
     secret:
       secretName: {{ .m.multiNode.sshSecret }}
       defaultMode: 0440
+  {{- include "koserve.model.gatewaySidecarVolumes" . | nindent 2 }}
 {{- end -}}

@@ -1,0 +1,562 @@
+"""The chart's fleet options with the real helm: routing through the Gateway API Inference Extension (InferencePool,
+endpoint picker, HTTPRoute; the koserve gateway as a sidecar of each Triton pod), KEDA autoscaling on the
+TensorRT-LLM backend's gauges, and the drain (preStop, --exit-timeout-secs, terminationGracePeriodSeconds).
+
+Custom resources are checked as the API server would admit them: the upstream CRD's openAPIV3Schema at a cited
+release (tests/deploy/schemas/SOURCES.md) with the schema's defaults applied, unknown fields refused (the API server
+would prune them silently) and the CRD's CEL rules evaluated with cel-python. Core kinds go to kubernetes-validate
+through the shared kit."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from pathlib import Path
+
+import celpy
+import jsonschema
+import pytest
+import yaml
+
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+EPP_FACTS = json.loads((SCHEMAS / "gaie-v1.5.0-epp.json").read_text())
+CRD_FILES = {
+    ("inference.networking.k8s.io/v1", "InferencePool"): "inferencepool-v1.json",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproute-v1.json",
+    ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject-v1alpha1.json",
+}
+KEY_SECRET = "gateway.apiKeysSecret.name=koserve-api-keys"
+FLEET = ("gateway.enabled=true", "gateway.mode=sidecar", KEY_SECRET, "inferencePool.enabled=true")
+KEDA = ("keda.enabled=true", "monitoring.podMonitor.enabled=true")
+BOTH = ("values-both-h100x8.yaml",)
+MULTI_NODE = ("models.akallama-70b.enabled=true", "models.komt-13b.enabled=false",
+              "models.akallama-70b.multiNode.enabled=true", "models.akallama-70b.multiNode.sshSecret=ssh",
+              "models.akallama-70b.engine.recipe=akallama-70b-fp8-h100-tp2pp2-2node",
+              "models.akallama-70b.engine.tensorParallel=2", "models.akallama-70b.engine.pipelineParallel=2")
+
+
+# ------------------------------------------------------------------ CRD admission: defaults, pruning, schema, CEL
+
+# Kubernetes escapes property names that are CEL keywords or hold these characters (KEP-2876, "Escaping").
+_CEL_KEYWORDS = {"true", "false", "null", "in", "as", "break", "const", "continue", "else", "for", "function", "if",
+                 "import", "let", "loop", "package", "namespace", "return", "var", "void", "while"}
+
+
+def _cel_name(name: str) -> str:
+    if name in _CEL_KEYWORDS:
+        return f"__{name}__"
+    return (name.replace("__", "__underscores__").replace(".", "__dot__").replace("-", "__dash__")
+            .replace("/", "__slash__"))
+
+
+def _with_defaults(schema: dict, data):
+    """``data`` with the structural schema's defaults filled in (objects only, as the API server defaults)."""
+    if isinstance(data, dict):
+        out = dict(data)
+        for key, sub in schema.get("properties", {}).items():
+            if key not in out and "default" in sub:
+                out[key] = copy.deepcopy(sub["default"])
+            if key in out:
+                out[key] = _with_defaults(sub, out[key])
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in set(out) - set(schema.get("properties", {})):
+                out[key] = _with_defaults(extra, out[key])
+        return out
+    if isinstance(data, list) and isinstance(schema.get("items"), dict):
+        return [_with_defaults(schema["items"], item) for item in data]
+    return data
+
+
+def _pruned_fields(schema: dict, data, path: str = "") -> list[str]:
+    """Fields the API server would drop silently: not in ``properties`` of a structural object schema."""
+    found = []
+    if isinstance(data, dict) and schema.get("type") == "object" and not schema.get(
+            "x-kubernetes-preserve-unknown-fields"):
+        props = schema.get("properties")
+        if props is not None and "additionalProperties" not in schema:
+            found += [f"{path}.{k}" for k in data if k not in props]
+        for key, value in data.items():
+            sub = (props or {}).get(key) or (schema.get("additionalProperties")
+                                             if isinstance(schema.get("additionalProperties"), dict) else None)
+            if sub:
+                found += _pruned_fields(sub, value, f"{path}.{key}")
+    elif isinstance(data, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(data):
+            found += _pruned_fields(schema["items"], item, f"{path}[{i}]")
+    return found
+
+
+def _cel_value(schema: dict, data):
+    """``data`` as CEL sees it: property names escaped, map keys as they are."""
+    if isinstance(data, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties") if isinstance(schema.get("additionalProperties"), dict) else {}
+        return {(_cel_name(k) if k in props else k): _cel_value(props.get(k) or extra, v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_cel_value(schema.get("items") or {}, v) for v in data]
+    return data
+
+
+_CEL = celpy.Environment()
+
+
+def _cel_failures(schema: dict, data, path: str = "") -> list[str]:
+    """Every x-kubernetes-validations rule on a node present in ``data`` that does not evaluate to true."""
+    failures = []
+    for rule in schema.get("x-kubernetes-validations", []):
+        program = _CEL.program(_CEL.compile(rule["rule"]))
+        result = program.evaluate({"self": celpy.json_to_cel(_cel_value(schema, data))})
+        if result is not True and result != celpy.celtypes.BoolType(True):
+            failures.append(f"{path or '.'}: {rule.get('message') or rule['rule']} (got {result!r})")
+    if isinstance(data, dict):
+        for key, value in data.items():
+            sub = schema.get("properties", {}).get(key)
+            if sub is None and isinstance(schema.get("additionalProperties"), dict):
+                sub = schema["additionalProperties"]
+            if sub:
+                failures += _cel_failures(sub, value, f"{path}.{key}")
+    elif isinstance(data, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(data):
+            failures += _cel_failures(schema["items"], item, f"{path}[{i}]")
+    return failures
+
+
+def admission_problems(doc: dict) -> list[str]:
+    """What the API server with the cited CRD installed would refuse (or silently drop) in ``doc``."""
+    key = (doc.get("apiVersion"), doc.get("kind"))
+    schema = json.loads((SCHEMAS / CRD_FILES[key]).read_text())
+    name = doc["metadata"]["name"]
+    problems = []
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name) or len(name) > 253:
+        problems.append(f"metadata.name {name!r} is not a DNS subdomain name")
+    defaulted = _with_defaults(schema, doc)
+    problems += [f"unknown field (pruned by the API server): {p}" for p in _pruned_fields(schema, defaulted)]
+    validator = jsonschema.Draft202012Validator(schema)
+    problems += [f"{'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(defaulted)]
+    problems += _cel_failures(schema, defaulted)
+    return [f"{doc['kind']}/{name}: {p}" for p in problems]
+
+
+def validate_all(kit, docs: list[dict]) -> None:
+    """Fleet CRs against their CRDs here; everything else (core kinds, the chart's other CRDs) through the kit."""
+    ours = [d for d in docs if (d.get("apiVersion"), d.get("kind")) in CRD_FILES]
+    problems = [p for d in ours for p in admission_problems(d)]
+    assert not problems, "\n".join(problems)
+    kit.validate_docs([d for d in docs if d not in ours])
+
+
+def test_admission_check_refuses_what_the_crds_refuse(chart):
+    """The CRD check above can fail: each broken copy of a rendered resource is refused for the reason the CRD
+    gives (schema, CEL rule, an unknown field)."""
+    docs = chart.template(sets=FLEET + KEDA)
+    pool, route, scaled = docs.one("InferencePool"), docs.one("HTTPRoute"), docs.one("ScaledObject")
+    assert admission_problems(pool) == [] and admission_problems(route) == [] and admission_problems(scaled) == []
+
+    def broken(doc, change):
+        doc = copy.deepcopy(doc)
+        change(doc["spec"])
+        return " ".join(admission_problems(doc))
+
+    assert "port is required" in broken(pool, lambda s: s["endpointPickerRef"].pop("port"))
+    assert "must be unique" in broken(pool, lambda s: s["targetPorts"].append(dict(s["targetPorts"][0])))
+    assert "appProtocol" in broken(pool, lambda s: s.update(appProtocol="grpc"))
+    assert "pruned" in broken(pool, lambda s: s.update(modelServerType="triton-tensorrt-llm"))
+    assert "must be an absolute path" in broken(route, lambda s: s["rules"][0]["matches"][0]["path"].update(value="v1"))
+    assert "backendRequest timeout cannot be longer than request timeout" in broken(
+        route, lambda s: s["rules"][0]["timeouts"].update(backendRequest="9999s"))
+    assert "pruned" in broken(route, lambda s: s["rules"][0]["backendRefs"][0].update(portNumber=8080))
+    assert "minReplicaCount" in broken(scaled, lambda s: s.update(minReplicaCount=9, maxReplicaCount=2))
+    assert "pruned" in broken(scaled, lambda s: s["triggers"][0].update(metricsType="Value"))
+
+
+# ---------------------------------------------------------------------------------------------- routing
+
+def _pod_template(docs, name: str) -> dict:
+    return docs.one("Deployment", name)["spec"]["template"]
+
+
+def _first_admitted(peers: list[dict]) -> tuple[str, dict, dict]:
+    """(namespace, pod labels, namespace labels) of a pod the first pod/namespace-selector peer admits."""
+    for peer in peers:
+        if "ipBlock" not in peer:
+            ns = peer.get("namespaceSelector", {}).get("matchLabels", {})
+            return "gateway-system", dict(peer.get("podSelector", {}).get("matchLabels", {})), dict(ns)
+    return "gateway-system", {}, {}
+
+
+def _selects(match_labels: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in match_labels.items())
+
+
+@pytest.mark.parametrize("values_files", [(), BOTH], ids=["one-model", "two-models"])
+def test_inference_pool_renders_valid_per_model(chart, kit, values_files):
+    docs = chart.template(values_files, FLEET)
+    validate_all(kit, docs.docs)
+    models = sorted(d["metadata"]["labels"]["koserve.io/model"] for d in docs.of_kind("InferencePool"))
+    enabled = sorted(n for n, m in kit.load_values(*values_files)["models"].items() if m["enabled"])
+    assert models == enabled
+    for kind in ("HTTPRoute",):
+        assert len(docs.of_kind(kind)) == len(enabled)
+    for name in enabled:
+        epp = f"ks-koserve-{name}-epp"
+        for kind in ("Deployment", "Service", "ConfigMap", "ServiceAccount", "Role", "RoleBinding"):
+            docs.one(kind, epp)
+    # no separate gateway Deployment in sidecar mode: the pool's endpoints are the Triton pods
+    assert not [d for d in docs.of_kind("Deployment") if d["metadata"]["name"].endswith("-gateway")]
+
+
+def test_pool_selects_the_triton_pods_and_targets_their_gateway_sidecar(chart, kit):
+    docs = chart.template(sets=FLEET)
+    pool = docs.one("InferencePool")
+    name = pool["metadata"]["name"]
+    pod = _pod_template(docs, name)
+    assert _selects(pool["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"])
+    # nothing else in the release matches the selector (EPP pods, test pods)
+    others = [d for d in docs.docs if d is not docs.one("Deployment", name)
+              for role, spec in kit.pod_specs(d)
+              if _selects(pool["spec"]["selector"]["matchLabels"],
+                          (d["spec"]["template"]["metadata"] if "template" in d["spec"] else d["metadata"])
+                          .get("labels", {}))]
+    assert others == []
+    containers = {c["name"]: c for c in pod["spec"]["containers"]}
+    assert set(containers) == {"triton", "gateway"}
+    gateway, triton = containers["gateway"], containers["triton"]
+    [target] = pool["spec"]["targetPorts"]
+    assert target["number"] in [p["containerPort"] for p in gateway["ports"]]
+    assert pool["spec"]["appProtocol"] == "http"
+
+    # the sidecar's command, parsed by koserve's real CLI parser, points at this pod's Triton on 127.0.0.1
+    argv = gateway["command"][1:] + gateway["args"]
+    args, error = kit.parse_koserve(argv)
+    assert error is None, error
+    from koserve.gateway.config import parse_model_spec
+
+    [spec_text] = args.models
+    spec = parse_model_spec(spec_text)
+    grpc_port = {p["name"]: p["containerPort"] for p in triton["ports"]}["grpc"]
+    assert spec.url == f"127.0.0.1:{grpc_port}" and spec.protocol == "grpc"
+    assert args.port == target["number"] and args.host == "0.0.0.0"
+    assert spec.tokenizer.startswith("/models/") and any(
+        m["mountPath"] == "/models" for m in gateway["volumeMounts"])
+    assert gateway["readinessProbe"]["httpGet"]["port"] == "openai"
+    # the gateway's API keys come from the Secret
+    assert {e["name"] for e in gateway["env"]} >= {"KOSERVE_API_KEYS"}
+
+
+def test_endpoint_picker_reads_the_tensorrt_llm_backend_metrics(chart):
+    """The picker's engine config names exactly the Triton TensorRT-LLM metrics of the extension's model-server
+    protocol (v1.5.0), scrapes Triton's metrics port, and uses only flags and fields v1.5.0 has."""
+    docs = chart.template(sets=FLEET)
+    pool = docs.one("InferencePool")
+    epp_name = pool["spec"]["endpointPickerRef"]["name"]
+    config = yaml.safe_load(docs.one("ConfigMap", epp_name)["data"]["koserve-plugins.yaml"])
+    assert config["apiVersion"] == "inference.networking.x-k8s.io/v1alpha1"
+    assert config["kind"] == "EndpointPickerConfig"
+    plugins = {p["type"]: p for p in config["plugins"]}
+    assert set(plugins) == set(EPP_FACTS["plugin_types"]["types"])
+    extractor = plugins["core-metrics-extractor"]["parameters"]
+    assert set(extractor) <= set(EPP_FACTS["engine_config_fields"]["extractor_parameters"])
+    facts = EPP_FACTS["triton_tensorrt_llm_metrics"]
+    assert extractor["defaultEngine"] == facts["engine_name"]
+    [engine] = extractor["engineConfigs"]
+    assert set(engine) <= set(EPP_FACTS["engine_config_fields"]["engine_config"])
+    for field in ("queuedRequestsSpec", "runningRequestsSpec", "kvUsageSpec", "cacheBlockSizeSpec",
+                  "cacheNumBlocksSpec"):
+        assert engine[field] == facts[field], field
+    assert set(plugins["metrics-data-source"]["parameters"]) <= set(
+        EPP_FACTS["metrics_data_source_parameters"]["fields"])
+    [profile] = config["schedulingProfiles"]
+    weights = {p["pluginRef"]: p["weight"] for p in profile["plugins"]}
+    assert weights == EPP_FACTS["plugin_types"]["default_weights"]
+
+    deployment = docs.one("Deployment", epp_name)
+    pod = deployment["spec"]["template"]
+    [epp] = pod["spec"]["containers"]
+    assert epp["image"] == EPP_FACTS["image"]["value"]
+    flags = [a[2:] for a in epp["args"] if a.startswith("--")]
+    unknown = [f for f in flags if f.split("=", 1)[0] not in EPP_FACTS["epp_flags"]["names"]]
+    assert unknown == []
+    value = dict(zip(epp["args"], epp["args"][1:]))
+    assert value["--pool-name"] == pool["metadata"]["name"]
+    assert value["--pool-namespace"] == "serving"
+    assert value["--pool-group"] == "inference.networking.k8s.io"
+    triton = {c["name"]: c for c in _pod_template(docs, pool["metadata"]["name"])["spec"]["containers"]}["triton"]
+    metrics_port = {p["name"]: p["containerPort"] for p in triton["ports"]}["metrics"]
+    assert int(value["--model-server-metrics-port"]) == metrics_port
+    assert value["--config-file"] == "/config/koserve-plugins.yaml"
+    assert any(m["mountPath"] == "/config" for m in epp["volumeMounts"])
+    # the pool's endpointPickerRef reaches the picker's ext-proc port through its Service
+    service = docs.one("Service", epp_name)
+    [ext_proc] = [p for p in service["spec"]["ports"] if p["port"] == pool["spec"]["endpointPickerRef"]["port"]["number"]]
+    ports = {p["name"]: p["containerPort"] for p in epp["ports"]}
+    assert ports[ext_proc["targetPort"]] == int(value["--grpc-port"])
+    assert _selects(service["spec"]["selector"], pod["metadata"]["labels"])
+    probes = EPP_FACTS["probes"]
+    assert epp["readinessProbe"]["grpc"] == {"port": probes["grpc_health_port"],
+                                             "service": probes["single_replica_service"]}
+    # RBAC: what the extension's chart grants the picker, bound to its ServiceAccount
+    role = docs.one("Role", epp_name)
+    assert role["rules"] == EPP_FACTS["rbac"]["rules"]
+    binding = docs.one("RoleBinding", epp_name)
+    assert binding["subjects"][0]["name"] == pod["spec"]["serviceAccountName"] == epp_name
+    assert "checksum/config" in pod["metadata"]["annotations"]
+
+
+def test_endpoint_picker_high_availability(chart, kit):
+    docs = chart.template(sets=FLEET + ("inferencePool.endpointPicker.replicas=2",))
+    validate_all(kit, docs.docs)
+    epp = docs.one("Deployment", "-epp")
+    [container] = epp["spec"]["template"]["spec"]["containers"]
+    assert "--ha-enable-leader-election" in container["args"]
+    assert container["livenessProbe"]["grpc"]["service"] == EPP_FACTS["probes"]["ha_liveness_service"]
+    assert container["readinessProbe"]["grpc"]["service"] == EPP_FACTS["probes"]["ha_readiness_service"]
+    rules = docs.one("Role", "-epp")["rules"]
+    assert all(r in rules for r in EPP_FACTS["rbac"]["leader_election_rules"])
+
+
+def test_http_route_points_at_the_pool(chart, kit):
+    docs = chart.template(sets=FLEET + ("inferencePool.gateway.namespace=gateways",))
+    route, pool = docs.one("HTTPRoute"), docs.one("InferencePool")
+    [parent] = route["spec"]["parentRefs"]
+    assert (parent["kind"], parent["name"], parent["namespace"]) == ("Gateway", "inference-gateway", "gateways")
+    [rule] = route["spec"]["rules"]
+    [backend] = rule["backendRefs"]
+    assert (backend["group"], backend["kind"], backend["name"]) == (
+        "inference.networking.k8s.io", "InferencePool", pool["metadata"]["name"])
+    [match] = rule["matches"]
+    assert "headers" not in match  # one model: every request on the Gateway goes to it
+    assert docs.of_kind("ConfigMap") and not [c for c in docs.of_kind("ConfigMap") if c["metadata"]["name"].endswith("-bbr")]
+
+
+def test_two_models_route_on_the_body_based_router_header(chart):
+    docs = chart.template(BOTH, FLEET)
+    bbr = EPP_FACTS["body_based_routing"]
+    routes = {r["metadata"]["labels"]["koserve.io/model"]: r for r in docs.of_kind("HTTPRoute")}
+    assert len(routes) == 2
+    for model, route in routes.items():
+        [header] = route["spec"]["rules"][0]["matches"][0]["headers"]
+        assert header == {"type": "Exact", "name": bbr["header"], "value": model}
+        cm = docs.one("ConfigMap", f"-{model}-bbr")
+        assert cm["metadata"]["labels"][bbr["configmap_label"]] == "true"
+        assert cm["data"] == {bbr["base_model_key"]: model}
+
+
+def test_sidecar_gateway_service_selects_triton_pods(chart, kit):
+    docs = chart.template(sets=("gateway.enabled=true", "gateway.mode=sidecar", KEY_SECRET))
+    validate_all(kit, docs.docs)
+    assert not docs.of_kind("InferencePool")
+    service = docs.one("Service", "-gateway")
+    pod = _pod_template(docs, service["metadata"]["name"].removesuffix("-gateway"))
+    assert _selects(service["spec"]["selector"], pod["metadata"]["labels"])
+    [port] = service["spec"]["ports"]
+    gateway = {c["name"]: c for c in pod["spec"]["containers"]}["gateway"]
+    assert port["targetPort"] in [p["name"] for p in gateway["ports"]]
+
+
+def test_multi_node_pool_selects_the_leader(chart, kit):
+    docs = chart.template(sets=FLEET + MULTI_NODE)
+    validate_all(kit, docs.docs)
+    pool = docs.one("InferencePool")
+    lws = docs.one("LeaderWorkerSet")
+    assert pool["spec"]["selector"]["matchLabels"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0"
+    lwt = lws["spec"]["leaderWorkerTemplate"]
+    leader = [c["name"] for c in lwt["leaderTemplate"]["spec"]["containers"]]
+    worker = [c["name"] for c in lwt["workerTemplate"]["spec"]["containers"]]
+    assert "gateway" in leader and "gateway" not in worker
+
+
+def test_network_policies_admit_the_picker_and_the_gateway_proxies(chart, kit):
+    docs = chart.template(sets=FLEET)
+    pool = docs.one("InferencePool")
+    epp_pod = docs.one("Deployment", "-epp")["spec"]["template"]["metadata"]["labels"]
+    triton_policies = [p for p in docs.of_kind("NetworkPolicy")
+                       if _selects(p["spec"]["podSelector"]["matchLabels"],
+                                   _pod_template(docs, pool["metadata"]["name"])["metadata"]["labels"])]
+    values = kit.load_values()
+    metrics, openai = values["triton"]["ports"]["metrics"], pool["spec"]["targetPorts"][0]["number"]
+    picker = kit.Peer("serving", epp_pod)
+    proxy = kit.Peer("gateway-system", {"app": "envoy"})
+    stranger = kit.Peer("serving", {"app": "other"})
+    assert any(kit.network_policy_admits(p, picker, metrics, "serving") for p in triton_policies)
+    assert not any(kit.network_policy_admits(p, stranger, metrics, "serving") for p in triton_policies)
+    # the OpenAI port admits exactly the gateway's peers (gateway.networkPolicy.from), as the gateway Deployment does
+    gateway_from = values["gateway"].get("networkPolicy", {}).get("from", [])
+    openai_policies = [p for p in triton_policies if any(
+        port.get("port") == openai for rule in p["spec"].get("ingress", []) for port in rule.get("ports", []))]
+    if gateway_from:
+        [policy] = openai_policies
+        assert policy["spec"]["ingress"] == [{"ports": [{"port": openai, "protocol": "TCP"}], "from": gateway_from}]
+        assert kit.network_policy_admits(policy, kit.Peer(*_first_admitted(gateway_from)), openai, "serving")
+    else:
+        assert openai_policies == []
+    epp_policy = docs.one("NetworkPolicy", "-epp")
+    assert kit.network_policy_admits(epp_policy, proxy, 9002, "serving")
+    narrowed = chart.template(sets=FLEET + (
+        "inferencePool.endpointPicker.networkPolicy.from[0].namespaceSelector.matchLabels.gw=yes",))
+    epp_policy = narrowed.one("NetworkPolicy", "-epp")
+    assert not kit.network_policy_admits(epp_policy, proxy, 9002, "serving")
+    assert kit.network_policy_admits(epp_policy, kit.Peer("gateway-system", {}, {"gw": "yes"}), 9002, "serving")
+
+
+@pytest.mark.parametrize("sets, message", [
+    (("inferencePool.enabled=true",), "gateway.mode=sidecar"),
+    (("gateway.enabled=true", KEY_SECRET, "inferencePool.enabled=true"), "gateway.mode=sidecar"),
+    (FLEET + ("inferencePool.gateway.name=",), "inferencePool.gateway.name"),
+    (("gateway.enabled=true", "gateway.mode=sidecar"), "apiKeysSecret"),
+    (("gateway.enabled=true", "gateway.mode=daemon", KEY_SECRET), "mode"),
+    (KEDA + ("models.komt-13b.autoscaling.enabled=true",), "choose one autoscaler"),
+    (("keda.enabled=true",), "monitoring.podMonitor"),
+    (KEDA + ("keda.minReplicaCount=5", "keda.maxReplicaCount=2"), "minReplicaCount"),
+    (KEDA + ("keda.waitingRequestsPerReplica=0", "keda.kvCacheUtilizationPerReplica=0"), "at least one trigger"),
+    (KEDA + ("keda.minReplicaCount=0",), "minReplicaCount"),
+    (("shutdown.streamTokens=null",), "streamTokens"),
+    (("shutdown.streamTokens.komt-13b=null",), "shutdown.streamTokens has no entry for profile komt-13b"),
+], ids=["pool-without-gateway", "pool-with-gateway-deployment", "no-gateway-name", "sidecar-without-keys",
+        "unknown-mode", "keda-and-hpa", "keda-without-monitor", "keda-min-above-max", "keda-no-trigger",
+        "keda-scale-to-zero", "no-stream-tokens", "profile-without-stream-tokens"])
+def test_refused_at_template_time(chart, sets, message):
+    assert message in chart.template_error(sets=sets)
+
+
+# ---------------------------------------------------------------------------------------------- KEDA
+
+@pytest.mark.parametrize("values_files", [(), BOTH], ids=["one-model", "two-models"])
+def test_keda_scaled_object_per_model(chart, kit, values_files):
+    docs = chart.template(values_files, KEDA)
+    validate_all(kit, docs.docs)
+    assert not docs.of_kind("HorizontalPodAutoscaler")
+    values = kit.load_values(*values_files)
+    for scaled in docs.of_kind("ScaledObject"):
+        model = scaled["metadata"]["labels"]["koserve.io/model"]
+        target = scaled["spec"]["scaleTargetRef"]
+        workload = docs.one(target["kind"], target["name"])
+        assert "replicas" not in workload["spec"], "KEDA owns the replicas; helm upgrade must not reset them"
+        assert scaled["spec"]["minReplicaCount"] >= 1
+        triggers = {t["name"]: t for t in scaled["spec"]["triggers"]}
+        assert set(triggers) == {"waiting-requests", "kv-cache-utilization"}
+        waiting, kv = triggers["waiting-requests"], triggers["kv-cache-utilization"]
+        for trigger in triggers.values():
+            assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+            assert trigger["metadata"]["serverAddress"] == values["keda"]["prometheus"]["serverAddress"]
+            query = trigger["metadata"]["query"]
+            # the series the chart's PodMonitor relabels (koserve_model) in this release's namespace
+            assert f'koserve_model="{model}"' in query and 'namespace="serving"' in query
+            assert query.startswith("sum(avg_over_time(")
+        assert re.search(r'nv_trt_llm_request_metrics\{[^}]*request_type="waiting"', waiting["metadata"]["query"])
+        assert re.search(r'nv_trt_llm_kv_cache_block_metrics\{[^}]*kv_cache_block_type="fraction"',
+                         kv["metadata"]["query"])
+        assert float(waiting["metadata"]["threshold"]) == values["keda"]["waitingRequestsPerReplica"]
+        assert float(kv["metadata"]["threshold"]) == values["keda"]["kvCacheUtilizationPerReplica"]
+
+
+def test_keda_metric_names_are_the_pickers(chart):
+    """KEDA and the endpoint picker read the same gauges: the label each trigger selects is the one in the
+    picker's spec for the same signal."""
+    docs = chart.template(sets=FLEET + KEDA)
+    queries = {t["name"]: t["metadata"]["query"] for t in docs.one("ScaledObject")["spec"]["triggers"]}
+    facts = EPP_FACTS["triton_tensorrt_llm_metrics"]
+    for trigger, spec in (("waiting-requests", facts["queuedRequestsSpec"]),
+                          ("kv-cache-utilization", facts["kvUsageSpec"])):
+        name, label, value = re.fullmatch(r"(\w+)\{(\w+)=(\w+)\}", spec).groups()
+        assert re.search(rf'{name}\{{[^}}]*{label}="{value}"', queries[trigger]), (trigger, queries[trigger])
+
+
+def test_keda_per_model_overrides_and_one_trigger(chart, kit):
+    docs = chart.template(BOTH, KEDA + ("keda.models.akallama-70b.maxReplicaCount=2",
+                                        "keda.kvCacheUtilizationPerReplica=0"))
+    validate_all(kit, docs.docs)
+    by_model = {s["metadata"]["labels"]["koserve.io/model"]: s for s in docs.of_kind("ScaledObject")}
+    assert by_model["akallama-70b"]["spec"]["maxReplicaCount"] == 2
+    assert by_model["komt-13b"]["spec"]["maxReplicaCount"] == kit.load_values()["keda"]["maxReplicaCount"]
+    for scaled in by_model.values():
+        assert [t["name"] for t in scaled["spec"]["triggers"]] == ["waiting-requests"]
+
+
+def test_keda_scales_a_multi_node_group(chart, kit):
+    docs = chart.template(sets=KEDA + MULTI_NODE)
+    validate_all(kit, docs.docs)
+    target = docs.one("ScaledObject")["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"]) == ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")
+    assert "replicas" not in docs.one("LeaderWorkerSet")["spec"]
+
+
+# ---------------------------------------------------------------------------------------------- drain
+
+def _profiles():
+    from koserve.profiles import loader
+
+    return {name: loader.load_profile(name) for name in loader.builtin_profile_names()}
+
+
+def test_stream_tokens_are_the_profiles_max_tokens(kit):
+    """shutdown.streamTokens holds, per profile koserve ships, the profile's context: the gateway's default cap on
+    max_tokens and every recipe's max_seq_len for that profile."""
+    stream_tokens = kit.load_values()["shutdown"]["streamTokens"]
+    profiles = _profiles()
+    assert set(stream_tokens) == set(profiles)
+    for name, profile in profiles.items():
+        assert stream_tokens[name] == profile.architecture.max_position_embeddings, name
+    recipes = sorted((kit.repo / "recipes").glob("*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        data = yaml.safe_load(recipe.read_text())
+        assert data["limits"]["max_seq_len"] == stream_tokens[data["profile"]], recipe.name
+
+
+@pytest.mark.parametrize("values_files, sets", [
+    ((), ()), (BOTH, ()), ((), FLEET), ((), ("gateway.enabled=true", KEY_SECRET)),
+    ((), ("shutdown.worstInterTokenSeconds=1", "shutdown.firstTokenSeconds=10")),
+], ids=["default", "two-models", "sidecar", "gateway-deployment", "faster-tokens"])
+def test_drain_grace_is_derived_from_the_profile(chart, kit, values_files, sets):
+    """--exit-timeout-secs = ceil(streamTokens[profile] × worstInterTokenSeconds) + firstTokenSeconds; koserve
+    serve's own SIGKILL (its real default_stop_grace of that flag) and the preStop fit inside the pod's
+    terminationGracePeriodSeconds, on every container that serves a stream of that model."""
+    from koserve.cli.serve import server_extra_args
+    from koserve.server.tritonserver import default_stop_grace
+
+    docs = chart.template(values_files, sets)
+    values = kit.load_values(*values_files)
+    for key, value in (s.split("=", 1) for s in sets if s.startswith("shutdown.")):
+        values["shutdown"][key.split(".", 1)[1]] = float(value)
+    shutdown = values["shutdown"]
+    for model, m in values["models"].items():
+        if not m["enabled"]:
+            continue
+        grace = math.ceil(round(shutdown["streamTokens"][m["profile"]] * shutdown["worstInterTokenSeconds"], 6)) \
+            + int(shutdown["firstTokenSeconds"])
+        deployment = docs.one("Deployment", f"ks-koserve-{model}")
+        spec = deployment["spec"]["template"]["spec"]
+        triton = {c["name"]: c for c in spec["containers"]}["triton"]
+        [serve_argv] = kit.koserve_invocations(triton["args"][0])
+        args, error = kit.parse_koserve(serve_argv)
+        assert error is None, error
+        extra = server_extra_args(args)
+        assert f"--exit-timeout-secs={grace}" in extra
+        stop_grace = default_stop_grace(extra)
+        drain = shutdown["drainSeconds"]
+        assert spec["terminationGracePeriodSeconds"] == drain + grace + 15
+        assert spec["terminationGracePeriodSeconds"] >= drain + stop_grace + 5
+        for container in spec["containers"]:
+            assert container["lifecycle"]["preStop"]["exec"]["command"][-1] == f"sleep {drain}", container["name"]
+        route = [r for r in docs.of_kind("HTTPRoute") if r["metadata"]["labels"]["koserve.io/model"] == model]
+        for r in route:
+            assert r["spec"]["rules"][0]["timeouts"]["request"] == f"{grace}s"
+        gateway_deployments = [d for d in docs.of_kind("Deployment") if d["metadata"]["name"] ==
+                               f"ks-koserve-{model}-gateway"]
+        for gw in gateway_deployments:
+            assert gw["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == drain + grace + 15
+        epps = [d for d in docs.of_kind("Deployment") if d["metadata"]["name"] == f"ks-koserve-{model}-epp"]
+        for epp in epps:
+            assert epp["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == drain + grace + 15
+
+
+def test_drain_override_applies_to_every_model(chart, kit):
+    docs = chart.template(BOTH, ("shutdown.exitTimeoutSeconds=120",))
+    for deployment in docs.of_kind("Deployment"):
+        spec = deployment["spec"]["template"]["spec"]
+        assert spec["terminationGracePeriodSeconds"] == kit.load_values()["shutdown"]["drainSeconds"] + 120 + 15
+        triton = {c["name"]: c for c in spec["containers"]}.get("triton")
+        if triton:
+            assert "--exit-timeout-secs=120" in triton["args"][0]
