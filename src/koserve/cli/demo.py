@@ -103,12 +103,13 @@ def next_steps(servers: dict, koserve: str, gateway_port: int) -> list[str]:
                      "/activate`, or use the full path as below)")
     for profile, ep in servers.items():
         question = DEMO_QUESTIONS.get(profile, "안녕하세요?")
-        body = json.dumps({"text_input": render_prompt(profile, [{"role": "user", "content": question}]),
-                           "max_tokens": 32, "stream": True}, ensure_ascii=False)
+        # Triton's own HTTP API takes the prompt already in the chat format (here without the system prompt)
+        prompt = render_prompt(profile, [{"role": "user", "content": question}], system_prompt=None)
+        body = json.dumps({"text_input": prompt, "max_tokens": 32, "stream": True}, ensure_ascii=False)
         lines += [
-            f"  # {profile}",
-            f"  {koserve} chat -p {profile} --url {ep.grpc_url} {shlex.quote(question)}",
-            f"  {koserve} chat -p {profile} --url {ep.grpc_url}        # interactive",
+            f"  # {profile}: a question, an interactive chat, Triton's HTTP API (chat template applied by hand)",
+            f"  {koserve} chat -p {profile} --url {ep.grpc_url} --max-tokens 64 {shlex.quote(question)}",
+            f"  {koserve} chat -p {profile} --url {ep.grpc_url}",
             f"  curl -sN {ep.http_url}/v2/models/ensemble/generate_stream -d {shlex.quote(body)}",
         ]
     first, ep = next(iter(servers.items()))
@@ -120,7 +121,7 @@ def next_steps(servers: dict, koserve: str, gateway_port: int) -> list[str]:
         "  # load test (30 s, 4 streams; report in reports/)",
         f"  {koserve} loadtest --url {ep.grpc_url} -p {first} --metrics-url {ep.metrics_url} --duration 30s "
         "--concurrency 4",
-        "  # the OpenAI-compatible gateway, then a request to it",
+        "  # the OpenAI-compatible gateway (it stays in the foreground), then, from another shell, a request to it",
         f"  {koserve} gateway {gateway_models} --port {gateway_port}",
         f"  curl -s http://127.0.0.1:{gateway_port}/v1/chat/completions -H 'Content-Type: application/json' "
         f"-d {shlex.quote(chat_body)}",
