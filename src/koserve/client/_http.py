@@ -1,14 +1,16 @@
 """HTTP transport: Triton's ``generate`` (one response) and ``generate_stream`` (server-sent events), via httpx.
 
-Events are read with httpx-sse, which splits lines only where the SSE format does (``\r``, ``\n``): a model's text
-may hold U+2028, U+2029 or U+0085 raw in Triton's JSON, and a reader that splits on every Unicode line boundary
-(httpx's ``iter_lines``) breaks such an event in two.
+Events are read with httpx-sse, which splits lines only where the SSE format does (CR, LF, CRLF): a model's text may
+hold U+2028, U+2029 or U+0085 raw in Triton's JSON, and a reader that splits on every Unicode line boundary (httpx's
+``iter_lines``) breaks such an event in two.
 
 Closing the response closes the connection, which makes Triton cancel the request. Errors come back three ways, all
 raised as :class:`ServerError` with the server's message: a non-200 JSON body (``generate``), a non-200 event stream
-whose event is ``{"error": ...}`` (``generate_stream`` refusing a request, e.g. a prompt over the engine's limit), and
-an ``{"error": ...}`` event in the middle of a stream. ``/generate`` answers HTTP 200 with ``{"error": ...}`` when
-the model sends more than one response.
+whose event is ``{"error": ...}`` (``generate_stream`` refusing a request, e.g. a prompt over the engine's limit: the
+first response's error sets the HTTP status, and its JSON is framed as an event, ``data: {...}``, by
+``GenerateRequestClass::InferResponseComplete`` / ``AddErrorJson`` in Triton's ``src/http_server.cc``, the same at
+v2.51.0 and v2.68.0 = 26.04), and an ``{"error": ...}`` event in the middle of a stream. ``/generate`` answers HTTP
+200 with ``{"error": ...}`` when the model sends more than one response.
 """
 
 from __future__ import annotations
@@ -75,6 +77,12 @@ def _stop_body(request_id: str) -> dict[str, Any]:
     return body
 
 
+def _restricted(resp: httpx.Response) -> bool:
+    """Triton refused the call for a missing restricted-API header (``--http-restricted-api``; the Helm chart
+    restricts model-config): the model's metadata, which stays open, names its inputs too."""
+    return resp.status_code == 403 and b"is restricted" in resp.content
+
+
 class _Common:
     protocol = "http"
     # Closing the connection cancels the request in Triton, but an ensemble's cancellation does not reach its
@@ -91,6 +99,9 @@ class _Common:
 
     def _path(self, model: str, what: str) -> str:
         return f"/v2/models/{quote(model, safe='')}/{what}"
+
+    def _metadata_path(self, model: str) -> str:
+        return f"/v2/models/{quote(model, safe='')}"
 
     def _map_transport_error(self, exc: httpx.HTTPError, model: str) -> ClientError:
         if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
@@ -109,10 +120,11 @@ class _Common:
                            server_message=message)
 
     def _config_result(self, model: str, resp: httpx.Response) -> set[str]:
+        """Declared input names from a model's config, or from its metadata where the config is restricted."""
         if resp.status_code != 200:
             raise self._failure(model, resp.status_code, error_text(resp.content))
         config = resp.json()
-        names = {i["name"] for i in config.get("input", [])}
+        names = {i["name"] for i in config.get("input", config.get("inputs", []))}
         self._models[model] = names
         return names
 
@@ -170,9 +182,11 @@ class HttpTransport(_Common):
             return self._models[model]
         self._check_deadline(deadline, model)
         t = _timeout(deadline, self.connect_timeout)
+        timeout = httpx.Timeout(t.read or self.connect_timeout, connect=t.connect)
         try:
-            resp = self._client.get(self._path(model, "config"), timeout=httpx.Timeout(t.read or self.connect_timeout,
-                                                                                    connect=t.connect))
+            resp = self._client.get(self._path(model, "config"), timeout=timeout)
+            if _restricted(resp):
+                resp = self._client.get(self._metadata_path(model), timeout=timeout)
         except httpx.HTTPError as exc:
             raise self._map_transport_error(exc, model) from None
         return self._config_result(model, resp)
@@ -226,9 +240,11 @@ class AsyncHttpTransport(_Common):
             return self._models[model]
         self._check_deadline(deadline, model)
         t = _timeout(deadline, self.connect_timeout)
+        timeout = httpx.Timeout(t.read or self.connect_timeout, connect=t.connect)
         try:
-            resp = await self._client.get(self._path(model, "config"),
-                                          timeout=httpx.Timeout(t.read or self.connect_timeout, connect=t.connect))
+            resp = await self._client.get(self._path(model, "config"), timeout=timeout)
+            if _restricted(resp):
+                resp = await self._client.get(self._metadata_path(model), timeout=timeout)
         except httpx.HTTPError as exc:
             raise self._map_transport_error(exc, model) from None
         return self._config_result(model, resp)
