@@ -21,6 +21,7 @@ from koserve.client.errors import (
 from koserve.client.params import SamplingParams, resolve_params
 from koserve.client.result import ChatResult
 from koserve.client.sync import ChatClient, ChatStream
+from koserve.client.transport import AsyncTransport, Transport
 
 __all__ = [
     "DEFAULT_GRPC_URL",
@@ -28,6 +29,7 @@ __all__ = [
     "MODELS",
     "AsyncChatClient",
     "AsyncChatStream",
+    "AsyncTransport",
     "ChatClient",
     "ChatResult",
     "ChatStream",
@@ -37,5 +39,6 @@ __all__ = [
     "SamplingParams",
     "ServerError",
     "ServerUnavailableError",
+    "Transport",
     "resolve_params",
 ]
