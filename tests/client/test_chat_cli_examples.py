@@ -45,7 +45,7 @@ def test_one_shot_streams_korean(komt, want, protocol):
 
 
 def test_json_output_with_timings(komt, want):
-    out = run(KOSERVE + ["chat", "-p", "komt-13b", "--url", komt.grpc_url, "--model", "tensorrt_llm_bls",
+    out = run(KOSERVE + ["chat", "-p", "komt-13b", "--url", komt.grpc_url, "--target", "tensorrt_llm_bls",
                          "--json", "--max-tokens", "300", "--tokenizer", str(komt.tokenizer_dir), "안녕"])
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)

@@ -93,6 +93,6 @@ def test_a_profile_that_does_not_match_the_server_gets_a_warning(komt, protocol)
     wrong = run(["chat", "-p", "akallama-70b", "--url", url, "--max-tokens", "4", "안녕"])
     assert "warning: the server" in wrong.stderr and "'komt-13b'" in wrong.stderr, wrong.stderr
     assert "-p komt-13b" in wrong.stderr
-    right = run(["chat", "-p", "komt-13b", "--url", url, "--model", "tensorrt_llm_bls", "--max-tokens", "300",
+    right = run(["chat", "-p", "komt-13b", "--url", url, "--target", "tensorrt_llm_bls", "--max-tokens", "300",
                  "안녕"])
     assert right.returncode == 0 and "warning" not in right.stderr, right.stderr
