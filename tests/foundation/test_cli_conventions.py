@@ -123,3 +123,27 @@ def test_bad_duration_names_the_accepted_forms(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["chat", "--request-timeout", "soon", "x"])
     assert "'soon' is not a duration: use seconds (90) or 90s, 2m, 1h, 1h30m, 500ms" in capsys.readouterr().err
+
+
+CLI_MD = __import__("pathlib").Path(__file__).resolve().parents[2] / "docs" / "cli.md"
+
+
+def test_docs_cli_commands_parse_and_its_renamed_flags_are_the_parsers_aliases():
+    import re
+    import shlex
+
+    text = CLI_MD.read_text(encoding="utf-8")
+    block = re.search(r"```bash\n(.*?)```", text, flags=re.S).group(1)
+    lines = [ln for ln in block.splitlines() if ln.startswith("koserve ")]
+    assert len(lines) >= 5
+    for line in lines:
+        args = build_parser().parse_args(shlex.split(line, comments=True)[1:])
+        assert args.func is not None, line
+    table = text.split("### Renamed flags", 1)[1].split("###", 1)[0]
+    documented = set()
+    for row in re.findall(r"^\| `[\w-]+` \|.*$", table, flags=re.M):
+        command, old = (cell.strip() for cell in row.strip("|").split("|")[:2])
+        documented |= {(command.strip("`"), flag) for flag in re.findall(r"--[\w-]+", old)}
+    aliases = {(name, s) for name, p in PARSERS.items() for a in p._actions if isinstance(a, DeprecatedAlias)
+               for s in a.option_strings}
+    assert documented - {("loadtest", "--url")} == aliases  # the positional URL is no flag
