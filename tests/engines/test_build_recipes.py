@@ -101,31 +101,27 @@ def test_fields_left_at_their_default_need_no_why():
         parse_recipe(data)
 
 
-def test_a_minimal_bf16_recipe_needs_whys_only_for_its_choices(tmp_path):
-    """The docs/build.md example: a 70B BF16 engine on two H100s, every other field at its default."""
-    text = """\
-name: akallama-70b-bf16-h100-tp2
-profile: akallama-70b
-checkpoint: /models/AkaLlama-llama3-70b-v0.1
-gpu: h100-sxm-80gb
-parallelism: {tp: 2}
-quantization: {precision: bf16, kv_cache_dtype: bf16}
-limits: {max_batch_size: 16, max_input_len: 4096, max_seq_len: 8192}
-why:
-  checkpoint: the downloaded AkaLlama weights
-  gpu: the H100s we have
-  parallelism.tp: 141 GB of BF16 weights need two 80 GB GPUs
-  quantization.precision: BF16, no calibration
-  quantization.kv_cache_dtype: BF16 KV with BF16 weights
-  limits.max_batch_size: little KV room next to the weights
-  limits.max_input_len: half the context for the prompt
-  limits.max_seq_len: Llama-3's 8192 positions
-"""
+def test_the_minimal_recipe_of_docs_build_md_loads_and_plans(tmp_path, capsys):
+    """docs/build.md's "Your own recipe": a 70B BF16 engine on two H100s, every other field at its default, whys
+    only for its choices; the plan is what the page says."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "build.md").read_text(encoding="utf-8")
+    section = text.split("### Your own recipe", 1)[1].split("\n### ", 1)[0]
+    recipe_yaml = re.search(r"```yaml\n(.*?)```", section, flags=re.S).group(1)
     path = tmp_path / "akallama-70b-bf16-h100-tp2.yaml"
-    path.write_text(text)
+    path.write_text(recipe_yaml)
     recipe = load_recipe(path)
     assert recipe.build.use_fused_mlp == "enable" and recipe.calibration.num_gpus is None
-    assert main(["build", "plan", str(path), "--isl", "128", "--osl", "128"]) == 0
+    assert set(recipe.why) == {"checkpoint", "gpu", "parallelism.tp", "quantization.precision",
+                               "quantization.kv_cache_dtype", "limits.max_batch_size", "limits.max_input_len",
+                               "limits.max_seq_len"}
+    assert main(["build", "plan", str(path)]) == 0
+    verdicts = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()
+                if re.match(r"\d+/\d+ ", line)}
+    assert verdicts == {"128/128": "ok", "2048/2048": "kv-starved"}
+    assert "`ok` at 128/128, `kv-starved` at 2048/2048" in section
 
 
 def test_build_new_writes_a_valid_copy_to_edit(tmp_path, capsys):
