@@ -37,20 +37,33 @@ def register(subparsers: Any) -> None:
                    "(pre-templated prompts); default: refused like in chat messages")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="log level of the gateway and uvicorn")
+    add_time(p, "--drain-grace", default=None,
+             help="on SIGTERM: /health and new /v1 requests answer 503 + Retry-After, requests in flight get up to "
+             "this long to finish, then the gateway exits (default: 10s + the largest max_tokens of its models x "
+             "100ms; a second SIGTERM exits at once)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import logging  # noqa: PLC0415
 
-    import uvicorn  # noqa: PLC0415
-
     from koserve.gateway import create_app, load_config  # noqa: PLC0415
+    from koserve.gateway.drain import run_gateway  # noqa: PLC0415
 
     config = load_config(args.config, model_specs=args.models, max_request_bytes=args.max_request_bytes,
                          request_timeout=args.request_timeout, allow_raw_prompts=args.allow_raw_prompts)
     # the gateway's own start-up lines (which tokenizer each model uses) in uvicorn's format
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     app = create_app(config)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)
+    grace = args.drain_grace if args.drain_grace is not None else gateway_drain_grace(config)
+    run_gateway(app, host=args.host, port=args.port, log_level=args.log_level, grace_s=grace)
     return 0
+
+
+def gateway_drain_grace(config) -> float:
+    """koserve serve's rule (koserve.server.drain.drain_grace) for the longest answer any of the models gives."""
+    from koserve.profiles import load_profile  # noqa: PLC0415
+    from koserve.server.drain import drain_grace  # noqa: PLC0415
+
+    return max(drain_grace(route.max_tokens or load_profile(route.profile).generation.max_new_tokens)
+               for route in config.models)

@@ -3,6 +3,9 @@
 Routes: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (both with ``stream: true`` as server-sent
 events), ``GET /v1/models``, ``GET /health`` (503 until every model's Triton answers ready), ``GET /metrics``
 (Prometheus). Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
+
+A model may have several Triton addresses (replicas): :mod:`koserve.gateway.replicas` picks the one with the fewest
+requests in flight and fails over before the first token; :mod:`koserve.gateway.drain` drains on SIGTERM.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from koserve import __version__
 from koserve.client import AsyncChatClient, ChatResult
+from koserve.client.aio import AsyncChatStream
 from koserve.chat import PromptInjectionError, check_prompt
 from koserve.client.errors import (
     ClientError,
@@ -35,6 +39,8 @@ from koserve.client.errors import (
 )
 from koserve.errors import InvalidRequestError, KoserveError
 from koserve.gateway.config import NO_TOKENIZER, GatewayConfig, ModelRoute
+from koserve.gateway.drain import DrainMiddleware, DrainState
+from koserve.gateway.replicas import DEFAULT_HEALTH_PERIOD_S, Replica, ReplicaSet
 from koserve.gateway.schemas import ChatCompletionRequest, CompletionRequest, UnsupportedParameterError
 from koserve.profiles import load_profile
 
@@ -154,8 +160,9 @@ class Metrics:
 @dataclass
 class Backend:
     route: ModelRoute
-    client: AsyncChatClient
+    client: AsyncChatClient  # the first replica's: profile, tokenizer, request preparation
     created: int
+    replicas: ReplicaSet | None = None
 
 
 def resolve_tokenizer(route: ModelRoute) -> str | None:
@@ -266,24 +273,43 @@ def create_app(config: GatewayConfig) -> FastAPI:
     metrics = Metrics()
     backends: dict[str, Backend] = {}
     for route in config.models:
-        client = AsyncChatClient(route.url, route.profile, protocol=route.protocol, model=route.target,
-                                 tokenizer=resolve_tokenizer(route), timeout=config.request_timeout,
-                                 retries=config.retries)
-        backends[route.name] = Backend(route, client, int(time.time()))
+        tokenizer = resolve_tokenizer(route)
+        clients = [AsyncChatClient(url, route.profile, protocol=route.protocol, model=route.target,
+                                   tokenizer=tokenizer, timeout=config.request_timeout, retries=config.retries)
+                   for url in route.urls]
+        # retries: after every replica was unreachable before a first response (with the client's backoff)
+        replicas = ReplicaSet([Replica(url, c) for url, c in zip(route.urls, clients)], retries=config.retries)
+        backends[route.name] = Backend(route, clients[0], int(time.time()), replicas)
+    drain = DrainState()
 
     from contextlib import asynccontextmanager  # noqa: PLC0415
 
+    async def watch_replicas() -> None:
+        """Every health period: each replica's model-ready (only models with several replicas)."""
+        import asyncio  # noqa: PLC0415
+
+        sets = [b.replicas for b in backends.values() if b.replicas and len(b.replicas.replicas) > 1]
+        while sets:
+            await asyncio.gather(*(rs.check() for rs in sets), return_exceptions=True)
+            await asyncio.sleep(DEFAULT_HEALTH_PERIOD_S)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        import asyncio  # noqa: PLC0415
+
+        watcher = asyncio.get_running_loop().create_task(watch_replicas())
         yield
+        watcher.cancel()
         for b in backends.values():
-            await b.client.close()
+            for r in b.replicas.replicas:
+                await r.client.close()
 
     app = FastAPI(title="koserve gateway", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.config = config
     app.state.metrics = metrics
     app.state.backends = backends
+    app.state.drain = drain
 
     # -- errors ------------------------------------------------------------------------------------------
     @app.exception_handler(GatewayError)
@@ -348,6 +374,14 @@ def create_app(config: GatewayConfig) -> FastAPI:
                                param=param, code="invalid_request")
         if cap is not None and params.get("max_tokens") is None:
             params["max_tokens"] = min(cap, b.client.profile.generation.max_new_tokens)
+
+    def open_on_replicas(b: Backend, prepared: Any, stream: bool) -> Any:
+        """The request on the replica with the fewest in flight, sent again to another one if it is refused before
+        its first response (koserve.gateway.replicas): a stream, or an awaitable result."""
+        def open_stream(client: AsyncChatClient) -> AsyncChatStream:
+            return AsyncChatStream(client, prepared)
+
+        return b.replicas.stream(open_stream) if stream else b.replicas.complete(open_stream)
 
     def usage(result: ChatResult) -> dict[str, int]:
         p, c = result.prompt_tokens or 0, result.completion_tokens or 0
@@ -434,10 +468,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
         params = body.sampling()
         tokens_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         check_max_tokens(b, params, tokens_param)
-        try:
-            stream_obj = b.client.stream(messages, **params) if body.stream else b.client.chat(messages, **params)
+        try:  # prepared once (a bad request fails here); any replica's client sends it
+            prepared = b.client.prepare_chat(messages, params, stream=True if body.stream else None)
         except (InvalidRequestError, KoserveError) as exc:
             raise caller_error(exc, "messages", tokens_param) from None
+        stream_obj = open_on_replicas(b, prepared, body.stream)
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
 
@@ -474,10 +509,10 @@ def create_app(config: GatewayConfig) -> FastAPI:
         params = body.sampling()
         check_max_tokens(b, params)
         try:
-            stream_obj = b.client.generate_stream(prompt, **params) if body.stream else \
-                b.client.generate(prompt, **params)
+            prepared = b.client.prepare_generate(prompt, params, stream=True if body.stream else None)
         except (InvalidRequestError, KoserveError) as exc:
             raise caller_error(exc, "prompt") from None
+        stream_obj = open_on_replicas(b, prepared, body.stream)
         cid = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
 
@@ -510,10 +545,22 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        states = {name: ("ready" if await b.client.is_ready(timeout=2.0) else "unavailable")
-                  for name, b in backends.items()}
+        if drain.draining:
+            return JSONResponse({"status": "draining", "in_flight": drain.in_flight}, status_code=503,
+                                headers={"Retry-After": str(drain.retry_after_s)})
+        states = {}
+        replicas = {}
+        for name, b in backends.items():
+            ready = [await r.client.is_ready(timeout=2.0) for r in b.replicas.replicas]
+            states[name] = "ready" if any(ready) else "unavailable"
+            if len(ready) > 1:
+                replicas[name] = {r.url: {"ready": ok, "in_flight": r.in_flight, "served": r.served,
+                                          "refused": r.refused} for r, ok in zip(b.replicas.replicas, ready)}
         ok = all(s == "ready" for s in states.values())
-        return JSONResponse({"status": "ok" if ok else "degraded", "models": states}, status_code=200 if ok else 503)
+        body = {"status": "ok" if ok else "degraded", "models": states}
+        if replicas:
+            body["replicas"] = replicas
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -524,4 +571,5 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
 def _wrap(app: FastAPI, config: GatewayConfig) -> FastAPI:
     app.add_middleware(_Guard, api_keys=config.api_keys, max_bytes=config.max_request_bytes)
+    app.add_middleware(DrainMiddleware, state=app.state.drain)  # outermost: counts and refuses before anything else
     return app

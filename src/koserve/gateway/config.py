@@ -5,7 +5,8 @@ A YAML file (``koserve gateway --config gateway.yaml``)::
     models:
       - name: akallama-70b          # the "model" clients send
         profile: akallama-70b       # koserve profile (defaults to name)
-        url: 127.0.0.1:8001         # this profile's Triton (host:port = gRPC, http://... = HTTP)
+        url: 127.0.0.1:8001         # this profile's Triton (host:port = gRPC, http://... = HTTP); replicas of the
+                                    # same model: a list, or addresses separated by "|" (also in --model)
         target: ensemble            # or tensorrt_llm_bls
         tokenizer: /models/akallama/ # for usage.prompt_tokens and the token-level injection check; default:
                                      # the fixture tokenizer of the profile's family (`koserve setup fixtures`);
@@ -40,11 +41,31 @@ class ModelRoute(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$", max_length=128)
     profile: str = ""
-    url: str
+    url: str  # one Triton, or several replicas of the same model separated by "|" (YAML: also a list)
     protocol: Literal["grpc", "http"] | None = None
     target: Literal["ensemble", "tensorrt_llm_bls"] = "ensemble"  # the Triton model requests go to
     tokenizer: str | None = None
     max_tokens: int | None = Field(default=None, gt=0, description="cap on max_tokens (default: the profile's context)")
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _replica_list(cls, value: object) -> object:
+        return "|".join(str(v).strip() for v in value) if isinstance(value, (list, tuple)) else value
+
+    @field_validator("url")
+    @classmethod
+    def _replicas_given(cls, value: str) -> str:
+        urls = [u.strip() for u in value.split("|")]
+        if not all(urls):
+            raise ValueError(f"url {value!r} has an empty address (replicas are separated by '|')")
+        if len(set(urls)) != len(urls):
+            raise ValueError(f"url {value!r} names a replica twice")
+        return "|".join(urls)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The replicas' addresses (one for a single Triton); koserve.gateway.replicas routes between them."""
+        return tuple(self.url.split("|"))
 
     @model_validator(mode="after")
     def _default_profile(self) -> "ModelRoute":
