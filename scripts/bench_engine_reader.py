@@ -2,7 +2,7 @@
 """Client CPU per engine response of the ways the BLS could read ``tensorrt_llm``'s gRPC stream (issue 19).
 
 Against one real tritonserver (CPU stand-in, replay at zero delay): N streamed engine requests on one
-``ModelStreamInfer`` call, every response decoded into an :class:`koserve.triton_models.engine_client.EngineChunk` (the
+``ModelStreamInfer`` call, every response decoded into an :class:`koserve.triton_models.engine_types.EngineChunk` (the
 work the BLS needs from it), read by
 
 - ``h2``: koserve's reader (``koserve.triton_models.engine_h2.H2EngineClient``, what the BLS uses);
@@ -44,7 +44,7 @@ class _Tally:
     """Responses and tokens read so far, and how many streams are still open."""
 
     def __init__(self, streams: int):
-        from koserve.triton_models.engine_client import chunk_from_proto
+        from koserve.triton_models.engine_wire import chunk_from_proto
 
         self.responses, self.ids, self.open, self._decode = 0, 0, streams, chunk_from_proto
 
@@ -61,7 +61,7 @@ class _Tally:
 
 
 def read_h2(url: str, streams: int, tokens: int, timeout: float) -> tuple[int, int]:
-    from koserve.triton_models.engine_client import EngineChunk
+    from koserve.triton_models.engine_types import EngineChunk
     from koserve.triton_models.engine_h2 import H2EngineClient
 
     done = threading.Semaphore(0)
@@ -74,7 +74,7 @@ def read_h2(url: str, streams: int, tokens: int, timeout: float) -> tuple[int, i
             if chunk.final:
                 done.release()
 
-        def on_error(self, message: str, invalid: bool) -> None:
+        def on_error(self, message: str, code: str) -> None:
             raise SystemExit(f"engine error: {message}")
 
     client = H2EngineClient(url, "tensorrt_llm")
@@ -90,7 +90,7 @@ def read_h2(url: str, streams: int, tokens: int, timeout: float) -> tuple[int, i
 
 
 def _requests(streams: int, tokens: int) -> list:
-    from koserve.triton_models.engine_client import request_proto
+    from koserve.triton_models.engine_wire import request_proto
 
     return [request_proto("tensorrt_llm", engine_tensors(tokens), ["output_ids", "sequence_length"],
                           uuid.uuid4().hex) for _ in range(streams)]

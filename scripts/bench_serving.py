@@ -465,8 +465,6 @@ def main() -> int:
     ap.add_argument("--stability-runs", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=120.0, help="per-stream timeout (a hang fails the run)")
     ap.add_argument("--stability-models", nargs="+", default=["ensemble", "tensorrt_llm_bls"])
-    ap.add_argument("--bls-threads", type=int, help="KOSERVE_BLS_THREADS for the server (BLS thread pool size)")
-    ap.add_argument("--bls-transport", choices=["grpc", "bls"], help="KOSERVE_BLS_TRANSPORT for the server")
     ap.add_argument("--paths", nargs="+", default=["tensorrt_llm", "ensemble", "tensorrt_llm_bls"],
                     help="models measured at each concurrency")
     ap.add_argument("--protocol", choices=["grpc", "http"], default="grpc",
@@ -507,10 +505,6 @@ def main() -> int:
 
     from koserve.testing.stack import serve_cpu
 
-    if args.bls_transport:
-        os.environ["KOSERVE_BLS_TRANSPORT"] = args.bls_transport
-    if args.bls_threads:
-        os.environ["KOSERVE_BLS_THREADS"] = str(args.bls_threads)
 
     import tempfile
 

@@ -90,6 +90,9 @@ class _Request:
     def get_response_sender(self):
         return self.sender
 
+    def is_cancelled(self):
+        return False
+
 
 class NullPb:
     """What koserve's models use of ``triton_python_backend_utils``, at (almost) no cost."""
@@ -215,12 +218,12 @@ def bls_rounds(family: str, profile: str, streams: int, tokens: int, per_read: i
     import h2.config  # noqa: PLC0415
     import h2.connection  # noqa: PLC0415
 
-    from koserve.serving import engine_h2  # noqa: PLC0415
+    from koserve.triton_models import engine_h2  # noqa: PLC0415
     from koserve.triton_models.bls import BlsModel  # noqa: PLC0415
     from koserve.server.triton_calls import text_inputs  # noqa: PLC0415
 
     ids = replay_ids(family, tokens)
-    model = BlsModel(NullPb, model_config(family, profile), transport="grpc")
+    model = BlsModel(NullPb, model_config(family, profile))
     inputs = text_inputs(PROMPT, tokens)
 
     def setup():
@@ -249,17 +252,15 @@ def bls_rounds(family: str, profile: str, streams: int, tokens: int, per_read: i
             conn.pump()
             for data in reads:
                 if data:
-                    conn.receive(data, model.engine._after_each)
+                    conn.receive(data, model.outbox.on_reader)
                     conn.pump()
-                    due = model.outbox.next_due()  # what the reader does before it waits for the socket again
-                    if due is not None and due <= time.monotonic():
-                        model.outbox.send_all_due()
+                    model.outbox.on_reader(True)  # what the reader does before it waits for the socket again
                     try:
                         while theirs.recv(1 << 20):
                             pass
                     except BlockingIOError:
                         pass
-            model.outbox.close(timeout=1.0)
+            model.outbox.close()
             missing = [r.request_id() for r in requests if not r.sender.final]
             if sent is not None:
                 sent.append(sum(r.sender.sent for r in requests))

@@ -19,11 +19,17 @@ Fixtures (all session-scoped; each yields / returns :class:`koserve.testing.stac
 
 Rendered limits for hf/replay servers here: ``max_seq_len`` 512, ``max_input_len`` 384 (small, so limit errors are
 cheap to provoke).
+
+Shared helpers: ``pty_reader`` (:class:`PtyReader`, what a pty's master end has received, for tests that drive the
+real CLI in a terminal). The fault harness is the package module :mod:`koserve.testing.faults`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import select
+import time
 
 import pytest
 
@@ -88,3 +94,32 @@ def triton_akallama(triton_servers):
 @pytest.fixture(scope="session")
 def triton_komt(triton_servers):
     return triton_servers("komt-13b", "hf")
+
+
+class PtyReader:
+    """What a pty's master end has received so far (bytes: a UTF-8 character may arrive split in two reads)."""
+
+    def __init__(self, fd: int):
+        self.fd, self.data = fd, b""
+
+    @property
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+    def read_until(self, done, timeout: float) -> bool:
+        """Read until ``done(text)`` or ``timeout`` seconds; whether ``done`` holds."""
+        deadline = time.monotonic() + timeout
+        while not done(self.text) and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.fd], [], [], 0.1)
+            if ready:
+                try:
+                    self.data += os.read(self.fd, 4096)
+                except OSError:
+                    break
+        return done(self.text)
+
+
+@pytest.fixture
+def pty_reader():
+    """:class:`PtyReader` (call it with a pty master's file descriptor)."""
+    return PtyReader

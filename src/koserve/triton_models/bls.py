@@ -5,10 +5,12 @@ Same interface as ``ensemble`` (plus ``num_output_tokens``). Per request it toke
 with its own :class:`TextStream` — so the text is exact (whole characters, spaces kept, stop strings removed at the
 text level) whatever the client sends, request id or not.
 
-Threads, no asyncio: ``execute`` (Triton's) admits requests and returns; the engine client's reader thread
-(:mod:`koserve.triton_models.engine_h2`) turns each engine response into text on the request's :class:`_Run` and sends
-the responses that are due (:class:`~koserve.triton_models.outbox.StreamOutbox`; over gRPC the reader is also its timer:
-it sends what falls due while it would wait for the socket); a watch thread polls cancellation.
+Three parts: :class:`~koserve.triton_models.bls_config.BlsConfig` (the model config, read once),
+:class:`~koserve.triton_models.bls_stream.BlsStream` (one request's pure state: ids in, text and due times out) and
+this module, the Triton edge. Threads, no asyncio: ``execute`` (Triton's) admits requests and returns; the engine
+transport's reader thread (:mod:`koserve.triton_models.engine_h2`) hands each engine response to the request's
+:class:`_Run` and runs the outbox (:class:`~koserve.triton_models.outbox.StreamOutbox`), which sends the responses
+that are due on that thread; a watch thread polls cancellation.
 
 Responses: with ``stream=true`` a response carries the text of one engine response — or of several, when this
 model is behind (see :mod:`koserve.triton_models.outbox`); ``num_output_tokens`` says how many generated tokens it covers,
@@ -25,12 +27,12 @@ this model uses it at the moment), so a TensorRT-LLM ``stop`` for that id stops 
 ``ensemble``.
 """
 
+
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import logging
-import os
 import threading
 import time
 import uuid
@@ -38,27 +40,15 @@ import uuid
 import numpy as np
 
 from koserve.errors import InvalidRequestError, KoserveError
-from koserve.triton_models.engine_client import (
-    EngineChunk,
-    EngineError,
-    PbEngineClient,
-    grpc_url_from_cmdline,
-    own_grpc_url,
-)
+from koserve.triton_models.bls_config import BlsConfig
+from koserve.triton_models.bls_stream import BlsStream
 from koserve.triton_models.engine_h2 import H2EngineClient
+from koserve.triton_models.engine_types import EngineChunk, EngineError, EngineTransport
 from koserve.triton_models.guarded_sender import GuardedSender
 from koserve.triton_models.outbox import StreamOutbox, StreamReply
 from koserve.triton_models.params import GENERATION_INPUTS, GenerationRequest, parse_generation_request
 from koserve.triton_models.postprocess import TextStream
 from koserve.triton_models.preprocess import EngineInputs, Preprocessor, draw_seed
-from koserve.triton_models.settings import ModelSettings, model_parameters
-from koserve.triton_models.stream_defaults import (
-    DEFAULT_MAX_INTERVAL_US,
-    DEFAULT_MAX_WAIT_GAPS,
-    DEFAULT_SEND_SHARE,
-    MAX_INTERVAL_LIMIT_US,
-    MAX_WAIT_GAPS_LIMIT,
-)
 from koserve.triton_models.triton_io import bytes_tensor, error_response, read_inputs
 
 log = logging.getLogger("koserve")
@@ -77,28 +67,55 @@ ENGINE_SAMPLING = {
     "beam_width": ("beam_width", np.int32),
     "random_seed": ("seed", np.uint64),
 }
-CANCEL_POLL_S = 0.25  # how often to ask is_cancelled() when polling is on
-TRANSPORTS = ("grpc", "bls")
 _ids = itertools.count()
 
 
-class _Run:
-    """One request in flight: engine responses in (reader thread), text out through its :class:`StreamReply`."""
+def engine_tensors(req: GenerationRequest, prepared: EngineInputs, engine_streams: bool = True
+                   ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The ``tensorrt_llm`` request for a parsed and tokenized BLS request: tensors and requested outputs."""
+    tensors = {
+        "input_ids": prepared.input_ids[None, :],
+        "input_lengths": np.array([[prepared.input_len]], dtype=np.int32),
+        "request_output_len": np.array([[prepared.max_tokens]], dtype=np.int32),
+        "end_id": np.array([[prepared.end_id]], dtype=np.int32),
+        "pad_id": np.array([[prepared.pad_id]], dtype=np.int32),
+        "stop_words_list": prepared.stop_words_list[None, :, :],
+        "bad_words_list": prepared.bad_words_list[None, :, :],
+        "streaming": np.array([[engine_streams]], dtype=np.bool_),
+        # the BLS echoes the prompt text itself (exact, and never seen by the stop-string matcher)
+        "exclude_input_in_output": np.array([[True]], dtype=np.bool_),
+        "return_log_probs": np.array([[req.return_log_probs]], dtype=np.bool_),
+    }
+    for field, (name, dtype) in ENGINE_SAMPLING.items():
+        value = getattr(req.sampling, field)
+        if field == "random_seed":
+            value = draw_seed(value)  # unseeded sampling must not repeat (TensorRT-LLM's default seed is 0)
+        if value is not None:
+            tensors[name] = np.array([[value]], dtype=dtype)
+    outputs = ["output_ids", "sequence_length"]
+    if req.return_log_probs:
+        outputs += ["cum_log_probs", "output_log_probs"]
+    return tensors, outputs
 
-    __slots__ = ("model", "req", "sender", "engine_id", "text", "reply", "done", "_lock", "_last_chunk_at",
-                 "_final_flag", "_text_only")
+
+class _Run:
+    """One request in flight at the Triton edge: engine responses in (reader thread) to its
+    :class:`~koserve.triton_models.bls_stream.BlsStream`, responses out through its :class:`StreamReply`."""
+
+    __slots__ = ("model", "req", "sender", "engine_id", "state", "reply", "_lock", "_last_chunk_at", "_final_flag",
+                 "_text_only")
 
     def __init__(self, model: "BlsModel", req: GenerationRequest, sender, engine_id: str, prompt_ids=None):
         self.model, self.req, self.sender, self.engine_id = model, req, sender, engine_id
-        self.text = TextStream(model.pre.tokenizer, model.pre.stop_words(req.stop_words))
+        text = TextStream(model.pre.tokenizer, model.pre.stop_words(req.stop_words))
         prefix = ""
         if not req.exclude_input_in_output and not req.stream and prompt_ids is not None:
             # the prompt's decoded ids, as the ensemble (and NVIDIA's BLS) give it; never stop-matched. A streamed
             # answer never starts with the prompt (TensorRT-LLM streams new tokens only).
-            prefix = self.text.detokenizer.add(prompt_ids)
-        self.reply = StreamReply(self._build, self._send, prefix=prefix)
-        self.done = False
-        self._lock = threading.Lock()
+            prefix = text.detokenizer.add(prompt_ids)
+        self.state = BlsStream(text, prefix)
+        self.reply = StreamReply(self._build, self._send, state=self.state)
+        self._lock = self.reply.lock
         self._last_chunk_at = 0.0
         self._final_flag = model.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         # a response of one token is text_output alone (see BlsModel.response): most streamed responses
@@ -119,134 +136,56 @@ class _Run:
         if self._last_chunk_at:
             outbox.note_engine_gap(now - self._last_chunk_at)
         self._last_chunk_at = now
-        ids, final = chunk.ids, chunk.final
+        state = self.state
         with self._lock:
-            if self.done:
+            if state.ended:
                 return
-            text = self.text
-            delta = text.add(ids)
-            ended = final or text.stopped
-            if ended:
-                delta += text.finish()
-                self.done = True
-            self.reply.add(delta, ids.size, chunk.log_probs, chunk.cum_log_prob, final=ended)
+            ended = state.add_ids(chunk.ids, chunk.log_probs, chunk.cum_log_prob, chunk.final)
         if ended:
             self.model.forget(self)
-            if not final:
+            if state.stop_early:
                 self.model.engine.stop(self.engine_id)  # a stop string matched: the engine stops
         if ended or self.req.stream:
             outbox.post(self.reply)
 
-    def on_error(self, message: str, invalid: bool) -> None:
+    def on_error(self, message: str, code: str) -> None:
         with self._lock:
-            if self.done:
-                return
-            self.done = True
-            self.reply.fail(error_response(self.model.pb, message, invalid=invalid,
-                                           code=None if invalid else _code_for(message)), keep_text=self.req.stream)
-        self.model.forget(self)
-        self.model.outbox.post(self.reply)
+            failed = self.state.fail(error_response(self.model.pb, message, invalid=False, code=code),
+                                     keep_text=self.req.stream)
+        if failed:
+            self.model.forget(self)
+            self.model.outbox.post(self.reply)
 
     def cancel(self) -> None:
         """The client went away: send nothing more, stop the engine request."""
         with self._lock:
-            if self.done:
-                return
-            self.done = True
-            self.reply.abandon()
-        self.model.forget(self)
-        self.model.engine.stop(self.engine_id)
-
-
-def _setting(params: dict[str, str], name: str, default, kind, low, high):
-    """A number from the environment (``KOSERVE_BLS_<NAME>``), the model parameters or ``default``, in [low, high]."""
-    raw = os.environ.get(f"KOSERVE_BLS_{name.upper()}") or params.get(name) or str(default)
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = None
-    if value is None or not low <= value <= high:
-        what = "a whole number" if kind is int else "a number"
-        raise KoserveError(f"{name} must be {what} in [{low}, {high}], got {raw!r}")
-    return value
-
-
-def _code_for(message: str) -> str:
-    return "UNAVAILABLE" if "engine stream" in message or "shutting down" in message else "INTERNAL"
+            abandoned = self.state.abandon()
+        if abandoned:
+            self.model.forget(self)
+            self.model.engine.stop(self.engine_id)
 
 
 class BlsModel:
-    """Logic of the BLS model; ``pb`` is ``triton_python_backend_utils``."""
+    """The Triton edge of the BLS model; ``pb`` is ``triton_python_backend_utils``."""
 
-    def __init__(self, pb, model_config, *, transport: str | None = None):
+    def __init__(self, pb, model_config, *, engine: EngineTransport | None = None):
         self.pb = pb
-        self.settings = ModelSettings.from_model_config(model_config)
-        self.pre = Preprocessor(self.settings)
-        params = model_parameters(model_config)
-        transport = transport or os.environ.get("KOSERVE_BLS_TRANSPORT") or params.get("engine_transport") or "grpc"
-        if transport not in TRANSPORTS:
-            raise KoserveError(f"engine_transport must be one of {TRANSPORTS}, got {transport!r}")
-        url = own_grpc_url(params.get("engine_grpc_url", "")) if transport == "grpc" else None
-        if transport == "grpc" and url is None:
-            transport = "bls"  # no gRPC endpoint on this server (e.g. --allow-grpc=false)
-        if transport == "bls":
-            log.warning("tensorrt_llm_bls: calling the engine through python-backend BLS; on Triton 2.51 its stub "
-                        "crashed under concurrent load (free(): double free / malloc(): unaligned chunk): keep "
-                        "tritonserver's gRPC endpoint on (docs/serving.md)")
-        self.transport = transport
         is_decoupled = getattr(pb, "using_decoupled_model_transaction_policy", None)
-        self.decoupled = True if is_decoupled is None else bool(is_decoupled(model_config))
-        # a non-decoupled tensorrt_llm refuses streaming=true: ask it for the whole answer (render option
-        # engine_decoupled; the render then makes this model non-decoupled too, so no client streams)
-        self.engine_streams = params.get("engine_decoupled", "true").strip().lower() not in ("false", "0", "no", "off")
-        self.cancel_poll_s = _setting(params, "cancel_poll_s", CANCEL_POLL_S, float, 0.0, 3600.0)
+        decoupled = True if is_decoupled is None else bool(is_decoupled(model_config))
+        self.config = config = BlsConfig.from_model_config(model_config, decoupled=decoupled)
+        self.settings = config.settings
+        self.pre = Preprocessor(config.settings)
         self._runs: set[_Run] = set()
         self._runs_lock = threading.Lock()
-        share = _setting(params, "stream_send_share", DEFAULT_SEND_SHARE, float, 0.0, 1.0)
-        max_interval = _setting(params, "stream_max_interval_us", DEFAULT_MAX_INTERVAL_US, int, 0,
-                                MAX_INTERVAL_LIMIT_US)
-        wait_gaps = _setting(params, "stream_max_wait_gaps", DEFAULT_MAX_WAIT_GAPS, float, 0.0, MAX_WAIT_GAPS_LIMIT)
-        # over gRPC every post comes from the engine reader, which is also the outbox's timer (no second thread)
-        self.outbox = StreamOutbox(share, max_interval / 1e6, lambda: len(self._runs), wait_gaps,
-                                   own_thread=transport != "grpc")
-        self.engine = (
-            H2EngineClient(url, self.settings.engine_model, after_each=self.outbox.send_due,
-                           hold_interval=self.outbox.interval, next_due=self.outbox.next_due,
-                           on_due=self.outbox.send_all_due)
-            if transport == "grpc"
-            else PbEngineClient(pb, self.settings.engine_model, int(os.environ.get("KOSERVE_BLS_THREADS", "256")))
-        )
+        self.outbox = StreamOutbox(config.send_share, config.max_interval_s, lambda: len(self._runs),
+                                   config.max_wait_gaps)
+        self.engine = engine or H2EngineClient(config.engine_grpc_url, config.settings.engine_model,
+                                               hook=self.outbox.on_reader)
         self._stopping = threading.Event()
         self._watch = None
-        if self.cancel_poll_s:
+        if config.cancel_poll_s:
             self._watch = threading.Thread(target=self._watch_cancellation, name="koserve-bls-watch", daemon=True)
             self._watch.start()
-
-    # -- engine request ------------------------------------------------------------------------------------
-    def engine_tensors(self, req: GenerationRequest, prepared: EngineInputs) -> tuple[dict[str, np.ndarray], list]:
-        tensors = {
-            "input_ids": prepared.input_ids[None, :],
-            "input_lengths": np.array([[prepared.input_len]], dtype=np.int32),
-            "request_output_len": np.array([[prepared.max_tokens]], dtype=np.int32),
-            "end_id": np.array([[prepared.end_id]], dtype=np.int32),
-            "pad_id": np.array([[prepared.pad_id]], dtype=np.int32),
-            "stop_words_list": prepared.stop_words_list[None, :, :],
-            "bad_words_list": prepared.bad_words_list[None, :, :],
-            "streaming": np.array([[self.engine_streams]], dtype=np.bool_),
-            # the BLS echoes the prompt text itself (exact, and never seen by the stop-string matcher)
-            "exclude_input_in_output": np.array([[True]], dtype=np.bool_),
-            "return_log_probs": np.array([[req.return_log_probs]], dtype=np.bool_),
-        }
-        for field, (name, dtype) in ENGINE_SAMPLING.items():
-            value = getattr(req.sampling, field)
-            if field == "random_seed":
-                value = draw_seed(value)  # unseeded sampling must not repeat (TensorRT-LLM's default seed is 0)
-            if value is not None:
-                tensors[name] = np.array([[value]], dtype=dtype)
-        outputs = ["output_ids", "sequence_length"]
-        if req.return_log_probs:
-            outputs += ["cum_log_probs", "output_log_probs"]
-        return tensors, outputs
 
     def engine_id(self, request) -> str:
         """The client's id (a TensorRT-LLM ``stop`` for it then reaches the engine request), unless another request
@@ -264,11 +203,11 @@ class BlsModel:
     def admit(self, request) -> None:
         pb = self.pb
         final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        # every send and is_cancelled() of this request goes through one lock (see koserve.triton_models.guarded_sender)
+        # every send and is_cancelled() of this request goes through one lock (koserve.triton_models.guarded_sender)
         sender = GuardedSender(request.get_response_sender(), final)
         try:
             req = parse_generation_request(read_inputs(pb, request, INPUT_NAMES))
-            if req.stream and not self.decoupled:
+            if req.stream and not self.config.decoupled:
                 raise InvalidRequestError(
                     "stream=true needs tensorrt_llm_bls rendered decoupled (the default); this one answers each "
                     "request in one response: send stream=false"
@@ -282,28 +221,27 @@ class BlsModel:
         run = None
         try:
             run = _Run(self, req, sender, self.engine_id(request), prepared.input_ids)
-            tensors, outputs = self.engine_tensors(req, prepared)
+            tensors, outputs = engine_tensors(req, prepared, self.config.engine_streams)
             with self._runs_lock:
                 self._runs.add(run)
             self.engine.submit(run.engine_id, tensors, outputs, run)
         except Exception as exc:  # noqa: BLE001 - one request's failure must not stop the model
             if run is not None:
                 self.forget(run)
-            invalid = isinstance(exc, EngineError) and exc.invalid
-            sender.send(error_response(pb, f"tensorrt_llm_bls: {exc}", invalid=invalid,
-                                       code=None if invalid else "UNAVAILABLE"), flags=final)
+            code = exc.code if isinstance(exc, EngineError) else "UNAVAILABLE"
+            sender.send(error_response(pb, f"tensorrt_llm_bls: {exc}", invalid=False, code=code), flags=final)
 
     def forget(self, run: _Run) -> None:
         with self._runs_lock:
             self._runs.discard(run)
 
     def _watch_cancellation(self) -> None:
-        while not self._stopping.wait(self.cancel_poll_s):
+        while not self._stopping.wait(self.config.cancel_poll_s):
             with self._runs_lock:
                 runs = list(self._runs)
             for run in runs:
                 try:
-                    if not run.done and run.sender.is_cancelled():  # False once the final response is sent
+                    if not run.state.ended and run.sender.is_cancelled():  # False once the final response is sent
                         run.cancel()
                 except Exception as exc:  # noqa: BLE001 - keep watching the others
                     log.debug("tensorrt_llm_bls: is_cancelled failed: %s", exc)
@@ -326,6 +264,3 @@ class BlsModel:
         self._stopping.set()
         self.engine.close()
         self.outbox.close()
-
-
-__all__ = ["BlsModel", "EngineError", "InvalidRequestError", "grpc_url_from_cmdline", "own_grpc_url"]

@@ -1,14 +1,14 @@
 """The BLS's engine client on a bare HTTP/2 connection to the server's own gRPC endpoint (``h2`` for the protocol).
 
 ONE ``ModelStreamInfer`` stream carries every request of the model and the responses are routed by request id
-(:func:`~koserve.triton_models.engine_client.route_response`); one thread owns the socket and reads it itself, so a read
+(:func:`~koserve.triton_models.engine_wire.route_response`); one thread owns the socket and reads it itself, so a read
 hands it every response that arrived since the last read. grpcio's Python layer (the previous client) takes one
 completion-queue event, one hand-over between its poller thread and the reading thread and one Python call per
 message, whatever the backlog: ≈ 120–150 µs of the stub's CPU per engine response at 64 streams on the 2-core VM,
 the largest cost the BLS added to a token. Here a read of ``n`` responses costs one system call and one
-wake-up; when the model is saturated (its outbox holds a stream's responses for :data:`PACE_FROM_INTERVAL_S` or
-more) the reader also waits :data:`READ_PACE_S` after a short read so that the next read finds several (docs/serving.md, "How the BLS reads
-the engine").
+wake-up. Besides routing, the reader runs one hook (:data:`~koserve.triton_models.engine_types.ReaderHook`; the BLS
+passes its outbox, which sends what is due and, when the model is saturated, pauses the reader after a short read so
+that the next read finds several responses: docs/serving.md, "How the BLS reads the engine").
 
 gRPC on HTTP/2, as used here: a request stream ``POST /inference.GRPCInferenceService/ModelStreamInfer`` with
 ``content-type: application/grpc``; each message is a 5-byte prefix (compressed flag, big-endian length) and a
@@ -25,18 +25,17 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
 from urllib.parse import unquote
 
 from koserve.errors import KoserveError
-from koserve.triton_models.engine_client import (
+from koserve.triton_models.engine_types import EngineError, EngineHandler, ReaderHook
+from koserve.triton_models.engine_wire import (
     HANDLER_FAILED,
-    EngineError,
-    EngineHandler,
     call_handler,
     request_proto,
     route_response,
     stop_tensors,
+    triton_code,
 )
 
 log = logging.getLogger("koserve")
@@ -44,9 +43,6 @@ log = logging.getLogger("koserve")
 METHOD_PATH = "/inference.GRPCInferenceService/ModelStreamInfer"
 RECEIVE_WINDOW = 1 << 24  # bytes the server may send ahead, per stream and per connection
 READ_SIZE = 1 << 18
-READ_PACE_S = 0.001  # wait after a short read while the model is saturated (see module doc)
-PACE_FROM_INTERVAL_S = 0.01  # ... i.e. while a stream's responses are held this long: the wait adds <= 10 % to it
-SHORT_READ = 16 * 1024  # a read below this size counts as short
 CONNECT_TIMEOUT_S = 10.0
 MAX_FRAME = 1 << 20  # the largest HTTP/2 frame we accept (SETTINGS_MAX_FRAME_SIZE; the default is 16 KiB)
 _FRAME_HEADER = 9
@@ -208,9 +204,10 @@ class _Connection:
         if out:
             self.sock.sendall(out)
 
-    def receive(self, data: bytes, after_each: Callable[[], None] | None = None) -> str | None:
+    def receive(self, data: bytes, hook: ReaderHook | None = None) -> tuple[str, str] | None:
         """Hand the engine responses in ``data`` (bytes read from the socket) to their handlers, calling
-        ``after_each`` after each; returns why the shared call ended, or None while it goes on (reader thread).
+        ``hook(False)`` after each; returns why the shared call ended (message, Triton error code), or None while it
+        goes on (reader thread).
 
         Flow control is acknowledged once per stream and read (not per DATA frame): the server's window is
         :data:`RECEIVE_WINDOW`, far more than one read."""
@@ -226,17 +223,18 @@ class _Connection:
                 if sid == call_id:
                     inbox += event.data
             elif kind is ev.ConnectionTerminated:
-                ended = f"the engine connection was closed by the server (HTTP/2 error {event.error_code})"
+                ended = (f"the engine connection was closed by the server (HTTP/2 error {event.error_code})",
+                         "UNAVAILABLE")
             elif getattr(event, "stream_id", None) != call_id:
                 continue  # the stop streams' answers are dropped
             elif kind is ev.TrailersReceived:
-                ended = _trailer_reason(event.headers) or "the engine stream ended"
+                ended = stream_status(event.headers) or (STREAM_ENDED, "UNAVAILABLE")
             elif kind is ev.StreamEnded:
-                ended = ended or "the engine stream ended"
+                ended = ended or (STREAM_ENDED, "UNAVAILABLE")
             elif kind is ev.StreamReset:
-                ended = f"the engine stream was reset (HTTP/2 error {event.error_code})"
+                ended = (f"the engine stream was reset (HTTP/2 error {event.error_code})", "UNAVAILABLE")
             elif kind is ev.ResponseReceived:
-                ended = _trailer_reason(event.headers) or ended  # a gRPC error may come as headers only
+                ended = stream_status(event.headers) or ended  # a gRPC error may come as headers only
         for sid, length in acked.items():
             if length:  # h2 ignores streams that closed meanwhile
                 h2conn.acknowledge_received_data(length, sid)
@@ -248,9 +246,9 @@ class _Connection:
                 break
             route_response(parse(inbox[pos + 5:end]), routes)  # (protobuf parses the bytearray slice: no bytes())
             pos = end
-            if after_each is not None:
+            if hook is not None:
                 try:  # (call_handler inline: once per engine response)
-                    after_each()
+                    hook(False)
                 except Exception:  # noqa: BLE001 - the model's hook must not stop the reader
                     log.exception(HANDLER_FAILED)
         del inbox[:pos]
@@ -266,24 +264,19 @@ class _Connection:
 
 
 class H2EngineClient:
-    """The engine over the server's own gRPC endpoint on a bare HTTP/2 connection (see module doc).
+    """The engine over the server's own gRPC endpoint on a bare HTTP/2 connection (see module doc); an
+    :class:`~koserve.triton_models.engine_types.EngineTransport`.
 
-    ``after_each`` runs on the reader thread after each engine response; ``hold_interval()`` is how long the
-    model holds a stream's responses now (seconds): from :data:`PACE_FROM_INTERVAL_S` on, reads are paced.
-    ``next_due()`` (a ``time.monotonic()`` time or None) and ``on_due``: the reader waits for the socket at most until
-    then and calls ``on_due`` when that time comes first (the outbox's timer on the reader's own thread)."""
+    ``hook`` (a :data:`~koserve.triton_models.engine_types.ReaderHook`) runs on the reader thread: after each engine
+    response, and before each wait for the socket, which then lasts at most until the time it returns."""
 
-    def __init__(self, url: str, model: str, after_each: Callable[[], None] | None = None,
-                 hold_interval: Callable[[], float] | None = None,
-                 next_due: Callable[[], float | None] | None = None, on_due: Callable[[], None] | None = None):
+    def __init__(self, url: str, model: str, hook: ReaderHook | None = None):
         host, _, port = url.rpartition(":")
         if not host or not port.isdigit():
             raise KoserveError(f"engine gRPC url must be host:port, got {url!r}")
         self.url, self.model = url, model
         self._host, self._port = host.strip("[]"), int(port)
-        self._after_each = after_each
-        self._hold_interval = hold_interval or (lambda: 0.0)
-        self._next_due, self._on_due = (next_due, on_due) if next_due and on_due else (None, None)
+        self._hook = hook
         self._lock = threading.Lock()
         self._conn: _Connection | None = None
         self._closed = False
@@ -295,13 +288,13 @@ class H2EngineClient:
     def _connection(self) -> _Connection:
         """The live connection (a new one, with its reader thread, when there is none) — with the lock held."""
         if self._closed:
-            raise EngineError("tensorrt_llm_bls is shutting down", invalid=False)
+            raise EngineError("tensorrt_llm_bls is shutting down", "UNAVAILABLE")
         conn = self._conn
         if conn is None or not conn.alive:
             try:
                 conn = _Connection(self._host, self._port)
             except OSError as exc:
-                raise EngineError(f"cannot reach the engine at {self.url}: {exc}", invalid=False) from exc
+                raise EngineError(f"cannot reach the engine at {self.url}: {exc}", "UNAVAILABLE") from exc
             self._conn = conn
             threading.Thread(target=self._read, args=(conn,), name="koserve-engine-reader", daemon=True).start()
         return conn
@@ -312,7 +305,7 @@ class H2EngineClient:
         with self._lock:
             conn = self._connection()
             if request_id in conn.routes:
-                raise KoserveError(f"engine request id {request_id!r} is already in flight")
+                raise EngineError(f"engine request id {request_id!r} is already in flight", "ALREADY_EXISTS")
             conn.routes[request_id] = handler
         conn.queue_message(payload)
 
@@ -327,11 +320,17 @@ class H2EngineClient:
             return
         conn.queue_message(payload, separate=True)
 
+    def _call_hook(self, waiting: bool) -> float | None:
+        try:
+            return self._hook(waiting)
+        except Exception:  # noqa: BLE001 - the hook must not stop the reader
+            log.exception(HANDLER_FAILED)
+            return None
+
     def _read(self, conn: _Connection) -> None:
-        after_each, hold_interval = self._after_each, self._hold_interval
-        next_due, on_due = self._next_due, self._on_due
+        hook = self._hook
         clock = time.monotonic
-        reason = "the engine stream ended"
+        reason, code = STREAM_ENDED, "UNAVAILABLE"
         selector = selectors.DefaultSelector()
         selector.register(conn.sock, selectors.EVENT_READ, "socket")
         selector.register(conn.wake_r, selectors.EVENT_READ, "wake")
@@ -341,17 +340,15 @@ class H2EngineClient:
             conn.pump()
             while not self._closed:
                 timeout = None
-                if next_due is not None:
-                    at = next_due()
+                if hook is not None:
+                    at = self._call_hook(True)
                     if at is not None:
                         timeout = at - clock()
-                        if timeout <= 0:
-                            call_handler(on_due)
-                            continue
+                        if timeout < 0:
+                            timeout = 0
                 ready = selector.select(timeout)
                 if not ready:
-                    call_handler(on_due)
-                    continue
+                    continue  # the hook's time came
                 if any(key.data == "wake" for key, _ in ready):
                     conn.take_outgoing()
                 if not any(key.data == "socket" for key, _ in ready):
@@ -361,13 +358,11 @@ class H2EngineClient:
                 if not data:
                     reason = "the engine connection closed"
                     break
-                ended = conn.receive(data, after_each)
+                ended = conn.receive(data, hook)
                 if ended:
-                    reason = ended
+                    reason, code = ended
                     break
                 conn.pump()
-                if len(data) < SHORT_READ and hold_interval() >= PACE_FROM_INTERVAL_S:
-                    time.sleep(READ_PACE_S)
         except Exception as exc:  # noqa: BLE001 - socket or protocol failure: every request on it fails
             reason = f"the engine stream failed: {type(exc).__name__}: {exc}"
         finally:
@@ -381,9 +376,9 @@ class H2EngineClient:
         if orphans and not self._closed:
             log.warning("tensorrt_llm_bls: %s with %d requests in flight", reason, len(orphans))
         for handler in orphans:
-            call_handler(handler.on_error, f"tensorrt_llm_bls: {reason}", False)
-        if on_due is not None:
-            call_handler(on_due)  # their final (error) responses: no other thread sends them
+            call_handler(handler.on_error, f"tensorrt_llm_bls: {reason}", code)
+        if hook is not None:
+            self._call_hook(True)  # their final (error) responses: no other thread sends them
 
     def close(self) -> None:
         with self._lock:
@@ -396,11 +391,15 @@ class H2EngineClient:
                 pass
 
 
-def _trailer_reason(headers) -> str | None:
-    """The error a gRPC status header says (None: OK or no status)."""
+STREAM_ENDED = "the engine stream ended"
+
+
+def stream_status(headers) -> tuple[str, str] | None:
+    """(message, Triton error code) of the gRPC status in a call's trailers or headers (None: OK or no status)."""
     fields = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
               for k, v in headers}
     status = fields.get("grpc-status")
     if status is None or status == "0":
         return None
-    return f"the engine stream failed: gRPC status {status}: {unquote(fields.get('grpc-message', ''))}"
+    code = triton_code(int(status)) if status.isdigit() else "INTERNAL"
+    return f"the engine stream failed: gRPC status {status}: {unquote(fields.get('grpc-message', ''))}", code

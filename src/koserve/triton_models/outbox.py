@@ -3,8 +3,10 @@
 Every ``ResponseSender.send`` of the python backend is a round trip to the tritonserver process, which then writes
 one more gRPC/HTTP message that the client parses: at 64 streams on a CPU-bound box that cost, paid per token, was
 most of what the BLS added to the engine's own cost. So a streaming request does not send its text itself: it adds
-it to its :class:`StreamReply` and posts the reply to the model's :class:`StreamOutbox`, which sends it when it is due
-(from the engine reader's thread under load, from its own thread when the reader is quiet).
+it to its :class:`StreamReply` and posts the reply to the model's :class:`StreamOutbox`, which sends it when it is due.
+The outbox owns its timing but no thread: the engine reader calls it (:meth:`StreamOutbox.on_reader`, the transport's
+one hook) after each engine response and before each wait for the socket, and waits at most until the next reply is
+due, so every send happens on the reader's thread.
 
 Policy: a stream's first and last responses go out at once. Between them a stream gets a response at most every
 ``streams in flight × send cost / send_share`` seconds, where ``send cost`` is the measured moving average of
@@ -30,120 +32,96 @@ from typing import Any
 
 import numpy as np
 
+from koserve.triton_models.bls_stream import BlsStream
+
 log = logging.getLogger("koserve")
 ENGINE_GAP_WEIGHT = 0.01  # of one engine response in the moving average of the engine's per-stream gap
-READER_QUIET_S = 0.002  # the outbox thread sends only when the engine reader has not called send_due() for this long
 # the engine reader sends at most this many due replies per engine response: reading and sending interleave, so the
 # first responses of 64 streams that arrive together do not wait behind each other's sends (TTFT at 64 streams 577 →
 # ~240 ms p50, measured)
 INLINE_SENDS_PER_RESPONSE = 2
+# Read pacing: while streams are held this long (a saturated model), a read that brought fewer than
+# SHORT_READ_RESPONSES engine responses (≈ 16 KB of one-token responses) is followed by a READ_PACE_S pause, so that
+# the next read finds several (the pause adds <= 10 % to a held gap; docs/serving.md "How the BLS reads the engine")
+PACE_FROM_INTERVAL_S = 0.01
+READ_PACE_S = 0.001
+SHORT_READ_RESPONSES = 100
 
 
 class StreamReply:
-    """One request's text, token count and log probs not sent yet (thread-safe: the engine reader adds, the
-    outbox's thread sends).
+    """One request's outgoing responses: its :class:`~koserve.triton_models.bls_stream.BlsStream` (``state``), sent
+    by the Triton edge's ``build(text, tokens, log_probs, cum_log_prob)`` (makes a response) and
+    ``send(response, final)`` (``response`` None: an empty final response). ``lock`` guards the state: hold it to
+    change the state from another thread."""
 
-    ``build(text, tokens, log_probs, cum_log_prob)`` makes the response object; ``send(response, final)`` sends it
-    (``response`` None: an empty final response).
-    """
+    __slots__ = ("state", "_build", "_send", "lock", "_send_lock", "due")
 
-    __slots__ = ("_build", "_send", "_lock", "_send_lock", "_text", "_tokens", "_log_probs", "_cum_log_prob",
-                 "_final", "_error", "closed", "due", "last_sent")
-
-    def __init__(self, build: Callable[..., Any], send: Callable[[Any, bool], None], prefix: str = ""):
+    def __init__(self, build: Callable[..., Any], send: Callable[[Any, bool], None], prefix: str = "",
+                 state: BlsStream | None = None):
+        self.state = state if state is not None else BlsStream(prefix=prefix)
         self._build, self._send = build, send
-        self._lock = threading.Lock()  # the pending state
+        self.lock = threading.Lock()
         self._send_lock = threading.Lock()  # one flush at a time: responses leave in the order their text came
-        self._text: list[str] = [prefix] if prefix else []
-        self._tokens = 0
-        self._log_probs: list[np.ndarray] = []
-        self._cum_log_prob: np.ndarray | None = None
-        self._final = False
-        self._error = None
-        self.closed = False  # the final response went out (or the client is gone): nothing more is sent
         self.due: float | None = None  # when the outbox sends it (None: not queued)
-        self.last_sent = 0.0  # monotonic time of the last send (0: none yet)
 
     @property
-    def ending(self) -> bool:
-        """The stream ended (its final response is pending): sent without waiting."""
-        return self._final
+    def closed(self) -> bool:
+        return self.state.closed
+
+    @property
+    def last_sent(self) -> float:
+        return self.state.last_sent
 
     def add(self, text: str, tokens: int, log_probs: np.ndarray | None = None, cum_log_prob: np.ndarray | None = None,
             *, final: bool = False) -> None:
-        with self._lock:
-            if text:
-                self._text.append(text)
-            self._tokens += tokens
-            if log_probs is not None:
-                self._log_probs.append(log_probs)
-            if cum_log_prob is not None:
-                self._cum_log_prob = cum_log_prob
-            self._final = self._final or final
+        with self.lock:
+            self.state.add(text, tokens, log_probs, cum_log_prob, final=final)
 
     def fail(self, error_response: Any, *, keep_text: bool = True) -> None:
         """End with an error response, after the pending text when ``keep_text`` (a stream), else instead of it."""
-        with self._lock:
-            self._error = error_response
-            self._final = True
-            if not keep_text:
-                self._text, self._tokens, self._log_probs = [], 0, []
+        with self.lock:
+            self.state.fail(error_response, keep_text=keep_text)
 
     def abandon(self) -> None:
         """The client went away: drop what is pending, send nothing more."""
-        self.closed = True
+        self.state.closed = True
 
     def flush(self) -> int:
         """Send what is pending as one response (final when the stream ended); returns the number of sends.
 
-        Two threads may flush one reply (the engine reader and the outbox thread): the second waits for the first
-        to have sent, so text never overtakes the text before it."""
+        Two threads may flush one reply (the engine reader, and ``close`` at shutdown): the second waits for the
+        first to have sent, so text never overtakes the text before it."""
         with self._send_lock:
-            with self._lock:
-                if self.closed or not (self._final or self._tokens or self._text or self._log_probs):
-                    return 0
-                pending = self._text
-                text = pending[0] if len(pending) == 1 else "".join(pending)  # (non-empty pieces only)
-                pending.clear()
-                tokens, log_probs, cum = self._tokens, self._log_probs, self._cum_log_prob
-                final, error = self._final, self._error
-                self._tokens = 0
-                if log_probs:
-                    self._log_probs = []
-                else:
-                    log_probs = []  # (not the pending list: the builder may keep what it is given)
-                if final:
-                    self.closed = True
+            with self.lock:
+                pending = self.state.take()
+            if pending is None:
+                return 0
             sends = 0
+            error = pending.error
             response = error  # None with nothing to say: an empty final response
-            if text or tokens or log_probs:
-                response = self._build(text, tokens, log_probs, cum)
+            if pending.text or pending.tokens or pending.log_probs:
+                response = self._build(pending.text, pending.tokens, pending.log_probs, pending.cum_log_prob)
                 if error is not None:  # the text first, then the error as the final response
                     self._send(response, False)
                     sends += 1
                     response = error
-            self._send(response, final)
-            self.last_sent = time.monotonic()
+            self._send(response, pending.final)
+            self.state.last_sent = time.monotonic()
             return sends + 1
 
 
 class StreamOutbox:
-    """Sends the posted :class:`StreamReply` objects of one model from its own thread, each when it is due (see
-    the module doc for the policy). ``ResponseSender.send`` releases the GIL while it waits for the server, so engine
-    responses keep being read meanwhile.
+    """Sends the posted :class:`StreamReply` objects of one model, each when it is due (see the module doc for the
+    policy), on the thread that calls :meth:`on_reader` (the engine reader).
 
     ``send_share``: the share of time sending may take before streams share responses (0: never; one response per
     engine response). ``max_interval_s``: the longest a stream waits between two responses; ``max_wait_gaps``: the
     same in multiples of the engine's average gap between two responses of a stream (0: no such limit), which
-    :meth:`note_engine_gap` measures.
-    ``streams_in_flight``: how many streams the model has now. ``own_thread`` False: no timer thread — every post
-    comes from one thread (the engine reader), which also sends what falls due while it waits
-    (:meth:`next_due`, :meth:`send_all_due`): no wake-ups of a second thread and no GIL hand-overs to it.
+    :meth:`note_engine_gap` measures. ``streams_in_flight``: how many streams the model has now.
     """
 
     def __init__(self, send_share: float = 0.0, max_interval_s: float = 0.1,
-                 streams_in_flight: Callable[[], int] | None = None, max_wait_gaps: float = 0.0,
-                 own_thread: bool = True):
+                 streams_in_flight: Callable[[], int] | None = None, max_wait_gaps: float = 0.0):
         self.send_share = max(0.0, float(send_share))
         self.max_interval_s = max(0.0, float(max_interval_s))
         self.max_wait_gaps = max(0.0, float(max_wait_gaps))
@@ -152,15 +130,8 @@ class StreamOutbox:
         self._streams_in_flight = streams_in_flight or (lambda: 1)
         self._queue: list[tuple[float, int, StreamReply]] = []  # heap of (due time, tie-breaker, reply)
         self._seq = itertools.count()
-        # the queue's lock, entered directly (C) on the per-response paths; ``_cond`` (a Python-level wrapper of
-        # it) only to wait and notify
-        self._mutex = threading.RLock()
-        self._cond = threading.Condition(self._mutex)
-        self._sleeping_until: float | None = None  # the thread's wake-up time while it waits (None: it is busy)
-        self._reader_seen = 0.0  # when the engine reader last called send_due()
-        self._stop = False
-        self._thread: threading.Thread | None = None
-        self.own_thread = own_thread
+        self._mutex = threading.RLock()  # the queue (posts and sends happen on the reader; close on another thread)
+        self._responses_read = 0  # engine responses since the reader last waited
         self.sends = 0
 
     def interval(self) -> float:
@@ -182,97 +153,69 @@ class StreamOutbox:
 
     def post(self, reply: StreamReply) -> None:
         """Have ``reply`` sent when it is due (once, however often it is posted before it is sent)."""
-        if reply.closed:
+        state = reply.state
+        if state.closed:
             return
-        interval = self.interval()
-        due = reply.last_sent + interval if (interval and reply.last_sent and not reply._final) else 0.0
+        due = state.next_due(self.interval())
         queued = reply.due
         if queued is not None and queued <= due:
-            # Already queued as early (most posts under load), seen without the lock: the entry's flush comes after
-            # _take_due clears ``due`` — after this read, hence after the text this post follows was added.
-            return
+            return  # already queued, as early or earlier (most posts under load)
         with self._mutex:
             if reply.due is not None and reply.due <= due:
-                return  # already queued, as early or earlier
+                return
             reply.due = due
             heapq.heappush(self._queue, (due, next(self._seq), reply))
-            if not self.own_thread:
-                return  # the posting thread sends it (next_due / send_all_due)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="koserve-outbox", daemon=True)
-                self._thread.start()
-            # wake the thread only when this reply is due before it would wake anyway: one wake-up per round, not
-            # one per engine response
-            if self._sleeping_until is not None and due < self._sleeping_until:
-                self._cond.notify()
-
-    def _take_due(self, limit: int = 0, now: float | None = None) -> tuple[list[StreamReply], float | None]:
-        """(replies due at ``now`` (default: now) — at most ``limit`` when > 0 —, the time the next one is due) —
-        with the lock held."""
-        if now is None:
-            now = time.monotonic()
-        queue, due = self._queue, []
-        while queue and queue[0][0] <= now and not (limit and len(due) >= limit):
-            at, _, reply = heapq.heappop(queue)
-            if reply.due == at:  # else a stale entry: the reply was queued again, earlier
-                reply.due = None
-                due.append(reply)
-        return due, (queue[0][0] if queue else None)
-
-    def send_due(self) -> None:
-        """Send replies due now (at most :data:`INLINE_SENDS_PER_RESPONSE`), on the calling thread.
-
-        The engine reader calls this after each engine response, so under load the sends happen on that thread:
-        handing the GIL to the outbox thread for each send costs up to the interpreter's switch interval (5 ms) while
-        the reader is busy, which at 64 streams made rounds of sends last longer than the interval itself."""
-        now = time.monotonic()
-        self._reader_seen = now
-        queue = self._queue
-        if not queue or queue[0][0] > now:
-            return
-        with self._mutex:
-            due, _ = self._take_due(INLINE_SENDS_PER_RESPONSE, now)
-        if due:
-            self.send_round(due)
-            self._reader_seen = time.monotonic()
 
     def next_due(self) -> float | None:
         """When (``time.monotonic()``) the earliest queued reply is due; None with nothing queued."""
         queue = self._queue
         return queue[0][0] if queue else None
 
+    def on_reader(self, waiting: bool) -> float | None:
+        """The engine reader's hook (:data:`~koserve.triton_models.engine_types.ReaderHook`).
+
+        After each engine response (``waiting`` False) it sends at most :data:`INLINE_SENDS_PER_RESPONSE` due
+        replies, so that under load reading and sending interleave on the reader's thread (handing the GIL to
+        another thread per send cost up to the interpreter's 5 ms switch interval). Before the reader waits
+        (``waiting`` True) it paces reads (see :data:`PACE_FROM_INTERVAL_S`), sends every reply due and returns when
+        the next one is due."""
+        queue = self._queue
+        if not waiting:
+            self._responses_read += 1
+            if not queue:
+                return None
+            now = time.monotonic()
+            if queue[0][0] > now:
+                return None
+            with self._mutex:
+                due = self._take_due(INLINE_SENDS_PER_RESPONSE, now)
+            if due:
+                self.send_round(due)
+            return None
+        responses, self._responses_read = self._responses_read, 0
+        if 0 < responses < SHORT_READ_RESPONSES and self.interval() >= PACE_FROM_INTERVAL_S:
+            time.sleep(READ_PACE_S)
+        self.send_all_due()
+        return queue[0][0] if queue else None
+
     def send_all_due(self) -> None:
-        """Send every reply due now, on the calling thread (the engine reader, when it would wait anyway)."""
+        """Send every reply due now, on the calling thread."""
         if not self._queue:
             return
         with self._mutex:
-            due, _ = self._take_due()
+            due = self._take_due(0, time.monotonic())
         if due:
             self.send_round(due)
 
-    def _run(self) -> None:
-        """The timer side: sends what is due while the engine reader is quiet (low load, or a slow engine)."""
-        while True:
-            with self._cond:
-                while True:
-                    if self._stop:
-                        return  # close() sends what is queued
-                    now = time.monotonic()
-                    next_at = self._queue[0][0] if self._queue else None
-                    if next_at is not None and next_at <= now:
-                        quiet_at = self._reader_seen + READER_QUIET_S
-                        if now >= quiet_at:
-                            due, _ = self._take_due()
-                            if due:
-                                break
-                            continue
-                        wake = quiet_at  # the reader is busy: it sends what is due itself
-                    else:
-                        wake = next_at
-                    self._sleeping_until = float("inf") if wake is None else wake
-                    self._cond.wait(timeout=None if wake is None else max(0.0, wake - now))
-                    self._sleeping_until = None
-            self.send_round(due)
+    def _take_due(self, limit: int, now: float) -> list[StreamReply]:
+        """The replies due at ``now`` (at most ``limit`` when > 0), off the queue — with the lock held."""
+        queue, due = self._queue, []
+        while queue and queue[0][0] <= now and not (limit and len(due) >= limit):
+            at, _, reply = heapq.heappop(queue)
+            if reply.due == at:  # else a stale entry: the reply was queued again, earlier
+                reply.due = None
+                due.append(reply)
+        return due
 
     def send_round(self, replies: list[StreamReply]) -> None:
         clock = time.perf_counter
@@ -284,18 +227,14 @@ class StreamOutbox:
                     self.sends += sent
                     self.send_cost_s += ((clock() - started) / sent - self.send_cost_s) * 0.05
             except Exception as exc:  # noqa: BLE001 - one request's failed send must not stop the others
-                reply.closed = True
+                reply.state.closed = True
                 log.warning("tensorrt_llm_bls: sending a response failed: %s", exc)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Send what is queued, stop the thread."""
-        with self._cond:
-            self._stop = True
+    def close(self) -> None:
+        """Send what is queued."""
+        with self._mutex:
             queued = [reply for _, _, reply in self._queue if reply.due is not None]
             self._queue.clear()
             for reply in queued:
                 reply.due = None
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
         self.send_round(queued)

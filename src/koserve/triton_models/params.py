@@ -65,35 +65,6 @@ class GenerationRequest:
     input_tokens: int = 0  # the prompt's token count, once tokenized (the BLS's num_input_tokens)
 
 
-# name -> (kind, numpy dtypes accepted)
-_SCALARS: dict[str, str] = {
-    "max_tokens": "int",
-    "end_id": "int",
-    "pad_id": "int",
-    "top_k": "int",
-    "min_length": "int",
-    "beam_width": "int",
-    "random_seed": "uint",
-    "top_p": "float",
-    "temperature": "float",
-    "length_penalty": "float",
-    "repetition_penalty": "float",
-    "presence_penalty": "float",
-    "frequency_penalty": "float",
-    "stream": "bool",
-    "exclude_input_in_output": "bool",
-    "return_log_probs": "bool",
-    "return_num_input_tokens": "bool",
-    "return_num_output_tokens": "bool",
-}
-
-
-def batch_size_of(array: np.ndarray, name: str) -> int:
-    if array.ndim == 0:
-        return 1
-    return int(array.shape[0])
-
-
 def check_batch_one(inputs: Mapping[str, np.ndarray]) -> None:
     """koserve serves one prompt per request: a batch dimension larger than 1 is refused by name."""
     for name, arr in inputs.items():
@@ -221,17 +192,16 @@ def validate_lengths(input_len: int, max_tokens: int, limits: ServingLimits) -> 
 
 
 def sampling_from(inputs: Mapping[str, np.ndarray | None], names: Mapping[str, str] | None = None) -> SamplingParams:
-    """Read sampling inputs; ``names`` maps our field names to the tensor names used (default: the same)."""
+    """Read sampling inputs; ``names`` maps our field names to the tensor names used (default: the same); errors
+    name the field."""
     names = names or {}
 
     def get(field_name: str, kind: str):
-        tensor = names.get(field_name, field_name)
-        return scalar(inputs.get(tensor), tensor, kind)
+        return scalar(inputs.get(names.get(field_name, field_name)), field_name, kind)
 
     def get_aliased(field_name: str, alias: str, kind: str):
-        tensor, alias_tensor = names.get(field_name, field_name), names.get(alias, alias)
-        value = scalar(inputs.get(tensor), tensor, kind)
-        other = scalar(inputs.get(alias_tensor), alias_tensor, kind)
+        value = get(field_name, kind)
+        other = get(alias, kind)
         if value is not None and other is not None and value != other:
             raise InvalidRequestError(
                 f"inputs {field_name!r} ({value}) and {alias!r} ({other}) name the same option: give one")
@@ -316,32 +286,65 @@ def check_unsupported(inputs: Mapping[str, np.ndarray | None], names: Mapping[st
             raise InvalidRequestError(f"input {name!r} = {value} is not supported by koserve (only {allowed})")
 
 
-def parse_generation_request(inputs: Mapping[str, np.ndarray | None]) -> GenerationRequest:
-    """Parse the ``ensemble``/``tensorrt_llm_bls`` inputs (tensor names as in NVIDIA's inflight_batcher_llm)."""
+# Where each request field is read from: the ensemble and the BLS take NVIDIA's client-facing names as they are;
+# ``preprocessing`` gets them under the names NVIDIA's ensemble maps them to (its v0.19 / 1.2.1 templates).
+ENSEMBLE_TENSORS: dict[str, str] = {}
+PREPROCESSING_TENSORS: dict[str, str] = {
+    "text_input": "QUERY", "max_tokens": "REQUEST_OUTPUT_LEN", "bad_words": "BAD_WORDS_DICT",
+    "stop_words": "STOP_WORDS_DICT", "end_id": "END_ID", "pad_id": "PAD_ID", "stream": "STREAM",
+    "exclude_input_in_output": "EXCLUDE_INPUT_IN_OUTPUT", "return_num_input_tokens": "RETURN_NUM_INPUT_TOKENS",
+    "return_num_output_tokens": "RETURN_NUM_OUTPUT_TOKENS",
+    # sampling options preprocessing validates before the engine
+    "temperature": "TEMPERATURE", "top_k": "RUNTIME_TOP_K", "top_p": "RUNTIME_TOP_P", "length_penalty": "LEN_PENALTY",
+    "repetition_penalty": "REPETITION_PENALTY", "presence_penalty": "PRESENCE_PENALTY",
+    "frequency_penalty": "FREQUENCY_PENALTY", "min_length": "MIN_LENGTH", "min_tokens": "MIN_TOKENS",
+    "beam_width": "BEAM_WIDTH", "random_seed": "RANDOM_SEED", "seed": "SEED",
+    # NVIDIA inputs koserve refuses unless off (UNSUPPORTED_INPUTS)
+    "decoder_text_input": "DECODER_QUERY", "num_return_sequences": "NUM_RETURN_SEQUENCES",
+    "return_context_logits": "RETURN_CONTEXT_LOGITS", "return_generation_logits": "RETURN_GENERATION_LOGITS",
+    "return_perf_metrics": "RETURN_PERF_METRICS", "prompt_embedding_table": "PROMPT_EMBEDDING_TABLE",
+    "prompt_table_extra_id": "PROMPT_TABLE_EXTRA_ID", "prompt_vocab_size": "PROMPT_VOCAB_SIZE",
+    "embedding_bias_words": "EMBEDDING_BIAS_WORDS", "embedding_bias_weights": "EMBEDDING_BIAS_WEIGHTS",
+    "lora_task_id": "LORA_TASK_ID", "lora_weights": "LORA_WEIGHTS", "lora_config": "LORA_CONFIG",
+    "guided_decoding_guide_type": "GUIDED_DECODING_GUIDE_TYPE", "guided_decoding_guide": "GUIDED_DECODING_GUIDE",
+    "image_input": "IMAGE_INPUT", "image_bytes_input": "IMAGE_BYTES", "image_url_input": "IMAGE_URL",
+    "video_bytes_input": "VIDEO_BYTES",
+}
+
+
+def parse_generation_request(inputs: Mapping[str, np.ndarray | None],
+                             names: Mapping[str, str] = ENSEMBLE_TENSORS) -> GenerationRequest:
+    """Parse one request (batch size 1). ``names`` maps each field (NVIDIA's client-facing input name) to the
+    tensor that carries it (default: the same name; :data:`PREPROCESSING_TENSORS` for ``preprocessing``). Errors
+    name the client-facing input."""
+
+    def get(name: str):
+        return inputs.get(names.get(name, name))
+
     present = {k: v for k, v in inputs.items() if v is not None}
     check_batch_one(present)
-    check_unsupported(inputs)
-    text = text_value(inputs.get("text_input"), "text_input")
+    check_unsupported(inputs, names)
+    text = text_value(get("text_input"), "text_input")
     if not text.strip():
         raise InvalidRequestError("text_input is empty: send a non-empty prompt")
-    max_tokens = scalar(inputs.get("max_tokens"), "max_tokens", "int")
+    max_tokens = scalar(get("max_tokens"), "max_tokens", "int")
     if max_tokens is None:
         raise InvalidRequestError("input 'max_tokens' is required")
     if max_tokens <= 0:
         raise InvalidRequestError(f"max_tokens must be >= 1, got {max_tokens}")
 
     def flag(name: str, default: bool) -> bool:
-        value = scalar(inputs.get(name), name, "bool")
+        value = scalar(get(name), name, "bool")
         return default if value is None else value
 
     return GenerationRequest(
         text=text,
         max_tokens=max_tokens,
-        stop_words=word_values(inputs.get("stop_words"), "stop_words"),
-        bad_words=word_values(inputs.get("bad_words"), "bad_words"),
-        end_id=scalar(inputs.get("end_id"), "end_id", "int"),
-        pad_id=scalar(inputs.get("pad_id"), "pad_id", "int"),
-        sampling=sampling_from(inputs),
+        stop_words=word_values(get("stop_words"), "stop_words"),
+        bad_words=word_values(get("bad_words"), "bad_words"),
+        end_id=scalar(get("end_id"), "end_id", "int"),
+        pad_id=scalar(get("pad_id"), "pad_id", "int"),
+        sampling=sampling_from(inputs, names),
         stream=flag("stream", False),
         exclude_input_in_output=flag("exclude_input_in_output", True),
         return_log_probs=flag("return_log_probs", False),

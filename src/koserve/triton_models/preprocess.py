@@ -14,18 +14,13 @@ import numpy as np
 
 from koserve.errors import InvalidRequestError
 from koserve.triton_models.params import (
+    PREPROCESSING_TENSORS,
     SEED_LIMIT,
     GenerationRequest,
-    SamplingParams,
     ServingLimits,
-    check_batch_one,
-    check_unsupported,
-    sampling_from,
-    scalar,
-    text_value,
+    parse_generation_request,
     validate_lengths,
     validate_token_id,
-    word_values,
 )
 from koserve.triton_models.settings import ModelSettings
 from koserve.triton_models.startsignal import StreamStart
@@ -67,48 +62,8 @@ class EngineInputs:
 class Preprocessor:
     """Tokenizes prompts and builds stop/bad word lists for one profile + tokenizer + engine limits."""
 
-    # preprocessing-model tensor names for the sampling options it validates (mapped from the ensemble inputs)
-    SAMPLING_TENSORS = {
-        "temperature": "TEMPERATURE",
-        "top_k": "RUNTIME_TOP_K",
-        "top_p": "RUNTIME_TOP_P",
-        "length_penalty": "LEN_PENALTY",
-        "repetition_penalty": "REPETITION_PENALTY",
-        "presence_penalty": "PRESENCE_PENALTY",
-        "frequency_penalty": "FREQUENCY_PENALTY",
-        "min_length": "MIN_LENGTH",
-        "min_tokens": "MIN_TOKENS",
-        "beam_width": "BEAM_WIDTH",
-        "random_seed": "RANDOM_SEED",
-        "seed": "SEED",
-    }
-    # NVIDIA inputs koserve refuses unless off (see koserve.triton_models.params.UNSUPPORTED_INPUTS) -> preprocessing names
-    UNSUPPORTED_TENSORS = {
-        "decoder_text_input": "DECODER_QUERY",
-        "num_return_sequences": "NUM_RETURN_SEQUENCES",
-        "return_context_logits": "RETURN_CONTEXT_LOGITS",
-        "return_generation_logits": "RETURN_GENERATION_LOGITS",
-        "return_perf_metrics": "RETURN_PERF_METRICS",
-        "prompt_embedding_table": "PROMPT_EMBEDDING_TABLE",
-        "prompt_table_extra_id": "PROMPT_TABLE_EXTRA_ID",
-        "prompt_vocab_size": "PROMPT_VOCAB_SIZE",
-        "embedding_bias_words": "EMBEDDING_BIAS_WORDS",
-        "embedding_bias_weights": "EMBEDDING_BIAS_WEIGHTS",
-        "lora_task_id": "LORA_TASK_ID",
-        "lora_weights": "LORA_WEIGHTS",
-        "lora_config": "LORA_CONFIG",
-        "guided_decoding_guide_type": "GUIDED_DECODING_GUIDE_TYPE",
-        "guided_decoding_guide": "GUIDED_DECODING_GUIDE",
-        "image_input": "IMAGE_INPUT",
-        "image_bytes_input": "IMAGE_BYTES",
-        "image_url_input": "IMAGE_URL",
-        "video_bytes_input": "VIDEO_BYTES",
-    }
-    FLAG_TENSORS = ("STREAM", "EXCLUDE_INPUT_IN_OUTPUT", "RETURN_NUM_INPUT_TOKENS", "RETURN_NUM_OUTPUT_TOKENS")
-    INPUT_TENSORS = (
-        "QUERY", "REQUEST_OUTPUT_LEN", "BAD_WORDS_DICT", "STOP_WORDS_DICT", "END_ID", "PAD_ID", "IMAGES",
-        *FLAG_TENSORS, *dict.fromkeys(SAMPLING_TENSORS.values()), *UNSUPPORTED_TENSORS.values(),
-    )
+    # the preprocessing model's inputs: each request field under its preprocessing name, and NVIDIA's IMAGES
+    INPUT_TENSORS = (*dict.fromkeys(PREPROCESSING_TENSORS.values()), "IMAGES")
 
     def __init__(self, settings: ModelSettings):
         self.settings = settings
@@ -206,35 +161,16 @@ to stream); ``STREAM`` → ``OUT_STREAMING`` (the engine's ``streaming``): true 
         the client asked to stream **and** set a request id (``postprocessing`` follows a stream by its id; without
         one the engine answers in one response, decoded exactly). Also returns the :class:`StreamStart` that
         ``postprocessing`` needs to see the request's end."""
-        check_batch_one({k: v for k, v in inputs.items() if v is not None})
-        check_unsupported(inputs, self.UNSUPPORTED_TENSORS)
         images = inputs.get("IMAGES")
         if images is not None and np.asarray(images).size:
             raise InvalidRequestError("input 'IMAGES' is not supported by koserve (text models only): leave it out")
-        text = text_value(inputs.get("QUERY"), "text_input")
-        max_tokens = scalar(inputs.get("REQUEST_OUTPUT_LEN"), "max_tokens", "int")
-        if max_tokens is None:
-            raise InvalidRequestError("input 'max_tokens' is required")
-        sampling: SamplingParams = sampling_from(inputs, self.SAMPLING_TENSORS)
-        request_words = word_values(inputs.get("STOP_WORDS_DICT"), "stop_words")
-        prepared = self.engine_inputs(
-            text,
-            max_tokens,
-            stop_words=request_words,
-            bad_words=word_values(inputs.get("BAD_WORDS_DICT"), "bad_words"),
-            end_id=scalar(inputs.get("END_ID"), "end_id", "int"),
-            pad_id=scalar(inputs.get("PAD_ID"), "pad_id", "int"),
-        )
-
-        def flag(name: str, default: bool) -> bool:
-            value = scalar(inputs.get(name), name.lower(), "bool")
-            return default if value is None else value
-
-        asked_to_stream = flag("STREAM", False)
-        streaming = asked_to_stream and bool(request_id)
+        req = parse_generation_request(inputs, PREPROCESSING_TENSORS)
+        prepared = self.for_request(req)
+        streaming = req.stream and bool(request_id)
         # a streamed answer never starts with the prompt (TensorRT-LLM streams new tokens only), also when it comes
         # in one response for want of a request id
-        exclude = flag("EXCLUDE_INPUT_IN_OUTPUT", True) or asked_to_stream
+        exclude = req.exclude_input_in_output or req.stream
+        sampling = req.sampling
         n = prepared.input_len
         outputs = {
             "INPUT_ID": prepared.input_ids[None, :],
@@ -262,9 +198,9 @@ to stream); ``STREAM`` → ``OUT_STREAMING`` (the engine's ``streaming``): true 
             exclude_input_in_output=exclude,
             end_ids=(prepared.end_id,),
             stop_ids=tuple(tuple(w) for w in parse_word_list(prepared.stop_words_list, "stop_words_list")),
-            stop_words=request_words,
-            return_num_input_tokens=flag("RETURN_NUM_INPUT_TOKENS", False),
-            return_num_output_tokens=flag("RETURN_NUM_OUTPUT_TOKENS", False),
+            stop_words=req.stop_words,
+            return_num_input_tokens=req.return_num_input_tokens,
+            return_num_output_tokens=req.return_num_output_tokens,
         )
         return outputs, start
 

@@ -1,16 +1,20 @@
-"""Bad input → a clear error naming what was wrong and the limit, and the server keeps serving (issue §6).
-
-Each case goes to both ``ensemble`` and ``tensorrt_llm_bls`` over gRPC streaming, then a good request must still
-succeed. The server (replay mode, akallama-70b) is rendered with max_input_len 384 and max_seq_len 512."""
+"""Bad input gets a clear error naming what was wrong and the limit, and the server keeps serving: every case to both
+``ensemble`` and ``tensorrt_llm_bls`` (gRPC streaming; HTTP ``generate`` answers INVALID_ARG as 400), a missing
+required input, token ids outside the vocabulary (refused by preprocessing, the BLS and the engine), and Triton's
+HTTP JSON integers wrapping to int32. The server (replay mode, akallama-70b) is rendered with max_input_len 384 and
+max_seq_len 512."""
 
 from __future__ import annotations
 
 import uuid
 
+import httpx
 import numpy as np
 import pytest
 
-from koserve.server.triton_calls import TEXT_MODELS, grpc_stream, http_generate, text_inputs
+from koserve.server.triton_calls import TEXT_MODELS, grpc_stream, http_generate, http_generate_stream, text_inputs
+from koserve.text import load_tokenizer
+
 
 pytestmark = pytest.mark.server
 
@@ -126,3 +130,94 @@ def test_http_infer_on_decoupled_model_is_refused(server):
                           {"name": "max_tokens", "shape": [1, 1], "datatype": "INT32", "data": [4]}]}
     resp = httpx.post(f"{server.http_url}/v2/models/ensemble/infer", json=payload, timeout=30)
     assert resp.status_code >= 400 and "decoupled" in resp.text.lower()
+
+
+def rid() -> str:
+    return uuid.uuid4().hex
+
+
+@pytest.mark.parametrize("model", TEXT_MODELS)
+@pytest.mark.parametrize(
+    ("payload", "fragments"),
+    [
+        ({"text_input": "안녕", "max_tokens": 0}, ["max_tokens must be >= 1", "got 0"]),
+        ({"text_input": "안녕", "max_tokens": 600}, ["max sequence length 512"]),
+        ({"text_input": "안녕 " * 400, "max_tokens": 8}, ["max input length is 384"]),
+        ({"text_input": "안녕", "max_tokens": 8, "top_p": 1.5}, ["top_p must be in (0, 1]"]),
+    ],
+)
+def test_bad_input_is_invalid_arg(server, model, payload, fragments):
+    """INVALID_ARG → HTTP 400 on generate (the gateway maps it without guessing); the message names the limit.
+    Over gRPC stream_infer Triton carries only the message (no status code per streamed response)."""
+    resp = httpx.post(f"{server.http_url}/v2/models/{model}/generate", json=payload, timeout=30)
+    assert resp.status_code == 400, (resp.status_code, resp.text)
+    message = resp.json()["error"]
+    for fragment in fragments:
+        assert fragment in message, message
+    res = grpc_stream(server.grpc_url, model, text_inputs(payload["text_input"], payload["max_tokens"],
+                                                           top_p=payload.get("top_p")), request_id=rid())
+    assert res.error is not None and all(f in res.error for f in fragments), res.error
+    status, body = http_generate(server.http_url, model, {"text_input": "안녕", "max_tokens": 4}, request_id=rid())
+    assert status == 200 and body.get("text_output"), body
+
+
+@pytest.mark.parametrize("missing", ["text_input", "max_tokens"])
+def test_ensemble_without_a_required_input_names_it(server, missing):
+    inputs = text_inputs("안녕?", 4)
+    del inputs[missing]
+    res = grpc_stream(server.grpc_url, "ensemble", inputs, request_id=f"ks-{uuid.uuid4()}", timeout=30)
+    assert res.error is not None and f"'{missing}' is required" in res.error, (res.text, res.error)
+    payload = {"text_input": "안녕?", "max_tokens": 4, "stream": True}
+    del payload[missing]
+    res = http_generate_stream(server.http_url, "ensemble", payload, request_id=f"ks-{uuid.uuid4()}", timeout=30)
+    assert res.error is not None and "HTTP 400" in res.error and f"'{missing}' is required" in res.error, res.error
+    ok = grpc_stream(server.grpc_url, "ensemble", text_inputs("안녕?", 4), request_id=f"ks-{uuid.uuid4()}")
+    assert ok.error is None and ok.text
+
+
+@pytest.mark.parametrize("model", TEXT_MODELS)
+@pytest.mark.parametrize("name", ["end_id", "pad_id"])
+@pytest.mark.parametrize("value", [10**9, -1])
+def test_text_models_refuse_ids_outside_the_vocabulary(server, model, name, value):
+    res = grpc_stream(server.grpc_url, model, text_inputs("안녕?", 4, **{name: value}),
+                      request_id=f"ks-{uuid.uuid4()}", timeout=30)
+    assert res.error is not None and f"{name} {value}" in res.error and "128256" in res.error, res.error
+
+
+def _engine_inputs(ids, **extra):
+    inputs = {
+        "input_ids": np.array([ids], dtype=np.int32),
+        "input_lengths": np.array([[len(ids)]], dtype=np.int32),
+        "request_output_len": np.array([[4]], dtype=np.int32),
+        "streaming": np.array([[True]], dtype=np.bool_),
+    }
+    inputs.update({k: np.array([[v]], dtype=np.int32) for k, v in extra.items()})
+    return inputs
+
+
+@pytest.mark.parametrize(
+    ("ids", "extra", "fragment"),
+    [
+        ([9906, 10**9], {}, "input_ids hold 1 token id(s) outside the vocabulary [0, 128256)"),
+        ([-1, 9906], {}, "input_ids hold 1 token id(s) outside the vocabulary [0, 128256)"),
+        ([9906, 1917], {"end_id": 10**9}, "end_id 1000000000 is outside [-1, 128256)"),
+    ],
+)
+def test_engine_refuses_ids_outside_the_vocabulary(server, ids, extra, fragment):
+    res = grpc_stream(server.grpc_url, "tensorrt_llm", _engine_inputs(ids, **extra), output="output_ids",
+                      request_id=f"ks-{uuid.uuid4()}", timeout=30)
+    assert res.error is not None and fragment in res.error, res.error
+    ok = grpc_stream(server.grpc_url, "tensorrt_llm", _engine_inputs([9906, 1917]), output="output_ids",
+                     request_id=f"ks-{uuid.uuid4()}", timeout=30)
+    assert ok.error is None
+
+
+def test_http_json_integers_wrap_to_int32(server):
+    """Triton 2.51's HTTP JSON parser wraps integers to int32 before koserve sees them (docs/serving.md): 2**32 + 4
+    runs as 4 tokens, 2**40 arrives as 0. koserve's client and gateway refuse such values before sending."""
+    status, body = http_generate(server.http_url, "ensemble", {"text_input": "안녕?", "max_tokens": 2**32 + 4})
+    assert status == 200 and "error" not in body
+    tokenizer = load_tokenizer(server.tokenizer_dir)
+    assert len(tokenizer.encode(body["text_output"], add_special_tokens=False)) <= 4
+    status, body = http_generate(server.http_url, "ensemble", {"text_input": "안녕?", "max_tokens": 2**40})
+    assert "max_tokens must be >= 1, got 0" in str(body)

@@ -1,5 +1,5 @@
-"""The BLS engine reader's fast paths: DATA frames merged before ``h2`` sees them, streamed engine responses decoded
-without the general path — same bytes and ids as without them."""
+"""The engine reader's DATA-frame merging (``engine_h2.DataFrameMerger``): same payload bytes in order, same
+flow-controlled length, whole frames only, never above the frame-size limit; ``h2`` accepts the result."""
 
 from __future__ import annotations
 
@@ -9,13 +9,10 @@ import h2.config
 import h2.connection
 import h2.events
 import hyperframe.frame as hf
-import numpy as np
 import pytest
 from h2.frame_buffer import FrameBuffer
 
-from koserve.triton_models.engine_client import chunk_from_proto
 from koserve.triton_models.engine_h2 import DataFrameMerger
-from koserve.triton_models.postprocess import tokens_of
 
 
 def _data(stream_id, payload, *flags):
@@ -88,40 +85,3 @@ def test_h2_sees_merged_frames_with_the_same_flow_controlled_length():
     assert len(data) == 1 and data[0].data == b"".join(bytes([i]) * 7 for i in range(10))
     assert data[0].flow_controlled_length == 70
     assert client.inbound_flow_control_window == 65535 - 70
-
-
-def _response(ids_shape, ids, seq, order=("output_ids", "sequence_length"), seq_dtype="INT32"):
-    from tritonclient.grpc import service_pb2
-
-    r = service_pb2.ModelInferResponse(id="r")
-    arrays = {"output_ids": (np.asarray(ids, dtype=np.int32).reshape(ids_shape), "INT32"),
-              "sequence_length": (np.asarray(seq, dtype=np.int32 if seq_dtype == "INT32" else np.int64), seq_dtype)}
-    for name in order:
-        arr, dtype = arrays[name]
-        out = r.outputs.add()
-        out.name, out.datatype = name, dtype
-        out.shape.extend(arr.shape)
-        r.raw_output_contents.append(arr.tobytes())
-    return r, arrays
-
-
-@pytest.mark.parametrize("shape,ids,seq", [
-    ((1, 1, 1), [7], [[1]]),
-    ((1, 1, 3), [7, 8, 9], [[3]]),
-    ((1, 1, 3), [7, 8, 9], [[2]]),  # cut at the length
-    ((1, 2, 3), [7, 8, 9, 4, 5, 6], [[3, 1]]),  # beams: beam 0
-    ((1, 1, 0), [], [[0]]),
-    ((1, 1, 2), [7, 8], [[5]]),  # a length beyond the ids: all of them
-])
-@pytest.mark.parametrize("order", [("output_ids", "sequence_length"), ("sequence_length", "output_ids")])
-def test_streamed_responses_decode_to_the_same_ids_as_the_general_path(shape, ids, seq, order):
-    r, arrays = _response(shape, ids, seq, order)
-    expected = tokens_of(arrays["output_ids"][0], arrays["sequence_length"][0])
-    chunk = chunk_from_proto(r, final=True)
-    assert chunk.final and chunk.ids.dtype == np.int32
-    assert chunk.ids.tolist() == expected.tolist()
-
-
-def test_unusual_responses_take_the_general_path():
-    r, arrays = _response((1, 1, 2), [7, 8], [[1]], seq_dtype="INT64")
-    assert chunk_from_proto(r, final=False).ids.tolist() == [7]

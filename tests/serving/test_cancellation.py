@@ -1,10 +1,11 @@
-"""Ending streams early leaves nothing in flight and cannot kill the server (issue 18 §2).
+"""Ending streams early stops the engine and leaves nothing in flight, and cannot kill the server.
 
-Its own server (replay, 20 ms per token: a 200-token answer streams for ~4 s). Every way koserve ends a stream
-early — ``close()`` of the sync and the async client, the idle timeout, Ctrl-C in ``koserve chat``'s REPL (the real
-CLI in a pty) — must stop the generation: right afterwards Triton, told to shut down, finds no in-flight inference.
-The cancellation soak (``scripts/soak_cancel.py``, shortened) runs against a server of its own.
-"""
+- a cancelled direct engine stream stops the engine; a client's cancel plus TensorRT-LLM ``stop`` for its id stops
+  it through the ensemble and the BLS; the BLS notices a client that went away by itself (``cancel_poll_s``);
+- every way koserve ends a stream early — ``close()`` of the sync and the async client, the idle timeout, Ctrl-C in
+  ``koserve chat``'s REPL (the real CLI in a pty) — stops the generation: right afterwards Triton, told to shut down,
+  finds no in-flight inference (a server of its own: replay, 20 ms per token);
+- the cancellation soak (``scripts/soak_cancel.py``, shortened) against a server of its own."""
 
 from __future__ import annotations
 
@@ -12,47 +13,100 @@ import asyncio
 import json
 import os
 import pty
-import select
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from koserve.client import AsyncChatClient, ChatClient
 from koserve.client.errors import RequestTimeoutError
 from koserve.server.tritonserver import in_flight_at_shutdown
+from koserve.server.triton_calls import TEXT_MODELS, grpc_stream, text_inputs
+
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
 MODELS = ("ensemble", "tensorrt_llm_bls")
+
+
 LONG = 200  # tokens: ~4 s at 20 ms each
 
 
-class _Terminal:
-    """What a pty's master end has received so far (bytes: a UTF-8 character may arrive split in two reads)."""
-
-    def __init__(self, fd: int):
-        self.fd, self.data = fd, b""
-
-    @property
-    def text(self) -> str:
-        return self.data.decode(errors="replace")
-
-    def read_until(self, done, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not done(self.text) and time.monotonic() < deadline:
-            ready, _, _ = select.select([self.fd], [], [], 0.1)
-            if ready:
-                try:
-                    self.data += os.read(self.fd, 4096)
-                except OSError:
-                    break
-        return done(self.text)
+PROMPT = "네 이름은 뭐야?"
 
 
-def _ctrl_c_in_repl(url: str, model: str) -> str:
+def rid() -> str:
+    return uuid.uuid4().hex
+
+
+# -- the engine stops ------------------------------------------------------------------------------------------
+
+
+# --- cancellation -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def slow_server(triton_servers):
+    """Replay at 30 ms/token with ONE engine slot: a request the engine did not stop blocks the next one."""
+    return triton_servers("akallama-70b", "replay", replay_delay_ms=30, max_batch_size=1)
+
+
+def _engine_inputs(tokens: int) -> dict:
+    return {
+        "input_ids": np.array([[128000, 9906]], dtype=np.int32),
+        "input_lengths": np.array([[2]], dtype=np.int32),
+        "request_output_len": np.array([[tokens]], dtype=np.int32),
+        "streaming": np.array([[True]], dtype=np.bool_),
+    }
+
+
+def _assert_engine_free(server):
+    # 150 tokens x 30 ms = 4.5 s if the engine kept going; a stopped engine takes the next request at once
+    t0 = time.perf_counter()
+    nxt = grpc_stream(server.grpc_url, "tensorrt_llm_bls", text_inputs(PROMPT, 2), request_id=rid(), timeout=30)
+    assert nxt.error is None and nxt.text
+    assert time.perf_counter() - t0 < 2.0, "the cancelled request kept the engine busy"
+
+
+@pytest.mark.server
+def test_cancelled_engine_stream_stops_the_engine(slow_server):
+    first = grpc_stream(slow_server.grpc_url, "tensorrt_llm", _engine_inputs(150), request_id=rid(),
+                        output="output_ids", cancel_after=3)
+    assert first.error is None and len(first.pieces) >= 1
+    _assert_engine_free(slow_server)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("model", TEXT_MODELS)
+def test_client_cancel_with_stop_request_stops_the_engine(slow_server, model):
+    """What the koserve client does on cancel: close the stream and send tensorrt_llm a TensorRT-LLM `stop` for its
+    request id — through the ensemble and through the BLS (which gives the engine request the client's id)."""
+    request_id = rid()
+    first = grpc_stream(slow_server.grpc_url, model, text_inputs(PROMPT, 150), request_id=request_id, cancel_after=3)
+    assert first.error is None and len(first.pieces) >= 1
+    stop = {**_engine_inputs(1), "stop": np.array([[True]], dtype=np.bool_)}
+    stopped = grpc_stream(slow_server.grpc_url, "tensorrt_llm", stop, request_id=request_id, output="output_ids")
+    assert stopped.error is None
+    _assert_engine_free(slow_server)
+
+
+@pytest.mark.server
+def test_bls_cancel_polling_stops_the_engine(triton_servers, monkeypatch):
+    """The BLS notices a client that went away by itself (cancel_poll_s, default 0.25 s; 0.1 here)."""
+    monkeypatch.setenv("KOSERVE_BLS_CANCEL_POLL_S", "0.1")  # read by the BLS stub of the server started here
+    server = triton_servers("akallama-70b", "replay", replay_delay_ms=29, max_batch_size=1)
+    first = grpc_stream(server.grpc_url, "tensorrt_llm_bls", text_inputs(PROMPT, 150), request_id=rid(),
+                        cancel_after=3)
+    assert first.error is None and len(first.pieces) >= 1
+    _assert_engine_free(server)
+
+
+# -- koserve's own early ends ----------------------------------------------------------------------------------
+def _ctrl_c_in_repl(url: str, model: str, pty_reader) -> str:
     """Run ``koserve chat`` interactively, Ctrl-C (SIGINT) in the middle of an answer, then /exit; its output."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
@@ -60,7 +114,7 @@ def _ctrl_c_in_repl(url: str, model: str) -> str:
         stdin=slave, stdout=slave, stderr=slave, close_fds=True, start_new_session=True,
     )
     os.close(slave)
-    term = _Terminal(master)
+    term = pty_reader(master)
     try:
         assert term.read_until(lambda t: ">>> " in t, 60), term.text
         os.write(master, "안녕하세요\n".encode())
@@ -68,7 +122,7 @@ def _ctrl_c_in_repl(url: str, model: str) -> str:
         assert term.read_until(lambda t: t.count("안녕하세요") >= 2, 30), term.text
         time.sleep(0.3)  # in the middle of the answer
         proc.send_signal(signal.SIGINT)
-        assert term.read_until(lambda t: "(stopped)" in t, 15), term.text
+        assert term.read_until(lambda t: "(stopped" in t, 15), term.text  # "(stopped)" or "(stopped: ...)"
         assert term.read_until(lambda t: t.rstrip().endswith(">>>"), 15), term.text
         os.write(master, b"/exit\n")
         proc.wait(timeout=15)
@@ -83,7 +137,7 @@ def _ctrl_c_in_repl(url: str, model: str) -> str:
 
 @pytest.mark.server
 @pytest.mark.timeout(400)
-def test_every_early_end_of_a_koserve_stream_leaves_nothing_in_flight(tmp_path, replay_text_file):
+def test_every_early_end_of_a_koserve_stream_leaves_nothing_in_flight(tmp_path, replay_text_file, pty_reader):
     from koserve.testing.stack import serve_cpu
 
     with serve_cpu("akallama-70b", "replay", replay_text_file=replay_text_file, replay_delay_ms=20.0,
@@ -118,7 +172,7 @@ def test_every_early_end_of_a_koserve_stream_leaves_nothing_in_flight(tmp_path, 
                     # leaving the block: close() waits for the cancelled task's call to be ended (stop + drain)
 
             asyncio.run(async_close())
-            out = _ctrl_c_in_repl(ep.grpc_url, model)
+            out = _ctrl_c_in_repl(ep.grpc_url, model, pty_reader)
             assert "Traceback" not in out, out
         time.sleep(0.5)
         ep.server.stop()

@@ -1,6 +1,5 @@
-"""Postprocessing with Triton's dynamic batching (render option ``postprocessing_max_queue_delay_us``): the rendered
-config holds the block, ``execute`` keeps each request id's order when one call carries several engine responses,
-and a real server loads it and streams exact Korean text to concurrent ensemble streams."""
+"""Postprocessing with dynamic batching: one ``execute`` call carries engine responses of many streams (several of one
+stream, in order), each stream's text stays exact — on a fake ``pb`` and on the real server."""
 
 from __future__ import annotations
 
@@ -10,34 +9,14 @@ import uuid
 import numpy as np
 import pytest
 
-from koserve.errors import ConfigError
 from koserve.fixtures import tokenizer_dir
-from koserve.triton_models.models import PostprocessingModel
-from koserve.triton_models.postprocess import StreamRegistry
-from koserve.repo.render import RenderOptions, read_repo_info, render_repository
 from koserve.server.triton_calls import grpc_stream, text_inputs
 from koserve.text import load_tokenizer
+from koserve.triton_models.models import PostprocessingModel
+from koserve.triton_models.postprocess import StreamRegistry
+
 
 KOREAN = "안녕하세요, 반갑습니다! 뷁똠햏 🤗\n다음 줄."
-
-
-def _render(tmp_path, **kw):
-    return render_repository(RenderOptions(profile="akallama-70b", tokenizer_dir=tokenizer_dir("llama3"),
-                                           out=tmp_path / "r", replay=True, force=True, **kw))
-
-
-def test_render_postprocessing_dynamic_batching_block(tmp_path):
-    body = lambda r: (r.path / "postprocessing" / "config.pbtxt").read_text().split("\nname:", 1)[1]  # no comments
-    assert "dynamic_batching" not in body(_render(tmp_path, postprocessing_max_queue_delay_us=0))
-    assert "max_queue_delay_microseconds: 1000\n" in body(_render(tmp_path))  # the default
-    r = _render(tmp_path, postprocessing_max_queue_delay_us=250)
-    text = (r.path / "postprocessing" / "config.pbtxt").read_text()
-    assert "dynamic_batching {\n  max_queue_delay_microseconds: 250\n}" in text and "{{" not in text
-    assert read_repo_info(r.path)["context"]["postprocessing_max_queue_delay_us"] == 250
-    for other in ("preprocessing", "ensemble", "tensorrt_llm_bls"):
-        assert "max_queue_delay_microseconds" not in (r.path / other / "config.pbtxt").read_text()
-    with pytest.raises(ConfigError, match="postprocessing_max_queue_delay_us"):
-        _render(tmp_path, postprocessing_max_queue_delay_us=-1)
 
 
 class _Tensor:

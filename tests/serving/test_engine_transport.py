@@ -1,4 +1,7 @@
-"""The BLS's engine client (koserve.triton_models.engine_h2) against a real tritonserver's gRPC endpoint."""
+"""The BLS's engine transport (``koserve.triton_models.engine_h2.H2EngineClient``) against a real tritonserver's gRPC
+endpoint: concurrent requests each get their own tokens and a final response, a request larger than the server's
+flow-control window, an engine error with its Triton code, ids in flight, ``stop``, an unreachable engine, a
+dropped connection."""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ import uuid
 import numpy as np
 import pytest
 
-from koserve.triton_models.engine_client import EngineError
-from koserve.triton_models.engine_h2 import H2EngineClient, _trailer_reason
+from koserve.triton_models.engine_h2 import H2EngineClient
+from koserve.triton_models.engine_types import EngineError
+
 
 OUTPUTS = ["output_ids", "sequence_length"]
 
@@ -35,8 +39,8 @@ class Collector:
         if chunk.final:
             self.done.set()
 
-    def on_error(self, message, invalid):
-        self.error = (message, invalid)
+    def on_error(self, message, code):
+        self.error = (message, code)
         self.done.set()
 
 
@@ -88,13 +92,15 @@ def test_a_request_larger_than_the_servers_flow_control_window_arrives_whole(cli
     assert client._conn.window_waits >= 1  # the test still tests that
 
 
-def test_an_engine_error_reaches_the_handler_as_invalid(client):
+def test_an_engine_error_reaches_the_handler_with_the_request_error_code(client):
+    """Triton sends a request's error on the shared stream as text only: its code is engine_wire's fixed
+    REQUEST_ERROR_CODE whatever the text says (the BLS refuses bad input itself before the engine sees it)."""
     handler = Collector()
     too_long = {"input_ids": np.full((1, 400), 9906, dtype=np.int32), "input_lengths": np.array([[400]], np.int32)}
     client.submit(uuid.uuid4().hex, engine_tensors(5, **too_long), OUTPUTS, handler)
     assert handler.done.wait(30)
-    message, invalid = handler.error
-    assert "input length 400 exceeds the engine's max_input_len 384" in message and invalid
+    message, code = handler.error
+    assert "input length 400 exceeds the engine's max_input_len 384" in message and code == "INTERNAL"
     ok = Collector()  # the shared stream is still good
     client.submit(uuid.uuid4().hex, engine_tensors(4), OUTPUTS, ok)
     assert ok.done.wait(30) and ok.error is None and len(ok.ids) == 4
@@ -150,17 +156,6 @@ def test_bad_url_is_refused():
         H2EngineClient("localhost", "tensorrt_llm")
 
 
-@pytest.mark.parametrize(("headers", "reason"), [
-    ([(":status", "200"), ("content-type", "application/grpc")], None),
-    ([("grpc-status", "0")], None),
-    ([("grpc-status", "14"), ("grpc-message", "Socket%20closed")],
-     "the engine stream failed: gRPC status 14: Socket closed"),
-    ([(b"grpc-status", b"3"), (b"grpc-message", b"bad")], "the engine stream failed: gRPC status 3: bad"),
-])
-def test_trailer_reason(headers, reason):
-    assert _trailer_reason(headers) == reason
-
-
 def test_requests_in_flight_fail_when_the_connection_drops():
     """A peer that accepts and hangs up (a server going away): every request on the connection gets an error, and
     the next request opens a new connection."""
@@ -177,11 +172,11 @@ def test_requests_in_flight_fail_when_the_connection_drops():
             peer.close()
             for handler in handlers:
                 assert handler.done.wait(10)
-                message, invalid = handler.error
+                message, code = handler.error
                 # closed, or reset (the peer closed with our request unread)
                 assert re.fullmatch(r"tensorrt_llm_bls: the engine (connection closed|stream failed: "
                                     r"ConnectionResetError: .*Connection reset by peer)", message), message
-                assert not invalid
+                assert code == "UNAVAILABLE"
             later = Collector()
             engine.submit(uuid.uuid4().hex, engine_tensors(2), OUTPUTS, later)  # a new connection
             listener.accept()[0].close()
