@@ -4,7 +4,7 @@
     python scripts/reliability_report.py            # bad inputs, faults, leaks (+ a 400-request cancellation soak)
     python scripts/reliability_report.py --soak 2000 --json
 
-1. Bad inputs: each malformed request (the cases of tests/serving/test_serving_bad_input.py) goes to ``ensemble``
+1. Bad inputs: each malformed request (the cases of tests/serving/test_bad_input.py) goes to ``ensemble``
    and ``tensorrt_llm_bls`` over gRPC (plus two HTTP ones); counted: tried / answered with a clear error (the message
    names what was wrong) / the server kept serving (a good request right after succeeds).
 2. Faults: kill -9 of each python stub with a stream in flight, and of tritonserver itself; counted as recovered when

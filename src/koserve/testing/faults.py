@@ -1,6 +1,6 @@
 """Fault injection against a real ``koserve serve``: start the CLI in a subprocess, find its tritonserver and python
 stubs, read its health endpoints, and check what a dead server left behind (processes, listening ports, shm regions).
-Used by tests/serving/test_reliability_*.py and scripts/reliability_report.py."""
+Used by tests/serving/test_faults.py, test_health.py, test_reaper.py, test_supervisor.py and scripts/reliability_report.py."""
 
 from __future__ import annotations
 
