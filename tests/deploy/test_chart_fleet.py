@@ -507,56 +507,57 @@ def test_stream_tokens_are_the_profiles_max_tokens(kit):
 
 @pytest.mark.parametrize("values_files, sets", [
     ((), ()), (BOTH, ()), ((), FLEET), ((), ("gateway.enabled=true", KEY_SECRET)),
-    ((), ("shutdown.worstInterTokenSeconds=1", "shutdown.firstTokenSeconds=10")),
-], ids=["default", "two-models", "sidecar", "gateway-deployment", "faster-tokens"])
+    ((), ("shutdown.worstInterTokenSeconds=1", "shutdown.firstTokenSeconds=20", "shutdown.exitTimeoutSeconds=60")),
+], ids=["default", "two-models", "sidecar", "gateway-deployment", "slower-tokens"])
 def test_drain_grace_is_derived_from_the_profile(chart, kit, values_files, sets):
-    """--exit-timeout-secs = ceil(streamTokens[profile] × worstInterTokenSeconds) + firstTokenSeconds; koserve
-    serve's own SIGKILL (its real default_stop_grace of that flag) and the preStop fit inside the pod's
-    terminationGracePeriodSeconds, on every container that serves a stream of that model."""
+    """koserve serve's --drain-grace is koserve's own drain_grace() of the profile's longest stream
+    (streamTokens[profile] tokens at worstInterTokenSeconds, plus firstTokenSeconds), rounded up; the preStop, that
+    grace, Triton's exit timeout and koserve serve's SIGKILL after it (its real default_stop_grace) fit inside the
+    pod's terminationGracePeriodSeconds, on every pod that serves or routes a stream of that model."""
     from koserve.cli.serve import server_extra_args
+    from koserve.server.drain import drain_grace
     from koserve.server.tritonserver import default_stop_grace
 
     docs = chart.template(values_files, sets)
     values = kit.load_values(*values_files)
     for key, value in (s.split("=", 1) for s in sets if s.startswith("shutdown.")):
-        values["shutdown"][key.split(".", 1)[1]] = float(value)
+        values["shutdown"][key.split(".", 1)[1]] = int(value)
     shutdown = values["shutdown"]
+    drain, exit_timeout = shutdown["drainSeconds"], shutdown["exitTimeoutSeconds"]
     for model, m in values["models"].items():
         if not m["enabled"]:
             continue
-        grace = math.ceil(round(shutdown["streamTokens"][m["profile"]] * shutdown["worstInterTokenSeconds"], 6)) \
-            + int(shutdown["firstTokenSeconds"])
-        deployment = docs.one("Deployment", f"ks-koserve-{model}")
-        spec = deployment["spec"]["template"]["spec"]
+        grace = math.ceil(round(drain_grace(shutdown["streamTokens"][m["profile"]], shutdown["worstInterTokenSeconds"],
+                                            shutdown["firstTokenSeconds"]), 6))
+        pod_grace = drain + grace + exit_timeout + 15
+        spec = docs.one("Deployment", f"ks-koserve-{model}")["spec"]["template"]["spec"]
         triton = {c["name"]: c for c in spec["containers"]}["triton"]
         [serve_argv] = kit.koserve_invocations(triton["args"][0])
         args, error = kit.parse_koserve(serve_argv)
         assert error is None, error
+        assert args.drain_grace == grace
         extra = server_extra_args(args)
-        assert f"--exit-timeout-secs={grace}" in extra
-        stop_grace = default_stop_grace(extra)
-        drain = shutdown["drainSeconds"]
-        assert spec["terminationGracePeriodSeconds"] == drain + grace + 15
-        assert spec["terminationGracePeriodSeconds"] >= drain + stop_grace + 5
+        assert f"--exit-timeout-secs={exit_timeout}" in extra
+        assert spec["terminationGracePeriodSeconds"] == pod_grace
+        assert pod_grace >= drain + args.drain_grace + default_stop_grace(extra) + 5
         for container in spec["containers"]:
             assert container["lifecycle"]["preStop"]["exec"]["command"][-1] == f"sleep {drain}", container["name"]
-        route = [r for r in docs.of_kind("HTTPRoute") if r["metadata"]["labels"]["koserve.io/model"] == model]
-        for r in route:
-            assert r["spec"]["rules"][0]["timeouts"]["request"] == f"{grace}s"
-        gateway_deployments = [d for d in docs.of_kind("Deployment") if d["metadata"]["name"] ==
-                               f"ks-koserve-{model}-gateway"]
-        for gw in gateway_deployments:
-            assert gw["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == drain + grace + 15
-        epps = [d for d in docs.of_kind("Deployment") if d["metadata"]["name"] == f"ks-koserve-{model}-epp"]
-        for epp in epps:
-            assert epp["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == drain + grace + 15
+        for route in docs.of_kind("HTTPRoute"):
+            if route["metadata"]["labels"]["koserve.io/model"] == model:
+                assert route["spec"]["rules"][0]["timeouts"]["request"] == f"{grace}s"
+        for suffix in ("gateway", "epp"):
+            for d in docs.of_kind("Deployment"):
+                if d["metadata"]["name"] == f"ks-koserve-{model}-{suffix}":
+                    assert d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == pod_grace
 
 
-def test_drain_override_applies_to_every_model(chart, kit):
-    docs = chart.template(BOTH, ("shutdown.exitTimeoutSeconds=120",))
+def test_drain_grace_override_applies_to_every_model(chart, kit):
+    docs = chart.template(BOTH, ("shutdown.streamGraceSeconds=120",))
+    shutdown = kit.load_values()["shutdown"]
     for deployment in docs.of_kind("Deployment"):
         spec = deployment["spec"]["template"]["spec"]
-        assert spec["terminationGracePeriodSeconds"] == kit.load_values()["shutdown"]["drainSeconds"] + 120 + 15
+        assert spec["terminationGracePeriodSeconds"] == shutdown["drainSeconds"] + 120 + shutdown[
+            "exitTimeoutSeconds"] + 15
         triton = {c["name"]: c for c in spec["containers"]}.get("triton")
         if triton:
-            assert "--exit-timeout-secs=120" in triton["args"][0]
+            assert "--drain-grace 120 " in triton["args"][0]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 import shlex
 import subprocess
@@ -225,11 +224,7 @@ def test_probes_and_graceful_shutdown(chart, kit, values_file, model, min_startu
     assert f"--ready-timeout {startup_budget} " in c["args"][0]
     # Graceful shutdown: drain, then Triton's own exit timeout, inside the grace period.
     spec = kit.pod_spec(d)
-    # (the stream grace derived from the profile: tests/deploy/test_chart_fleet.py checks the derivation)
-    shutdown = values["shutdown"]
-    drain = shutdown["drainSeconds"]
-    stream_tokens = shutdown["streamTokens"][values["models"][model]["profile"]]
-    exit_timeout = math.ceil(round(stream_tokens * shutdown["worstInterTokenSeconds"], 6)) + shutdown["firstTokenSeconds"]
+    drain, exit_timeout = values["shutdown"]["drainSeconds"], values["shutdown"]["exitTimeoutSeconds"]
     assert c["lifecycle"]["preStop"]["exec"]["command"][-1] == f"sleep {drain}"
     assert f"--exit-timeout-secs={exit_timeout}" in c["args"][0]
     assert spec["terminationGracePeriodSeconds"] > drain + exit_timeout
@@ -248,7 +243,7 @@ def test_server_and_render_commands(chart, kit):
     script = c["triton"]["args"][0]
     assert re.search(r"exec koserve serve --repo /repo/model_repository \\\n\s+--http-port 8000 --grpc-port 8001 "
                      r"--metrics-port 8002 \\\n\s+--health-port 8003 \\\n\s+--host 0.0.0.0 --ready-timeout 2400 "
-                     r"\\\n\s+-- \\", script), script
+                     r"\\\n\s+--drain-grace 830 \\\n\s+-- \\", script), script
     restricted = "model-repository,shared-memory,logging,trace:koserve-admin-key=${TRITON_ADMIN_KEY}"
     for flag in ("--model-control-mode=none", "--metrics-config histogram_latencies=true",
                  f'--http-restricted-api="{restricted}"', f'--grpc-restricted-protocol="{restricted}"'):
@@ -713,7 +708,7 @@ def test_pod_commands_run_with_the_real_koserve_cli(chart, kit, tmp_path):
     assert len(ranks) == 4 and cmd.startswith("mpirun ")
     rank0 = ranks[0]
     for flag in ("--http-address=0.0.0.0", "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002",
-                 "--model-control-mode=none", "--exit-timeout-secs=850", "--metrics-config histogram_latencies=true",
+                 "--model-control-mode=none", "--exit-timeout-secs=30", "--metrics-config histogram_latencies=true",
                  f"--model-repository={repo}"):
         assert flag in rank0, f"{flag} not in {rank0}"
     apis = "model-repository,shared-memory,logging,trace"

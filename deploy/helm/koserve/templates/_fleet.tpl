@@ -138,25 +138,30 @@ The gateway container of a Triton pod (gateway.mode=sidecar; nothing otherwise).
 {{- end -}}
 
 {{/*
-Drain. How long a stream still in flight at SIGTERM may need to finish: the profile's longest stream
-(shutdown.streamTokens[<profile>]) × shutdown.worstInterTokenSeconds + shutdown.firstTokenSeconds, rounded up;
-shutdown.exitTimeoutSeconds, when set, replaces it for every model. Triton gets it as --exit-timeout-secs.
+Drain. The stream grace of a model: how long a stream admitted just before SIGTERM may still need, the profile's
+longest stream (shutdown.streamTokens[<profile>]) × shutdown.worstInterTokenSeconds + shutdown.firstTokenSeconds,
+rounded up (koserve.server.drain.drain_grace); shutdown.streamGraceSeconds, when set, replaces it for every model.
+koserve serve gets it as --drain-grace.
 */}}
 {{- define "koserve.model.streamSeconds" -}}
 {{- $s := .root.Values.shutdown -}}
-{{- if kindIs "invalid" $s.exitTimeoutSeconds -}}
+{{- if kindIs "invalid" $s.streamGraceSeconds -}}
 {{- $tokens := dig .m.profile 0 (default dict $s.streamTokens) -}}
 {{- if not $tokens -}}
-{{- fail (printf "shutdown.streamTokens has no entry for profile %s (models.%s.profile): give its longest stream in tokens, or set shutdown.exitTimeoutSeconds" .m.profile .name) -}}
+{{- fail (printf "shutdown.streamTokens has no entry for profile %s (models.%s.profile): give its longest stream in tokens, or set shutdown.streamGraceSeconds" .m.profile .name) -}}
 {{- end -}}
 {{- $ms := add (ceil (mulf (float64 $tokens) (float64 $s.worstInterTokenSeconds) 1000.0)) (mul (int $s.firstTokenSeconds) 1000) -}}
 {{- div (add $ms 999) 1000 -}}
 {{- else -}}
-{{- int $s.exitTimeoutSeconds -}}
+{{- int $s.streamGraceSeconds -}}
 {{- end -}}
 {{- end -}}
 
-{{/* preStop (keep serving while endpoints are removed) + the stream grace + 15 s for koserve serve's stop grace (+5) and exit. */}}
+{{/*
+preStop (serve while the endpoint leaves Services) + the stream grace (koserve serve drains) + Triton's exit timeout
+(koserve serve sends SIGKILL 5 s after it) + 10 s to exit.
+*/}}
 {{- define "koserve.model.terminationGracePeriodSeconds" -}}
-{{- add (int .root.Values.shutdown.drainSeconds) (int (include "koserve.model.streamSeconds" .)) 15 -}}
+{{- $s := .root.Values.shutdown -}}
+{{- add (int $s.drainSeconds) (int (include "koserve.model.streamSeconds" .)) (int $s.exitTimeoutSeconds) 15 -}}
 {{- end -}}

@@ -294,11 +294,12 @@ exec koserve serve --repo {{ include "koserve.repoDir" . }} \
   --http-port {{ $t.ports.http }} --grpc-port {{ $t.ports.grpc }} --metrics-port {{ $t.ports.metrics }} \
   --health-port {{ $t.ports.health }} \
   --host 0.0.0.0 --ready-timeout {{ mul (int .m.probes.startup.periodSeconds) (int .m.probes.startup.failureThreshold) }} \
+  --drain-grace {{ include "koserve.model.streamSeconds" . }} \
   -- \
   --model-control-mode={{ $t.modelControlMode }} \
   --http-restricted-api="{{ $restricted }}" \
   --grpc-restricted-protocol="{{ $restricted }}" \
-  --exit-timeout-secs={{ include "koserve.model.streamSeconds" . }} \
+  --exit-timeout-secs={{ .root.Values.shutdown.exitTimeoutSeconds }} \
   {{- if $t.histogramLatencies }}
   --metrics-config histogram_latencies=true \
   {{- end }}
