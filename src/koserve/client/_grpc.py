@@ -108,6 +108,23 @@ def _declared_inputs(config: dict) -> tuple[set[str], bool]:
     return names, int(config.get("max_batch_size", 0) or 0) > 0
 
 
+# Inputs these text models (koserve's and NVIDIA's ensemble, BLS and engine) declare one-dimensional per request.
+_ONE_DIM_INPUTS = ("max_tokens", "request_output_len", "text_input", "input_ids", "stop")
+
+
+def _restricted(exc: BaseException) -> bool:
+    """Triton refused the call for a missing restricted-API header (``--grpc-restricted-protocol``)."""
+    return "is restricted" in str(exc)
+
+
+def _declared_from_metadata(metadata: dict) -> tuple[set[str], bool]:
+    """Declared inputs and batching from a model's metadata, for servers that restrict model-config (the Helm
+    chart does): a batched model's metadata shapes carry the batch dimension, so a one-dimensional input has rank 2."""
+    shapes = {i["name"]: i.get("shape", []) for i in metadata.get("inputs", [])}
+    batch = next((len(shapes[n]) == 2 for n in _ONE_DIM_INPUTS if n in shapes), True)
+    return set(shapes), batch
+
+
 def _infer_inputs(tensors: list[WireTensor], batch: bool):
     import tritonclient.grpc as grpcclient  # noqa: PLC0415
 
@@ -198,13 +215,18 @@ class GrpcTransport:
         timeout = _config_timeout(self.connect_timeout, deadline, self.url, model)
         client = self._acquire()
         try:
-            config = client.get_model_config(model, as_json=True, headers=self.headers or None,
-                                             client_timeout=timeout)
+            try:
+                info = _declared_inputs(client.get_model_config(model, as_json=True, headers=self.headers or None,
+                                                                client_timeout=timeout))
+            except InferenceServerException as exc:
+                if not _restricted(exc):
+                    raise
+                info = _declared_from_metadata(client.get_model_metadata(
+                    model, as_json=True, headers=self.headers or None, client_timeout=timeout))
         except InferenceServerException as exc:
             self._release(client)
             raise map_grpc_error(exc, self.url, model) from None
         self._release(client)
-        info = _declared_inputs(config)
         self._models[model] = info
         return info
 
@@ -383,11 +405,16 @@ class AsyncGrpcTransport:
         timeout = _config_timeout(self.connect_timeout, deadline, self.url, model)
         client = self._get_client()
         try:
-            config = await client.get_model_config(model, as_json=True, headers=self.headers or None,
-                                                   client_timeout=timeout)
+            try:
+                info = _declared_inputs(await client.get_model_config(
+                    model, as_json=True, headers=self.headers or None, client_timeout=timeout))
+            except InferenceServerException as exc:
+                if not _restricted(exc):
+                    raise
+                info = _declared_from_metadata(await client.get_model_metadata(
+                    model, as_json=True, headers=self.headers or None, client_timeout=timeout))
         except InferenceServerException as exc:
             raise map_grpc_error(exc, self.url, model) from None
-        info = _declared_inputs(config)
         self._models[model] = info
         return info
 
