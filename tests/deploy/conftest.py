@@ -34,7 +34,10 @@ CRD_SCHEMAS = {
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("KOSERVE_CACHE") or Path.home() / ".cache" / "koserve")
+    """koserve's cache (the rule scripts/get_helm.sh follows too)."""
+    from koserve.fixtures import cache_dir
+
+    return cache_dir()
 
 
 def _helm_runs(path: str | Path) -> bool:
@@ -333,38 +336,107 @@ def _selects(selector: dict | None, labels: dict) -> bool:
 
 @dataclass(frozen=True)
 class Peer:
-    """A client pod: its namespace (with the namespace's labels) and its own labels."""
+    """The other end of a connection: a pod (its namespace, with the namespace's labels, and its own labels), or an
+    address outside the cluster (``ip``; only ipBlock peers match it)."""
 
-    namespace: str
-    labels: dict
+    namespace: str = ""
+    labels: dict | None = None
     namespace_labels: dict | None = None
+    ip: str | None = None
 
     def ns_labels(self) -> dict:
         return {"kubernetes.io/metadata.name": self.namespace, **(self.namespace_labels or {})}
 
 
-def network_policy_admits(policy: dict, peer: Peer, port: int, policy_namespace: str) -> bool:
-    """Whether an Ingress NetworkPolicy admits TCP traffic from ``peer`` to ``port`` of the pods it selects
-    (Kubernetes semantics: rules are ORed; a rule without ports admits every port, without from every source; a peer
-    with only podSelector means the policy's own namespace)."""
-    for rule in policy["spec"].get("ingress") or []:
+def _peer_matches(peer_spec: dict, peer: Peer, policy_namespace: str) -> bool:
+    """One NetworkPolicyPeer against a pod or an outside address (a peer with only podSelector means the policy's
+    own namespace; ipBlock is for addresses outside the cluster)."""
+    import ipaddress
+
+    if "ipBlock" in peer_spec:
+        if peer.ip is None:
+            return False  # pod-to-pod traffic is judged by the selectors
+        block = peer_spec["ipBlock"]
+        address = ipaddress.ip_address(peer.ip)
+        net = ipaddress.ip_network(block["cidr"])
+        if address.version != net.version or address not in net:
+            return False
+        return not any(address.version == ipaddress.ip_network(e).version and address in ipaddress.ip_network(e)
+                       for e in block.get("except", []))
+    if peer.ip is not None:
+        return False
+    ns_sel = peer_spec.get("namespaceSelector")
+    ns_ok = peer.namespace == policy_namespace if ns_sel is None else _selects(ns_sel, peer.ns_labels())
+    return ns_ok and _selects(peer_spec.get("podSelector"), peer.labels or {})
+
+
+def _rules_admit(rules: list | None, key: str, peer: Peer, port: int, protocol: str, policy_namespace: str) -> bool:
+    for rule in rules or []:
         ports = rule.get("ports")
-        if ports and not any(p.get("protocol", "TCP") == "TCP" and p.get("port") in (None, port) for p in ports):
+        if ports and not any(p.get("protocol", "TCP") == protocol and p.get("port") in (None, port) for p in ports):
             continue
-        sources = rule.get("from")
-        if not sources:
+        peers = rule.get(key)
+        if not peers:
             return True
-        for src in sources:
-            if "ipBlock" in src:
-                continue  # pod-to-pod traffic is judged by the selectors here
-            ns_sel = src.get("namespaceSelector")
-            if ns_sel is None:
-                ns_ok = peer.namespace == policy_namespace
-            else:
-                ns_ok = _selects(ns_sel, peer.ns_labels())
-            if ns_ok and _selects(src.get("podSelector"), peer.labels):
-                return True
+        if any(_peer_matches(spec, peer, policy_namespace) for spec in peers):
+            return True
     return False
+
+
+def network_policy_admits(policy: dict, peer: Peer, port: int, policy_namespace: str, protocol: str = "TCP") -> bool:
+    """Whether an Ingress NetworkPolicy admits traffic from ``peer`` to ``port`` of the pods it selects
+    (Kubernetes semantics: rules are ORed; a rule without ports admits every port, without from every source)."""
+    return _rules_admit(policy["spec"].get("ingress"), "from", peer, port, protocol, policy_namespace)
+
+
+def network_policy_allows_egress(policy: dict, peer: Peer, port: int, policy_namespace: str,
+                                 protocol: str = "TCP") -> bool:
+    """Whether the pods a NetworkPolicy selects may open connections to ``peer`` on ``port``: always when the policy
+    has no Egress type; otherwise only when an egress rule allows it (a rule without ports allows every port,
+    without `to` every destination)."""
+    if "Egress" not in policy["spec"].get("policyTypes", []):
+        return True
+    return _rules_admit(policy["spec"].get("egress"), "to", peer, port, protocol, policy_namespace)
+
+
+# ------------------------------------------------------------------------- a read-only root, as in the pods
+
+_READ_ONLY_SETUP = r"""
+set -eu
+# Every mount read-only (as readOnlyRootFilesystem makes the container's root), except the kernel's /proc, /sys and
+# the device nodes (/dev, /dev/pts, /dev/mqueue); /dev/shm too, unless it is listed writable below.
+for mp in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
+  case "$mp" in /proc|/proc/*|/sys|/sys/*|/dev|/dev/pts|/dev/pts/*|/dev/mqueue) continue ;; esac
+  mount -o remount,bind,ro "$mp"
+done
+# The emptyDirs: fresh, empty, writable.
+for dir in $KOSERVE_TEST_TMPFS; do mount -t tmpfs -o size=1g,mode=1777 tmpfs "$dir"; done
+# Writable folders whose content outlives the namespace (an emptyDir one container fills and the next one reads).
+for dir in $KOSERVE_TEST_RW; do mount --bind "$dir" "$dir"; mount -o remount,bind,rw "$dir"; done
+unset KOSERVE_TEST_TMPFS KOSERVE_TEST_RW
+exec "$@"
+"""
+
+
+def read_only_root_argv(argv: list[str], writable: list[str], keep: list[str] = ()
+                        ) -> tuple[list[str], dict[str, str]]:
+    """``argv`` run in a mount namespace of its own where every file system is read-only and only ``writable``
+    (empty tmpfs mounts, like a pod's emptyDirs) and ``keep`` (folders bound writable, their content kept) can be
+    written: (argv to run, env to add). Needs root (unshare -m). Paths with spaces are not supported."""
+    assert all(" " not in w for w in [*writable, *keep]), (writable, keep)
+    wrapped = ["unshare", "--mount", "--propagation", "private", "--", "bash", "-c", _READ_ONLY_SETUP,
+               "read-only-root", *argv]
+    return wrapped, {"KOSERVE_TEST_TMPFS": " ".join(writable), "KOSERVE_TEST_RW": " ".join(keep)}
+
+
+def read_only_root_unavailable() -> str | None:
+    """Why a read-only mount namespace cannot be made here (None when it can)."""
+    if not shutil.which("unshare"):
+        return "no unshare binary"
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "bash", "-c",
+                            "mount -o remount,bind,ro / && ! touch /.koserve-ro-probe 2>/dev/null"],
+                           capture_output=True, text=True, timeout=30)
+    return None if probe.returncode == 0 else f"unshare -m / remount failed: {probe.stderr.strip()[:200]}"
 
 
 class DeployKit:
@@ -388,6 +460,9 @@ class DeployKit:
     tritonserver_flag_problems = staticmethod(tritonserver_flag_problems)
     parse_quantity = staticmethod(parse_quantity)
     network_policy_admits = staticmethod(network_policy_admits)
+    network_policy_allows_egress = staticmethod(network_policy_allows_egress)
+    read_only_root_argv = staticmethod(read_only_root_argv)
+    read_only_root_unavailable = staticmethod(read_only_root_unavailable)
     Peer = Peer
 
 

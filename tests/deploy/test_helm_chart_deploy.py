@@ -12,9 +12,12 @@ import yaml
 
 ALL_VALUES = ["values.yaml", "values-akallama-70b-fp8-tp4.yaml", "values-komt-13b-fp8-tp1.yaml",
               "values-both-h100x8.yaml"]
+# The built-in two-node recipe: TP2 × PP2 over 2 pods of 2 GPUs.
 LWS_SETS = ("models.akallama-70b.enabled=true", "models.akallama-70b.multiNode.enabled=true",
-            "models.akallama-70b.multiNode.sshSecret=akallama-ssh", "models.akallama-70b.engine.pipelineParallel=2",
-            "models.akallama-70b.engine.dir=engines/akallama-70b-fp8-h100-tp4-pp2",
+            "models.akallama-70b.multiNode.sshSecret=akallama-ssh",
+            "models.akallama-70b.engine.recipe=akallama-70b-fp8-h100-tp2pp2-2node",
+            "models.akallama-70b.engine.tensorParallel=2", "models.akallama-70b.engine.pipelineParallel=2",
+            "models.akallama-70b.engine.dir=engines/akallama-70b-fp8-h100-tp2pp2-2node",
             "models.komt-13b.enabled=false")
 GATEWAY_SETS = ("gateway.enabled=true", "gateway.apiKeysSecret.name=koserve-api-keys")
 MONITORING_SETS = ("monitoring.podMonitor.enabled=true", "monitoring.prometheusRule.enabled=true",
@@ -151,11 +154,11 @@ def test_gpu_count_is_tp_times_pp(chart, kit, values_file):
         env = {e["name"]: e.get("value") for e in c["render-repository"]["env"]}
         assert env["KOSERVE_WORLD_SIZE"] == str(gpus)
         assert env["ENGINE_DIR"] == f"/models/{engine['dir']}"
-        # The recipe named in values builds an engine of the same size (when the build component ships it).
-        recipe = kit.repo / "build" / "recipes" / f"{engine['recipe']}.yaml"
-        if recipe.exists():
-            par = yaml.safe_load(recipe.read_text()).get("parallelism", {})
-            assert par.get("tp", 1) * par.get("pp", 1) == gpus, f"{recipe.name} disagrees with {values_file}"
+        # The recipe named in values builds an engine of the same size (koserve's own recipe loader).
+        from koserve.engines.recipe import load_recipe
+
+        par = load_recipe(engine["recipe"]).parallelism
+        assert (par.tp, par.pp) == (engine["tensorParallel"], engine["pipelineParallel"]), values_file
     # All models together fit one 8-GPU node.
     total = sum(kit.gpu_count(kit.containers(d)["triton"])[1] for d in rendered.of_kind("Deployment"))
     assert total <= 8
@@ -181,11 +184,11 @@ def test_multi_node_splits_gpus_over_the_group(chart, kit):
     assert lwt["size"] == 2 and lwt["restartPolicy"] == "RecreateGroupOnPodRestart"
     leader = {c["name"]: c for c in lwt["leaderTemplate"]["spec"]["containers"]}["triton"]
     worker = {c["name"]: c for c in lwt["workerTemplate"]["spec"]["containers"]}["mpi-worker"]
-    # TP4 × PP2 = 8 ranks over 2 pods: 4 GPUs each, 8 ranks in total.
-    assert kit.gpu_count(leader) == (4, 4) and kit.gpu_count(worker) == (4, 4)
+    # TP2 × PP2 = 4 ranks over 2 pods: 2 GPUs each, 4 ranks in total.
+    assert kit.gpu_count(leader) == (2, 2) and kit.gpu_count(worker) == (2, 2)
     init = lwt["leaderTemplate"]["spec"]["initContainers"][0]
-    assert {e["name"]: e.get("value") for e in init["env"]}["KOSERVE_WORLD_SIZE"] == "8"
-    assert "slots=4" in leader["args"][0] and "koserve serve" in leader["args"][0]
+    assert {e["name"]: e.get("value") for e in init["env"]}["KOSERVE_WORLD_SIZE"] == "4"
+    assert "slots=2" in leader["args"][0] and "koserve serve" in leader["args"][0]
     assert "sshd" in worker["args"][0]
     # The Service targets the leader only.
     svc = rendered.one("Service", "-akallama-70b")
@@ -244,7 +247,8 @@ def test_server_and_render_commands(chart, kit):
     assert re.search(r"exec koserve serve --repo /repo/model_repository \\\n\s+--http-port 8000 --grpc-port 8001 "
                      r"--metrics-port 8002 \\\n\s+--health-port 8003 \\\n\s+--host 0.0.0.0 --ready-timeout 2400 "
                      r"\\\n\s+--drain-grace 830 \\\n\s+-- \\", script), script
-    restricted = "model-repository,shared-memory,logging,trace:koserve-admin-key=${TRITON_ADMIN_KEY}"
+    restricted = ",".join(kit.load_values()["triton"]["restrictedApi"]["categories"]) + \
+        ":koserve-admin-key=${TRITON_ADMIN_KEY}"
     for flag in ("--model-control-mode=none", "--metrics-config histogram_latencies=true",
                  f'--http-restricted-api="{restricted}"', f'--grpc-restricted-protocol="{restricted}"'):
         assert flag in script
@@ -276,7 +280,7 @@ def _shell_scripts(rendered, kit):
 
 
 def test_embedded_shell_scripts_parse(chart, kit):
-    rendered = chart.template(("values-both-h100x8.yaml",), LWS_SETS[1:5])
+    rendered = chart.template(("values-both-h100x8.yaml",), LWS_SETS[1:7])
     scripts = dict(_shell_scripts(rendered, kit))
     assert len(scripts) >= 6  # init + server of each Deployment, LWS leader/worker init + main
     for where, script in scripts.items():
@@ -371,7 +375,7 @@ PROMETHEUS = {"app.kubernetes.io/name": "prometheus", "app.kubernetes.io/managed
 def test_network_policy_admits_only_gateway_tests_and_prometheus_by_default(chart, kit):
     rendered = chart.template((), GATEWAY_SETS)
     netpol = rendered.one("NetworkPolicy", "-komt-13b")
-    assert netpol["spec"]["policyTypes"] == ["Ingress"]
+    assert netpol["spec"]["policyTypes"] == ["Ingress", "Egress"]
     # Every rule names its sources: a rule without `from` would admit any pod of any namespace.
     assert all(rule.get("from") for rule in netpol["spec"]["ingress"]), netpol["spec"]["ingress"]
     gateway = _pod_labels(rendered.one("Deployment", "-komt-13b-gateway"), kit)
@@ -396,7 +400,7 @@ def test_network_policy_admits_only_gateway_tests_and_prometheus_by_default(char
     komt_policy = both.one("NetworkPolicy", "-komt-13b")
     assert not kit.network_policy_admits(komt_policy, Peer("serving", aka_gateway), 8001, "serving")
     gw = rendered.one("NetworkPolicy", "-gateway")
-    assert [p["port"] for p in gw["spec"]["ingress"][0]["ports"]] == [9000]
+    assert [p["port"] for p in gw["spec"]["ingress"][0]["ports"]] == [8080]
 
 
 def test_network_policy_with_no_client_admits_nobody(chart, kit, tmp_path):
@@ -522,7 +526,7 @@ def test_gateway(chart, kit):
         assert c["command"] == ["koserve"]
         args, error = kit.parse_koserve(c["args"])
         assert error is None, error
-        assert (args.command, args.host, args.port) == ("gateway", "0.0.0.0", 9000)
+        assert (args.command, args.host, args.port) == ("gateway", "0.0.0.0", 8080)
         # The gateway's own config loader accepts the route: OpenAI name = model key, the profile, Triton over gRPC.
         route, = load_config(model_specs=args.models, environ={}).models
         tokenizer = "/models/" + kit.load_values("values-both-h100x8.yaml")["models"][model]["engine"]["tokenizerDir"]
@@ -541,7 +545,7 @@ def test_gateway(chart, kit):
         assert c["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "http"}
         assert "tcpSocket" not in c["readinessProbe"] and "tcpSocket" not in c["livenessProbe"]
         svc = rendered.one("Service", f"-{model}-gateway")
-        assert [p["port"] for p in svc["spec"]["ports"]] == [9000]
+        assert [p["port"] for p in svc["spec"]["ports"]] == [8080]
     bls = kit.containers(chart.template(*TOGGLES["gateway-bls-ports"]).one("Deployment", "-komt-13b-gateway"))
     args, error = kit.parse_koserve(bls["gateway"]["args"])
     assert error is None and args.port == 9100, error
@@ -552,7 +556,7 @@ def test_gateway(chart, kit):
     c = kit.containers(host.one("Deployment", "-komt-13b-gateway"))["gateway"]
     args, error = kit.parse_koserve(c["args"])
     assert error is None and load_config(model_specs=args.models, environ={}).models[0].tokenizer is None
-    assert [m["name"] for m in c["volumeMounts"]] == ["tmp"]
+    assert [m["name"] for m in c["volumeMounts"]] == ["tmp", "home"]
 
 
 def test_engine_build_job(chart, kit):
@@ -602,7 +606,7 @@ def test_helm_test_pod_chats_in_korean(chart, kit, values_file, profile):
     assert c["command"] == ["koserve"]
     args, error = kit.parse_koserve(c["args"])
     assert error is None, error
-    assert (args.command, args.url, args.protocol, args.profile, args.prompt, args.model) == (
+    assert (args.command, args.url, args.protocol, args.profile, args.prompt, args.target) == (
         "chat", f"{svc}:8001", "grpc", profile, "네 이름은 뭐야?", "ensemble")
     assert pod["spec"]["restartPolicy"] == "Never"
 
@@ -619,11 +623,11 @@ BAD_VALUES = {
     "bad shm quantity": (("models.komt-13b.shmSize=lots",), "/models/komt-13b/shmSize"),
     "model control explicit": (("triton.modelControlMode=explicit",), "/triton/modelControlMode"),
     "absolute engine dir": (("models.komt-13b.engine.dir=/engines/x",), "/models/komt-13b/engine/dir"),
-    "gateway without keys": (GATEWAY_SETS[:1], "/gateway/apiKeysSecret/name"),
+    "gateway without keys": (GATEWAY_SETS[:1], "the gateway needs gateway.apiKeysSecret.name"),
     "both monitors": (("monitoring.podMonitor.enabled=true", "monitoring.serviceMonitor.enabled=true"),
                       "podMonitor or serviceMonitor, not both"),
-    "world size beyond a node": (("models.komt-13b.engine.tensorParallel=8", "models.komt-13b.engine.pipelineParallel=2"),
-                                 "16 GPUs does not fit one node"),
+    "world size beyond a node": (("models.komt-13b.engine.tensorParallel=8", "models.komt-13b.engine.pipelineParallel=2",
+                                  "models.komt-13b.engine.recipe=custom"), "16 GPUs does not fit one node"),
     "nodes do not divide world": (("models.komt-13b.engine.tensorParallel=4", "models.komt-13b.multiNode.enabled=true",
                                    "models.komt-13b.multiNode.nodes=3", "models.komt-13b.multiNode.sshSecret=s"),
                                   "cannot be split evenly over multiNode.nodes = 3"),
@@ -711,7 +715,8 @@ def test_pod_commands_run_with_the_real_koserve_cli(chart, kit, tmp_path):
                  "--model-control-mode=none", "--exit-timeout-secs=30", "--metrics-config histogram_latencies=true",
                  f"--model-repository={repo}"):
         assert flag in rank0, f"{flag} not in {rank0}"
-    apis = "model-repository,shared-memory,logging,trace"
+    apis = ",".join(kit.load_values()["triton"]["restrictedApi"]["categories"])
+    assert {"model-config", "statistics", "logging", "model-repository"} <= set(apis.split(","))
     key = re.search(rf"--http-restricted-api={apis}:koserve-admin-key=([0-9a-f]+)", rank0)
     assert key and len(key.group(1)) == 64, rank0
     assert f"--grpc-restricted-protocol={apis}:koserve-admin-key={key.group(1)}" in rank0

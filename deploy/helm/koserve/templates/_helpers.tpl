@@ -88,6 +88,8 @@ koserve.io/profile: {{ .m.profile }}
 {{- if and .m.multiNode.enabled (not .m.multiNode.sshSecret) -}}
 {{- fail (printf "models.%s.multiNode.sshSecret: name a Secret with an SSH key pair (id_ed25519, id_ed25519.pub) for mpirun between the nodes" .name) -}}
 {{- end -}}
+{{- $_ := include "koserve.model.gpusPerPod" . -}}
+{{- include "koserve.model.checkRecipe" . -}}
 {{- range $kind, $r := .m.resources -}}
 {{- if hasKey $r "nvidia.com/gpu" -}}
 {{- fail (printf "models.%s.resources.%s: do not set nvidia.com/gpu; the chart requests engine.tensorParallel × engine.pipelineParallel GPUs" $.name $kind) -}}
@@ -95,17 +97,67 @@ koserve.io/profile: {{ .m.profile }}
 {{- end -}}
 {{- end -}}
 
-{{- define "koserve.image" -}}
-{{- printf "%s:%s" .Values.image.repository .Values.image.tag -}}
+{{/* An image reference: repository@digest when a digest is set (it wins over the tag), else repository:tag.
+(dict "repository" … "tag" … "digest" …) */}}
+{{- define "koserve.imageRef" -}}
+{{- if .digest -}}
+{{- printf "%s@%s" .repository .digest -}}
+{{- else -}}
+{{- printf "%s:%s" .repository .tag -}}
+{{- end -}}
 {{- end -}}
 
-{{/* image for a component with an optional override (dict "root" $ "image" <image values>) */}}
+{{/*
+engine.tensorParallel / pipelineParallel / profile against the built-in recipe named by engine.recipe. The chart
+cannot read recipes/ (outside the chart): engine-recipes.yaml is a copy of each built-in recipe's profile and
+parallelism, which tests/deploy keeps equal to recipes/*.yaml. A recipe not in it (a custom one) is not checked here;
+the init container still checks the engine's world size.
+*/}}
+{{- define "koserve.model.checkRecipe" -}}
+{{- $recipes := .root.Files.Get "engine-recipes.yaml" | fromYaml -}}
+{{- $r := get $recipes .m.engine.recipe -}}
+{{- if $r -}}
+{{- $tp := int .m.engine.tensorParallel -}}
+{{- $pp := int .m.engine.pipelineParallel -}}
+{{- if or (ne $tp (int $r.tp)) (ne $pp (int $r.pp)) -}}
+{{- fail (printf "models.%s.engine: tensorParallel=%d, pipelineParallel=%d contradict engine.recipe %s (recipes/%s.yaml: tp %d, pp %d); set them to the recipe's or name a recipe built for TP%d × PP%d" .name $tp $pp .m.engine.recipe .m.engine.recipe (int $r.tp) (int $r.pp) $tp $pp) -}}
+{{- end -}}
+{{- if ne .m.profile $r.profile -}}
+{{- fail (printf "models.%s.profile=%s contradicts engine.recipe %s, which builds profile %s" .name .m.profile .m.engine.recipe $r.profile) -}}
+{{- end -}}
+{{- if and .m.multiNode.enabled $r.gpusPerNode -}}
+{{- $perPod := int (include "koserve.model.gpusPerPod" .) -}}
+{{- if ne $perPod (int $r.gpusPerNode) -}}
+{{- fail (printf "models.%s.multiNode.nodes=%d gives %d GPU(s) per pod but engine.recipe %s is built for %d GPU(s) per node (recipes/%s.yaml parallelism.gpus_per_node)" .name (int .m.multiNode.nodes) $perPod .m.engine.recipe (int $r.gpusPerNode) .m.engine.recipe) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "koserve.image" -}}
+{{- include "koserve.imageRef" .Values.image -}}
+{{- end -}}
+
+{{/* image for a component with an optional override (dict "root" $ "image" <image values>): its own repository
+(with its own tag, else image.tag, and its own digest), else the main image. */}}
 {{- define "koserve.imageOr" -}}
 {{- if .image.repository -}}
-{{- printf "%s:%s" .image.repository (default .root.Values.image.tag .image.tag) -}}
+{{- include "koserve.imageRef" (dict "repository" .image.repository "tag" (default .root.Values.image.tag .image.tag) "digest" .image.digest) -}}
 {{- else -}}
 {{- include "koserve.image" .root -}}
 {{- end -}}
+{{- end -}}
+
+{{/* The images the enabled parts of the release run: a JSON object, image reference → the values key that sets
+it (image, gateway.image or tests.image). */}}
+{{- define "koserve.imagesInUse" -}}
+{{- $images := dict (include "koserve.image" .) "image" -}}
+{{- range $key, $image := dict "gateway" .Values.gateway.image "tests" .Values.tests.image -}}
+{{- if and (get $.Values $key).enabled $image.repository -}}
+{{- $_ := set $images (include "koserve.imageOr" (dict "root" $ "image" $image)) (printf "%s.image" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $images -}}
 {{- end -}}
 
 {{- define "koserve.serviceAccountName" -}}
@@ -166,8 +218,39 @@ koserve.io/profile: {{ .m.profile }}
   emptyDir:
     medium: Memory
     sizeLimit: {{ .m.shmSize }}
+{{ include "koserve.scratchVolumes" .root }}
+{{- end -}}
+
+{{/*
+The root filesystem is read-only (containerSecurityContext.readOnlyRootFilesystem): what a process writes goes to
+emptyDirs. tmp → /tmp: temp files, the log koserve serve keeps of tritonserver, Open MPI's session directory.
+home → $HOME: ~/.cache (Hugging Face, torch, CUDA's JIT cache under ~/.nv), the multi-node leader's ~/.ssh and MPI
+hostfile, a worker's sshd files.
+*/}}
+{{- define "koserve.homeDir" -}}/home/koserve{{- end -}}
+
+{{/* HOME and KOSERVE_CACHE (the image's /var/cache/koserve is on the read-only root): both in the home emptyDir. */}}
+{{- define "koserve.homeEnv" -}}
+- name: HOME
+  value: {{ include "koserve.homeDir" . }}
+- name: KOSERVE_CACHE
+  value: {{ printf "%s/.cache/koserve" (include "koserve.homeDir" .) }}
+{{- end -}}
+
+{{- define "koserve.scratchVolumes" -}}
 - name: tmp
-  emptyDir: {}
+  emptyDir:
+    sizeLimit: {{ .Values.scratch.tmp.sizeLimit }}
+- name: home
+  emptyDir:
+    sizeLimit: {{ .Values.scratch.home.sizeLimit }}
+{{- end -}}
+
+{{- define "koserve.scratchMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: home
+  mountPath: {{ include "koserve.homeDir" . }}
 {{- end -}}
 
 {{/*
@@ -194,8 +277,7 @@ render the Triton model repository with `koserve repo render`.
       value: {{ .m.engine.waitSeconds | quote }}
     - name: ENGINE_READY_FILE
       value: {{ $marker | quote }}
-    - name: HOME
-      value: /tmp
+    {{- include "koserve.homeEnv" . | nindent 4 }}
   command: ["/bin/bash", "-ec"]
   args:
     - |
@@ -229,17 +311,20 @@ render the Triton model repository with `koserve repo render`.
       readOnly: true
     - name: repo
       mountPath: /repo
-    - name: tmp
-      mountPath: /tmp
+    {{- include "koserve.scratchMounts" . | nindent 4 }}
 {{- end -}}
 
-{{/* extraInitContainers, each given initContainer.resources unless it sets its own (a list, maybe empty). */}}
+{{/* extraInitContainers, each given initContainer.resources and containerSecurityContext (read-only root) unless
+it sets its own (a list, maybe empty). */}}
 {{- define "koserve.extraInitContainers" -}}
 {{- $out := list -}}
 {{- range .Values.extraInitContainers -}}
 {{- $c := deepCopy . -}}
 {{- if not (hasKey $c "resources") -}}
 {{- $_ := set $c "resources" (deepCopy $.Values.initContainer.resources) -}}
+{{- end -}}
+{{- if not (hasKey $c "securityContext") -}}
+{{- $_ := set $c "securityContext" (deepCopy $.Values.containerSecurityContext) -}}
 {{- end -}}
 {{- $out = append $out $c -}}
 {{- end -}}
@@ -255,16 +340,15 @@ render the Triton model repository with `koserve repo render`.
   readOnly: true
 - name: repo
   mountPath: /repo
+  readOnly: true
 - name: dshm
   mountPath: /dev/shm
-- name: tmp
-  mountPath: /tmp
+{{ include "koserve.scratchMounts" . }}
 {{- end -}}
 
 {{/* Environment of the Triton container. */}}
 {{- define "koserve.model.serverEnv" -}}
-- name: HOME
-  value: /tmp
+{{ include "koserve.homeEnv" . }}
 {{- if .root.Values.triton.restrictedApi.secret.name }}
 - name: TRITON_ADMIN_KEY
   valueFrom:
@@ -345,6 +429,11 @@ lifecycle:
   preStop:
     exec:
       command: ["/bin/sh", "-c", "sleep {{ .Values.shutdown.drainSeconds }}"]
+{{- end -}}
+
+{{- define "koserve.dnsPorts" -}}
+- {port: 53, protocol: UDP}
+- {port: 53, protocol: TCP}
 {{- end -}}
 
 {{/* Enabled models, as a list of contexts. */}}
