@@ -561,3 +561,50 @@ def test_drain_grace_override_applies_to_every_model(chart, kit):
         triton = {c["name"]: c for c in spec["containers"]}.get("triton")
         if triton:
             assert "--drain-grace 120 " in triton["args"][0]
+
+
+# ------------------------------------------------------------------- the same series on a real Triton (CPU)
+
+def _matching(families: list, name: str, matchers: dict[str, str]) -> list:
+    return [s for f in families for s in f.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in matchers.items())]
+
+
+@pytest.mark.server
+def test_picker_and_keda_find_their_series_on_a_real_triton(chart, kit, triton_servers):
+    """Every metric spec the rendered endpoint picker reads, and every KEDA query's selector, matches exactly one
+    series on a real Triton's metrics port: the CPU stand-in exports TensorRT-LLM's families as NVIDIA's backend does
+    (tests/fleet/test_engine_metrics.py checks them against the backend's source). The labels KEDA adds
+    (namespace, koserve_model) come from Prometheus: the chart's PodMonitor relabels koserve_model from the pod's
+    koserve.io/model label."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    docs = chart.template(sets=FLEET + KEDA)
+    server = triton_servers("komt-13b", "replay")
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as resp:
+        families = list(text_string_to_metric_families(resp.read().decode()))
+
+    config = yaml.safe_load(docs.one("ConfigMap", "-epp")["data"]["koserve-plugins.yaml"])
+    [extractor] = [p for p in config["plugins"] if p["type"] == "core-metrics-extractor"]
+    [engine] = extractor["parameters"]["engineConfigs"]
+    specs = {k: v for k, v in engine.items() if k.endswith("Spec") and v}
+    assert len(specs) == 5
+    found = {}
+    for field, spec in specs.items():
+        name, label, value = re.fullmatch(r"(\w+)\{(\w+)=(\w+)\}", spec).groups()
+        samples = _matching(families, name, {label: value})
+        assert len(samples) == 1, (field, spec, samples)
+        found[field] = samples[0].value
+    assert 0 <= found["kvUsageSpec"] <= 1 and found["cacheBlockSizeSpec"] > 0 and found["cacheNumBlocksSpec"] > 0
+
+    relabel = docs.one("PodMonitor")["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    assert {"sourceLabels": ["__meta_kubernetes_pod_label_koserve_io_model"], "targetLabel": "koserve_model"} in relabel
+    pod_labels = docs.one("Deployment", "ks-koserve-komt-13b")["spec"]["template"]["metadata"]["labels"]
+    for trigger in docs.one("ScaledObject")["spec"]["triggers"]:
+        name, selector = re.search(r"(nv_trt_llm_\w+)\{([^}]*)\}", trigger["metadata"]["query"]).groups()
+        matchers = dict(re.findall(r'(\w+)="([^"]*)"', selector))
+        assert matchers.pop("koserve_model") == pod_labels["koserve.io/model"]
+        assert matchers.pop("namespace") == "serving"
+        assert len(_matching(families, name, matchers)) == 1, (trigger["name"], matchers)
