@@ -549,6 +549,14 @@ def test_drain_grace_is_derived_from_the_profile(chart, kit, values_files, sets)
             for d in docs.of_kind("Deployment"):
                 if d["metadata"]["name"] == f"ks-koserve-{model}-{suffix}":
                     assert d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == pod_grace
+        # every koserve gateway serving this model (sidecar or Deployment) drains its streams for the same grace
+        gateways = [c for d in docs.of_kind("Deployment") for c in d["spec"]["template"]["spec"]["containers"]
+                    if c["name"] == "gateway" and d["metadata"]["labels"].get("koserve.io/model") == model]
+        assert len(gateways) == (1 if any("gateway.enabled=true" in s for s in sets) else 0)
+        for gateway in gateways:
+            gw_args, error = kit.parse_koserve(gateway["command"][1:] + gateway["args"])
+            assert error is None, error
+            assert gw_args.drain_grace == grace
 
 
 def test_drain_grace_override_applies_to_every_model(chart, kit):
