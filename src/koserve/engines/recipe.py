@@ -300,10 +300,12 @@ _PACKAGED_RECIPES = Path(__file__).resolve().parent / "recipes"
 
 
 def repo_root() -> Path | None:
-    """The koserve checkout this module runs from (the folder holding ``recipes``), if any."""
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "recipes").is_dir() and (parent / "pyproject.toml").is_file():
-            return parent
+    """The koserve checkout this module runs from (``<root>/src/koserve/engines``, ``<root>/recipes``), if any.
+
+    Only that exact layout: an installed koserve whose venv happens to sit inside a checkout is not one."""
+    root = Path(__file__).resolve().parents[3]
+    if (root / "recipes").is_dir() and (root / "pyproject.toml").is_file() and (root / "src" / "koserve").is_dir():
+        return root
     return None
 
 
