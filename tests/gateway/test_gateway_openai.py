@@ -303,6 +303,11 @@ def test_limit_errors_name_the_parameter(sdk):
         body = info.value.body
         assert body["param"] == param and text in body["message"], (kwargs, body)
         assert not body["message"].startswith(("data:", "in ensemble")), body
+    for model in ("akallama-70b", "komt-13b"):  # a stream refused before its first token: the same error
+        with pytest.raises(openai.BadRequestError) as info:
+            sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "가나다 " * 500}],
+                                        max_tokens=3, stream=True)
+        assert info.value.body["param"] == "messages" and "max input length is 384" in info.value.body["message"]
     with pytest.raises(openai.BadRequestError) as info:
         sdk.completions.create(model="akallama-70b", prompt="가나다 " * 500, max_tokens=3)
     assert info.value.body["param"] == "prompt"
