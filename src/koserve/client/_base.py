@@ -9,7 +9,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, overload
 
 from koserve.chat import USE_DEFAULT, render_prompt
 from koserve.client.params import PARAM_NAMES, SamplingParams, resolve_params
@@ -147,6 +147,7 @@ class ClientBase:
         # Cancelling an ensemble request does not reach the engine inside Triton: stop it by request id.
         # (tensorrt_llm_bls watches for cancellation itself.)
         self.engine_model = engine_model if model != "tensorrt_llm_bls" else None
+        self._transport_stop_model = engine_model  # gRPC ends every early-closed call with a stop (also the BLS's)
 
     @staticmethod
     def _check_timeout(value: Any, name: str) -> float | None:
@@ -220,6 +221,25 @@ class ClientBase:
         if "system_prompt" in options:
             raise InvalidRequestError("system_prompt applies to chat(); generate() sends the prompt as it is")
         return self._prepare(prompt, kwargs, options, stream=stream)
+
+    @overload
+    def _open_transport(self, *, asynchronous: Literal[False]) -> Transport: ...
+
+    @overload
+    def _open_transport(self, *, asynchronous: Literal[True]) -> AsyncTransport: ...
+
+    def _open_transport(self, *, asynchronous: bool) -> Transport | AsyncTransport:
+        """The transport for this client's URL and protocol (the sync or asyncio one)."""
+        if self.protocol == "grpc":
+            from koserve.client._grpc import AsyncGrpcTransport, GrpcTransport  # noqa: PLC0415
+
+            grpc_cls = AsyncGrpcTransport if asynchronous else GrpcTransport
+            return grpc_cls(self.url, connect_timeout=self.connect_timeout, headers=self.headers,
+                            stop_model=self._transport_stop_model)
+        from koserve.client._http import AsyncHttpTransport, HttpTransport  # noqa: PLC0415
+
+        http_cls = AsyncHttpTransport if asynchronous else HttpTransport
+        return http_cls(self.url, connect_timeout=self.connect_timeout, headers=self.headers)
 
     # -- results -------------------------------------------------------------------------------------------
     def stream_state(self, prepared: Prepared) -> StreamState:

@@ -126,17 +126,8 @@ class AsyncChatClient(ClientBase):
         super().__init__(url, profile, **kwargs)
         if transport is not None:
             self._transport, self.protocol = transport, transport.protocol
-        elif self.protocol == "grpc":
-            from koserve.client._grpc import AsyncGrpcTransport  # noqa: PLC0415
-
-            self._transport = AsyncGrpcTransport(self.url, connect_timeout=self.connect_timeout,
-                                                 headers=self.headers,
-                                                 stop_model=kwargs.get("engine_model", "tensorrt_llm"))
         else:
-            from koserve.client._http import AsyncHttpTransport  # noqa: PLC0415
-
-            self._transport = AsyncHttpTransport(self.url, connect_timeout=self.connect_timeout,
-                                                 headers=self.headers)
+            self._transport = self._open_transport(asynchronous=True)
 
     async def close(self) -> None:
         await self._transport.close()

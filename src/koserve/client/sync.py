@@ -122,15 +122,8 @@ class ChatClient(ClientBase):
         super().__init__(url, profile, **kwargs)
         if transport is not None:
             self._transport, self.protocol = transport, transport.protocol
-        elif self.protocol == "grpc":
-            from koserve.client._grpc import GrpcTransport  # noqa: PLC0415
-
-            self._transport = GrpcTransport(self.url, connect_timeout=self.connect_timeout, headers=self.headers,
-                                            stop_model=kwargs.get("engine_model", "tensorrt_llm"))
         else:
-            from koserve.client._http import HttpTransport  # noqa: PLC0415
-
-            self._transport = HttpTransport(self.url, connect_timeout=self.connect_timeout, headers=self.headers)
+            self._transport = self._open_transport(asynchronous=False)
 
     def close(self) -> None:
         self._transport.close()
