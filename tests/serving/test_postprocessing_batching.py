@@ -12,6 +12,7 @@ import pytest
 from koserve.fixtures import tokenizer_dir
 from koserve.server.triton_calls import grpc_stream, text_inputs
 from koserve.text import load_tokenizer
+from koserve.triton_models.cancel_watch import CancelWatch
 from koserve.triton_models.models import PostprocessingModel
 from koserve.triton_models.postprocess import StreamRegistry
 
@@ -35,6 +36,9 @@ class _Request:
 
     def request_id(self):
         return self._id
+
+    def is_cancelled(self):
+        return False
 
 
 class _Response:
@@ -61,6 +65,7 @@ def test_execute_with_several_responses_per_call_keeps_each_stream_in_order():
     model = PostprocessingModel.__new__(PostprocessingModel)
     model.pb, model.start_receiver = _FakePb, None
     model.registry = StreamRegistry(tok, ())
+    model.cancel_watch = CancelWatch(_FakePb)  # (asks is_cancelled() of each request: never, here)
     # one token per engine response; streams a and b interleaved, several responses of each in every call
     pending = [(rid, [t]) for t in ids for rid in ("a", "b")]
     texts = {"a": "", "b": ""}
