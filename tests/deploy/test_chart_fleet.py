@@ -616,3 +616,98 @@ def test_picker_and_keda_find_their_series_on_a_real_triton(chart, kit, triton_s
         assert matchers.pop("koserve_model") == pod_labels["koserve.io/model"]
         assert matchers.pop("namespace") == "serving"
         assert len(_matching(families, name, matchers)) == 1, (trigger["name"], matchers)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.server
+def test_sidecar_gateway_argv_serves_and_drains_on_a_real_triton(chart, kit, triton_servers, tmp_path):
+    """The gateway sidecar's rendered argv, run for real against a CPU Triton on 127.0.0.1 (as it reaches Triton in
+    the pod; only the tokenizer folder and the listen address are this machine's): it answers an OpenAI chat, and on
+    SIGTERM a stream in flight finishes whole while a new request gets 503 with Retry-After, then it exits."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import httpx
+
+    from koserve.errors import ConfigError
+    from koserve.fixtures import tokenizer_dir
+
+    try:
+        tokenizer = tokenizer_dir("llama2")
+    except ConfigError as e:
+        pytest.skip(f"tokenizer fixtures missing ({e}); run `koserve setup fixtures`")
+    server = triton_servers("komt-13b", "replay", replay_delay_ms=20)
+    grpc_port, port = int(server.grpc_url.rsplit(":", 1)[1]), _free_port()
+    docs = chart.template(sets=FLEET + (f"triton.ports.grpc={grpc_port}", f"gateway.port={port}",
+                                        "shutdown.streamGraceSeconds=60"))
+    pod = docs.one("Deployment", "ks-koserve-komt-13b")["spec"]["template"]["spec"]
+    gateway = {c["name"]: c for c in pod["containers"]}["gateway"]
+    argv = gateway["command"] + gateway["args"]
+    pod_tokenizer = "/models/" + kit.load_values()["models"]["komt-13b"]["engine"]["tokenizerDir"]
+    [spec_index] = [i for i, a in enumerate(argv) if a.startswith("komt-13b=127.0.0.1:")]
+    assert f"127.0.0.1:{grpc_port}," in argv[spec_index] and f"tokenizer={pod_tokenizer}" in argv[spec_index]
+    argv[spec_index] = argv[spec_index].replace(f"tokenizer={pod_tokenizer}", f"tokenizer={tokenizer}")
+    argv[argv.index("0.0.0.0")] = "127.0.0.1"
+    argv[0] = str(Path(sys.executable).parent / "koserve")
+    env = {**os.environ, "KOSERVE_API_KEYS": "sk-sidecar", "HOME": str(tmp_path)}
+    headers = {"Authorization": "Bearer sk-sidecar"}
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "gateway.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the sidecar never got ready:\n" + log.read_text()
+            try:
+                if httpx.get(url + gateway["readinessProbe"]["httpGet"]["path"], timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        body = {"model": "komt-13b", "messages": [{"role": "user", "content": "안녕하세요"}], "max_tokens": 200,
+                "stream": True}
+        chunks, first = [], threading.Event()
+
+        def read_stream() -> None:
+            with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers=headers, timeout=60) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        chunks.append(line[6:])
+                        first.set()
+
+        reader = threading.Thread(target=read_stream)
+        reader.start()
+        assert first.wait(30), "no first chunk:\n" + log.read_text()
+        os.kill(proc.pid, signal.SIGTERM)
+        refused = None
+        for _ in range(50):  # bounded: until the drain answers (the stream is still running: 200 tokens × 20 ms)
+            r = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False}, headers=headers, timeout=10)
+            if r.status_code == 503:
+                refused = r
+                break
+            time.sleep(0.02)
+        reader.join(60)
+        assert not reader.is_alive()
+        assert refused is not None and refused.headers.get("retry-after"), "a new request was not refused"
+        assert "draining" in refused.json()["error"]["message"]
+        assert chunks[-1] == "[DONE]", chunks[-3:]
+        finish = [json.loads(c)["choices"][0].get("finish_reason") for c in chunks[:-1] if c.startswith("{")]
+        assert finish[-1] in ("length", "stop"), finish[-3:]
+        assert proc.wait(30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
