@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export KOSERVE_CACHE ?= $(CURDIR)/.cache/koserve
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup fixtures test demo bench bench-text bench-serving bench-locust clean
+.PHONY: setup fixtures test test-image demo bench bench-text bench-serving bench-locust clean
 
 # Reinstall only when pyproject.toml changed since the last install.
 $(VENV)/.installed: pyproject.toml
@@ -23,6 +23,10 @@ fixtures: setup
 
 test: fixtures
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The production-image stand-in alone (a Python 3.12 venv with the image's pins, cached in $(KOSERVE_CACHE)).
+test-image: fixtures
+	$(BIN)/python -m pytest -q -m image tests/image $(PYTEST_ARGS)
 
 demo: fixtures
 	$(BIN)/koserve demo $(DEMO_ARGS)

@@ -23,6 +23,16 @@ OUTPUT_DIR="${OUTPUT_DIR:-/engines}"
 TRTLLM_EXAMPLES="${TRTLLM_EXAMPLES:-/app/examples}"
 TRTLLM_REF="${TRTLLM_REF:-v1.2.1}"
 PY="${KOSERVE_PYTHON:-python3}"
+# Installs go into $PY's environment: the image's python3 is a venv (/opt/venv-tritonserver), where `pip install
+# --user` is refused; --user only for a system interpreter. TensorRT-LLM 1.2.1's published requirements
+# are kept with the constraints file the image ships next to this script.
+CONSTRAINTS="${KOSERVE_CONSTRAINTS:-$(cd "$(dirname "$0")/.." && pwd)/deploy/docker/constraints-trtllm-1.2.1.txt}"
+pip_install() {
+  local args=(-m pip install -q)
+  "$PY" -c 'import sys; sys.exit(sys.prefix != sys.base_prefix)' && args+=(--user)
+  [[ -f "$CONSTRAINTS" ]] && args+=(-c "$CONSTRAINTS")
+  "$PY" "${args[@]}" "$@"
+}
 
 if [[ -z "$RECIPE" ]]; then
   echo "build_engines.sh: set RECIPE (a recipe name or YAML path), e.g. RECIPE=komt-13b-fp8-h100-tp1" >&2
@@ -45,7 +55,7 @@ if [[ ! -f "$TRTLLM_EXAMPLES/quantization/quantize.py" && "${TRTLLM_CLONE:-0}" =
   if [[ ! -f "$src/examples/quantization/quantize.py" ]]; then
     echo "build_engines.sh: cloning TensorRT-LLM $TRTLLM_REF into $src"
     git clone --depth 1 --branch "$TRTLLM_REF" https://github.com/NVIDIA/TensorRT-LLM.git "$src"
-    "$PY" -m pip install --user -q -r "$src/examples/quantization/requirements.txt"
+    pip_install -r "$src/examples/quantization/requirements.txt"
   fi
   TRTLLM_EXAMPLES="$src/examples"
 fi
@@ -55,7 +65,7 @@ fi
 if [[ "${DRY_RUN:-0}" != "1" && -f "$TRTLLM_EXAMPLES/quantization/requirements.txt" ]] \
    && ! "$PY" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ("modelopt", "datasets")))' 2>/dev/null; then
   echo "build_engines.sh: installing $TRTLLM_EXAMPLES/quantization/requirements.txt (modelopt/datasets missing)"
-  "$PY" -m pip install --user -q -r "$TRTLLM_EXAMPLES/quantization/requirements.txt"
+  pip_install -r "$TRTLLM_EXAMPLES/quantization/requirements.txt"
 fi
 
 # A Hub id instead of a folder: download (resumable, cached in $HF_HOME) and build from the snapshot.

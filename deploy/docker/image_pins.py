@@ -126,7 +126,7 @@ def after(args: argparse.Namespace) -> int:
     return status
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="image_pins.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("before", help="check the interpreter, record versions, write constraints")
@@ -140,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("after", help="print versions, fail on any change, run pip check")
     p.add_argument("--state", required=True)
     p.set_defaults(func=after)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

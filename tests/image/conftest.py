@@ -15,6 +15,7 @@ working tree and reinstalled (--no-deps) in every session, so the tests run the 
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import hashlib
 import importlib.util
@@ -150,11 +151,14 @@ def image_env(tmp_path_factory) -> ImageEnv:
     root = cache_dir() / "image-standin"
     venv = root / f"venv-{_key()}"
     wheel = build_wheel(tmp_path_factory.mktemp("wheel"))
-    if not (venv / ".complete").is_file():
-        for stale in root.glob("venv-*"):
-            if stale != venv:
-                shutil.rmtree(stale, ignore_errors=True)
-        _create(venv, base_python, wheel)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:  # two test sessions never build the same venv at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (venv / ".complete").is_file():
+            for stale in root.glob("venv-*"):
+                if stale != venv:
+                    shutil.rmtree(stale, ignore_errors=True)
+            _create(venv, base_python, wheel)
     env = ImageEnv(venv, venv / "bin" / "python", base_python, venv / "image-pins.json", venv / "install.log")
     # The current code, as a wheel again (the dependencies are the cached resolution of the same pyproject.toml).
     env.run([str(env.python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)],
