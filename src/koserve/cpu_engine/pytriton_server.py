@@ -36,7 +36,7 @@ def find_pytriton() -> TritonDistribution:
     try:
         import pytriton  # noqa: PLC0415
     except ImportError as exc:
-        raise ConfigError("nvidia-pytriton is not installed: pip install 'koserve[server]'") from exc
+        raise ConfigError("nvidia-pytriton is not installed: pip install 'koserve[cpu-test]'") from exc
     root = Path(pytriton.__file__).resolve().parent / "tritonserver"
     binary = root / "bin" / "tritonserver"
     libs = root.parent.parent / "nvidia_pytriton.libs"
