@@ -287,6 +287,7 @@ def test_endpoint_picker_reads_the_tensorrt_llm_backend_metrics(chart):
     assert int(value["--model-server-metrics-port"]) == metrics_port
     assert value["--config-file"] == "/config/koserve-plugins.yaml"
     assert any(m["mountPath"] == "/config" for m in epp["volumeMounts"])
+    assert epp["securityContext"]["readOnlyRootFilesystem"] and any(m["mountPath"] == "/tmp" for m in epp["volumeMounts"])
     # the pool's endpointPickerRef reaches the picker's ext-proc port through its Service
     service = docs.one("Service", epp_name)
     [ext_proc] = [p for p in service["spec"]["ports"] if p["port"] == pool["spec"]["endpointPickerRef"]["port"]["number"]]
