@@ -190,6 +190,17 @@ def _selects(match_labels: dict, labels: dict) -> bool:
     return all(labels.get(k) == v for k, v in match_labels.items())
 
 
+@pytest.mark.parametrize("values_files, sets", [
+    ((), FLEET + KEDA), (BOTH, FLEET + KEDA), ((), FLEET + KEDA + MULTI_NODE),
+    ((), ("gateway.enabled=true", "gateway.mode=sidecar", KEY_SECRET)),
+], ids=["one-model", "two-models", "multi-node", "sidecar-only"])
+def test_helm_lint_strict_with_fleet_options(chart, kit, values_files, sets):
+    args = [a for f in values_files for a in ("-f", str(kit.chart_dir / f))] + [a for x in sets for a in ("--set", x)]
+    proc = chart.run("lint", "--strict", str(kit.chart_dir), *args)
+    assert proc.returncode == 0 and "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, \
+        proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("values_files", [(), BOTH], ids=["one-model", "two-models"])
 def test_inference_pool_renders_valid_per_model(chart, kit, values_files):
     docs = chart.template(values_files, FLEET)
