@@ -259,6 +259,17 @@ def test_openai_gateway_user(tmp_path, gateway, replay_ids, token_counter):
     assert (tmp_path / "r" / "metrics-after.prom").is_file()  # the gateway's own /metrics
 
 
+def test_an_unknown_openai_model_fails_loudly(tmp_path, gateway, capfd):
+    """The issue's run: every request refused by the gateway (no such model). The console names the reason and the
+    exit code is 1 (it was 0 with the reason only in summary.md)."""
+    code, s, _ = run(tmp_path / "r", gateway, "--protocol", "openai", "--openai-model", "nope", "--duration", "3s",
+                     "--max-requests", "6", "--no-progress")
+    assert code == 1 and s["succeeded"] == 0 and s["failed"] >= 1
+    out, err = capfd.readouterr()
+    assert "most frequent errors" in out and "nope" in out.split("most frequent errors", 1)[1], out
+    assert "koserve: error: no request succeeded" in err
+
+
 def test_server_error_messages_are_reported(tmp_path, replay_llama3, capfd):
     code, s, records = run(
         tmp_path / "r", replay_llama3.grpc_url, "--max-tokens", "100000", "--concurrency", "2", "--duration", "10",
