@@ -125,6 +125,24 @@ def test_tests_named_in_readme_exist():
     assert not missing, missing
 
 
+def test_tests_pinning_triton_workarounds_exist():
+    """docs/triton-versions.md names the test that pins each workaround (`tests/x.py` or `tests/x.py::test_name`, a
+    trailing `*` matching a name prefix): each file and test function must exist."""
+    text = (ROOT / "docs" / "triton-versions.md").read_text(encoding="utf-8")
+    refs = re.findall(r"`(tests/[\w./-]+)(?:::([\w*]+))?`", text)
+    assert len(refs) >= 15, refs
+    missing = []
+    for path, name in refs:
+        target = ROOT / path
+        if not target.exists():
+            missing.append(path)
+        elif name:
+            pattern = "^def " + name.replace("*", r"\w*") + r"\b"
+            if not re.search(pattern, target.read_text(encoding="utf-8"), flags=re.M):
+                missing.append(f"{path}::{name}")
+    assert not missing, missing
+
+
 @pytest.mark.parametrize("path", [README, BENCHMARKS, ROOT / "DEVELOPERS.md", ROOT / "docs" / "triton-versions.md"],
                          ids=lambda p: p.name)
 def test_relative_links_resolve(path):
