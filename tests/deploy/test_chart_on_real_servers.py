@@ -226,8 +226,9 @@ def test_containers_ran_with_a_read_only_root(chart_stack):
                              ("gateway", gw.pid, ("/tmp", str(homes["gateway"])))):
         for path in paths:
             root = Path(f"/proc/{pid}/root{path}")
-            names = sorted(p.name for p in root.iterdir())[:12]
-            print(f"{name} wrote in {path}: {names}")
+            names = sorted(str(p.relative_to(root)) for p in root.glob("*/*/*") if p.is_dir() or p.is_file())
+            names = names or sorted(p.name for p in root.iterdir())
+            print(f"{name} wrote in {path}: {names[:8]}{' …' if len(names) > 8 else ''}")
     assert any(Path(f"/proc/{server.pid}/root/tmp").glob("koserve-triton-*.log")), "Triton's log is kept in /tmp"
 
 

@@ -157,7 +157,15 @@ it (image, gateway.image or tests.image). */}}
 {{- $_ := set $images (include "koserve.imageOr" (dict "root" $ "image" $image)) (printf "%s.image" $key) -}}
 {{- end -}}
 {{- end -}}
+{{- if .Values.inferencePool.enabled -}}
+{{- $_ := set $images (include "koserve.eppImage" .) "inferencePool.endpointPicker.image" -}}
+{{- end -}}
 {{- toJson $images -}}
+{{- end -}}
+
+{{- define "koserve.eppImage" -}}
+{{- $i := .Values.inferencePool.endpointPicker.image -}}
+{{- include "koserve.imageRef" (dict "repository" (printf "%s/%s" $i.registry $i.repository) "tag" $i.tag "digest" $i.digest) -}}
 {{- end -}}
 
 {{- define "koserve.serviceAccountName" -}}
