@@ -20,7 +20,10 @@ from koserve.errors import KoserveError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="koserve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="koserve", description=__doc__.splitlines()[0],
+        epilog="Each command: koserve COMMAND --help. Flags, durations, exit codes and renamed flags: docs/cli.md.",
+    )
     parser.add_argument("--version", action="version", version=f"koserve {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar=SUBCOMMAND_METAVAR)
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
