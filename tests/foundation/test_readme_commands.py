@@ -67,7 +67,7 @@ def test_readme_shows_commands():
 
 
 @pytest.mark.parametrize("line", KOSERVE_LINES)
-def test_koserve_commands_parse_with_the_real_cli(line):
+def test_koserve_commands_parse_with_the_real_cli(line, capsys):
     from koserve.cli import build_parser
 
     argv = shlex.split(line, comments=True)[1:]
@@ -76,6 +76,7 @@ def test_koserve_commands_parse_with_the_real_cli(line):
     except SystemExit as exc:  # argparse prints the reason on stderr
         pytest.fail(f"koserve rejects the README's command (exit {exc.code}): {line}")
     assert getattr(args, "func", None) is not None, line
+    assert "deprecated" not in capsys.readouterr().err, f"README uses a deprecated spelling: {line}"
 
 
 @pytest.mark.parametrize("line", sorted(set(MAKE_LINES)))
