@@ -444,3 +444,60 @@ def test_gateway_port_is_koserve_gateways_default_everywhere(chart, kit):
         text = doc.read_text()
         assert f"-gateway:{port}" in text, f"{doc.name} does not give the gateway Service's port {port}"
         assert not re.search(r"-gateway:(?!%d)\d+" % port, text), f"{doc.name} names another gateway port"
+
+
+# ------------------------------------------------------------------ the init container's script, read-only root
+
+def test_init_container_script_runs_with_a_read_only_root(chart, kit):
+    """The render-repository container's script as rendered (engine wait, world-size check in a python heredoc, the
+    TensorRT-LLM version preflight, `koserve repo render`) in a mount namespace where only its mounts are writable:
+    /repo (kept, as the Triton container reads it next), /tmp and $HOME (fresh). Engine and tokenizer are read-only,
+    as the chart mounts the models volume."""
+    import json
+    import shutil
+    import tempfile
+
+    from koserve.errors import ConfigError
+    from koserve.fixtures import tokenizer_dir
+
+    why_not = kit.read_only_root_unavailable()
+    if why_not:
+        pytest.skip(f"cannot make a read-only mount namespace here: {why_not}")
+    try:
+        tokenizer = tokenizer_dir("llama2")
+    except ConfigError as e:
+        pytest.skip(f"tokenizer fixtures missing ({e}); run `koserve setup fixtures`")
+    rendered = chart.template(("values-komt-13b-fp8-tp1.yaml",))
+    init = kit.containers(rendered.one("Deployment", "-komt-13b"))["render-repository"]
+    assert set(_writable(init)) == {"/repo", "/tmp", HOME}
+    work = Path(tempfile.mkdtemp(prefix="koserve-init-ro-", dir="/var/tmp" if Path("/var/tmp").is_dir() else None))
+    try:
+        engine, repo_volume, home, site = (work / "engine", work / "repo", work / "home", work / "site")
+        for d in (engine, repo_volume, home, site / "tensorrt_llm"):
+            d.mkdir(parents=True)
+        (engine / "config.json").write_text(json.dumps({
+            "version": "1.2.1",
+            "pretrained_config": {"architecture": "LlamaForCausalLM", "dtype": "float16",
+                                  "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
+                                  "quantization": {"quant_algo": "FP8", "kv_cache_quant_algo": "FP8"}},
+            "build_config": {"max_batch_size": 128, "max_input_len": 3072, "max_seq_len": 4096,
+                             "max_num_tokens": 8192}}))
+        (engine / "rank0.engine").write_bytes(b"")
+        # TensorRT-LLM does not install here: the preflight imports a stand-in carrying the image's version.
+        (site / "tensorrt_llm" / "__init__.py").write_text('__version__ = "1.2.1"\n')
+        env = {e["name"]: e["value"].replace(HOME, str(home)) for e in init["env"]}
+        env.update(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", PYTHONPATH=str(site),
+                   ENGINE_DIR=str(engine), TOKENIZER_DIR=str(tokenizer))
+        script = init["args"][0].replace("/repo/model_repository", str(repo_volume / "model_repository"))
+        argv, extra = kit.read_only_root_argv(["bash", "-ec", script], ["/tmp", str(home)], [str(repo_volume)])
+        proc = subprocess.run(argv, env={**env, **extra}, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "tp=1 pp=1 world_size=1" in proc.stdout
+        assert 'backend: "tensorrtllm"' in (repo_volume / "model_repository" / "tensorrt_llm" / "config.pbtxt").read_text()
+        # The same script cannot write beside the engine (the models volume is read-only to it).
+        probe = script.replace("exec koserve repo render", f"touch {engine}/written-by-init; exec koserve repo render")
+        argv, extra = kit.read_only_root_argv(["bash", "-ec", probe], ["/tmp", str(home)], [str(repo_volume)])
+        proc = subprocess.run(argv, env={**env, **extra}, capture_output=True, text=True, timeout=180)
+        assert proc.returncode != 0 and "Read-only file system" in proc.stderr, proc.stderr
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
