@@ -139,9 +139,14 @@ def test_statistics_and_model_config_are_restricted_by_default(chart, kit):
     restricted = ",".join(categories) + ":koserve-admin-key=${TRITON_ADMIN_KEY}"
     assert f'--http-restricted-api="{restricted}"' in script
     assert f'--grpc-restricted-protocol="{restricted}"' in script
-    # An unknown name is refused by the schema.
+    # An unknown name is refused by the schema; closing both places a client learns a model's inputs from, by name.
     error = chart.template_error((), ("triton.restrictedApi.categories[0]=stats",))
     assert "/triton/restrictedApi/categories/0" in error, error
+    error = chart.template_error((), ("triton.restrictedApi.categories={model-config,metadata}",))
+    assert "restrict model-config or metadata, not both" in error, error
+    only_metadata = chart.template((), ("triton.restrictedApi.categories={logging,metadata}",))
+    assert '--http-restricted-api="logging,metadata:' in kit.containers(
+        only_metadata.one("Deployment", "-komt-13b"))["triton"]["args"][0]
 
 
 # ------------------------------------------------------------------------------------------------------ egress

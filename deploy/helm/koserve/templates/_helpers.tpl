@@ -88,6 +88,10 @@ koserve.io/profile: {{ .m.profile }}
 {{- if and .m.multiNode.enabled (not .m.multiNode.sshSecret) -}}
 {{- fail (printf "models.%s.multiNode.sshSecret: name a Secret with an SSH key pair (id_ed25519, id_ed25519.pub) for mpirun between the nodes" .name) -}}
 {{- end -}}
+{{- $restricted := .root.Values.triton.restrictedApi.categories -}}
+{{- if and (has "metadata" $restricted) (has "model-config" $restricted) -}}
+{{- fail "triton.restrictedApi.categories: restrict model-config or metadata, not both: koserve's clients (the gateway, koserve chat, helm test) read a model's inputs from one of them without a key" -}}
+{{- end -}}
 {{- $_ := include "koserve.model.gpusPerPod" . -}}
 {{- include "koserve.model.checkRecipe" . -}}
 {{- range $kind, $r := .m.resources -}}
