@@ -12,6 +12,10 @@
    answer. Then the behaviour of an abandoned stream: raw gRPC cancel vs koserve's client.
 3. Leaks: SIGKILL of ``koserve serve`` (processes, listening ports, shm regions left), and the cancellation soak's
    stub RSS growth and requests left in flight (``scripts/soak_cancel.py``).
+4. Fleet (``koserve.testing.fleet``; ``--no-fleet`` skips it): SIGTERM to ``koserve serve`` with 8 ``ensemble`` and
+   8 ``tensorrt_llm_bls`` streams in flight (whole / cut, the refusal a new request gets, time to exit); two replicas
+   behind ``koserve gateway`` restarted one after the other under ``koserve loadtest`` (failed requests); one replica
+   killed with SIGKILL (its streams' errors, hung streams, new requests).
 Exit code 0 when every bad input got a clear error with the server serving, every fault recovered and nothing leaked.
 """
 
@@ -252,6 +256,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--soak", type=int, default=400, help="cancellation-soak requests (0: skip)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--no-fleet", action="store_true",
+                   help="skip the drain, the two-replica rolling restart and the SIGKILLed replica (about 3 minutes)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="koserve-reliability-") as tmp:
         repo = render_replay_repo(Path(tmp) / "repo", replay_delay_ms=20.0)
@@ -266,14 +272,17 @@ def main(argv=None) -> int:
     report["abandoned_stream"] = run_abandoned()
     if args.soak:
         report["soak"] = run_soak(args.soak)
+    if not args.no_fleet:
+        report["fleet"] = run_fleet()
     bad, faults, kill = report["bad_inputs"], report["faults"], report["launcher_sigkill"]
     soak = report.get("soak", {})
     leaks = kill["processes_left"] + kill["ports_still_listening"] + kill["shm_regions_left"]
     if soak:
         leaks += len(soak.get("left_in_flight", [])) + (soak.get("max_rss_growth_pct", 0) >= 20)
     report["leaks_found"] = leaks
+    fleet = report.get("fleet", {})
     ok = (bad["clear_error"] == bad["tried"] == bad["server_kept_serving"] and faults["recovered"] == faults["tried"]
-          and leaks == 0 and (not soak or soak.get("ok")))
+          and leaks == 0 and (not soak or soak.get("ok")) and (not fleet or fleet["ok"]))
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     else:
@@ -296,7 +305,43 @@ def main(argv=None) -> int:
                   f"alive={soak.get('server_alive')}, left in flight {len(soak.get('left_in_flight', []))}, "
                   f"max stub RSS growth {soak.get('max_rss_growth_pct')} %")
         print(f"leaks found: {leaks}")
+        if fleet:
+            print_fleet(fleet)
     return 0 if ok else 1
+
+
+def run_fleet() -> dict:
+    """Drain on SIGTERM, two replicas restarted one after the other under load, a replica killed (issue 30)."""
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from koserve.testing.fleet import run_drain, run_replica_kill, run_rolling_restart  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="koserve-fleet-") as tmp:
+        drain = asdict(run_drain(Path(tmp) / "drain"))
+        rolling = asdict(run_rolling_restart(Path(tmp) / "roll"))
+        kill = asdict(run_replica_kill(Path(tmp) / "kill"))
+    ok = (sum(drain["cut"].values()) == 0 and drain["exit_code"] == 0 and rolling["failed"] == 0
+          and rolling["requests"] > 0 and all(r["exit_code"] == 0 for r in rolling["restarts"]) and kill["hung"] == 0
+          and all(a["done"] for a in kill["after"]))
+    return {"drain": drain, "rolling_restart": rolling, "replica_sigkill": kill, "ok": ok}
+
+
+def print_fleet(fleet: dict) -> None:
+    d, r, k = fleet["drain"], fleet["rolling_restart"], fleet["replica_sigkill"]
+    print(f"drain (SIGTERM to koserve serve, {sum(d['whole'].values()) + sum(d['cut'].values())} streams in flight): "
+          f"whole {d['whole']}, cut {d['cut']}; /health/ready 503 after {_r(d['unready_after_s'])} s; a new request "
+          f"got {d['refusal']!r}; exit {d['exit_code']} after {_r(d['exit_after_s'])} s")
+    print(f"rolling restart (2 replicas behind the gateway, koserve loadtest): {r['requests']} requests, "
+          f"{r['failed']} failed; per replica served/refused "
+          f"{ {url: (v['served'], v['refused']) for url, v in r['replicas'].items()} }")
+    for x in r["restarts"]:
+        print(f"  {x['replica']}: SIGTERM -> exit {x['exit_code']} after {_r(x['exit_s'])} s, ready again after "
+              f"{_r(x['ready_again_s'])} s; {x['drain_line'].removeprefix('koserve: ')}")
+    cut = [s for s in k["streams"] if not s["done"]]
+    first_errors = sorted({s["error"] for s in cut if s["error"]})[:1]
+    print(f"replica SIGKILL: {len(cut)} of {len(k['streams'])} streams ended with an error "
+          f"({first_errors}), {k['hung']} hung; {sum(a['done'] for a in k['after'])} of {len(k['after'])} new requests "
+          f"succeeded, the first {_r(k['first_ok_after_s'])} s after the kill")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ def test_kv_blocks_count_what_the_sequences_hold():
     assert kv["max"] == 4 * 8 and kv["used"] == 2 + 1 and kv["free"] == 32 - 3
     assert math.isclose(kv["fraction"], 3 / 32) and kv["tokens_per"] == 64
     values = metric_values(stats)
-    assert values["nv_trt_llm_request_metrics"] == {"active": 2, "max": 4, "scheduled": 2, "context": 1, "waiting": 3}
+    # NVIDIA's formulas: waiting = active - scheduled
+    assert values["nv_trt_llm_request_metrics"] == {"active": 5, "max": 4, "scheduled": 2, "context": 1, "waiting": 3}
     assert values["nv_trt_llm_inflight_batcher_metrics"]["generation_requests"] == 1
     assert values["nv_trt_llm_general_metrics"]["iteration_counter"] == 7
 
@@ -81,7 +82,7 @@ def test_metrics_port_shows_the_schedulers_requests_and_blocks(triton_servers):
     while time.monotonic() < deadline:
         seen = scrape(server.metrics_url)
         req = seen["nv_trt_llm_request_metrics"]
-        if req["active"] == BATCH and req["waiting"] == streams - BATCH:
+        if req["scheduled"] == BATCH and req["waiting"] == streams - BATCH:
             busy = seen
             break
         time.sleep(0.05)
@@ -89,7 +90,7 @@ def test_metrics_port_shows_the_schedulers_requests_and_blocks(triton_servers):
         t.join(90)
     assert busy is not None, "never saw a full batch with requests waiting"
     req, kv = busy["nv_trt_llm_request_metrics"], busy["nv_trt_llm_kv_cache_block_metrics"]
-    assert req["scheduled"] == BATCH
+    assert req["active"] == streams and req["waiting"] == req["active"] - req["scheduled"]  # NVIDIA's formula
     assert kv["used"] >= BATCH and kv["free"] == kv["max"] - kv["used"]
     assert math.isclose(kv["fraction"], kv["used"] / kv["max"], rel_tol=1e-6)
     assert all(r is not None and r.error is None for r in results), [r.error for r in results if r]

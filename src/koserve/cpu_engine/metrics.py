@@ -9,9 +9,14 @@ Routers (the Gateway API Inference Extension's endpoint picker) and autoscalers 
 ``nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=fraction|tokens_per|max}``; ``koserve serve`` reads
 ``request_type=active|waiting`` to know when a draining server is idle.
 
-The stand-in has no paged KV cache: its blocks are what TensorRT-LLM's would hold for the same sequences
-(``ceil(tokens / tokens_per_block)`` per active sequence, ``max_batch_size × ceil(max_seq_len / tokens_per_block)``
-in all).
+Values follow the backend's own formulas (``model_instance_state.cc`` ``ModelInstanceState::WaitForStats``, v0.19.0):
+``active`` = the executor's ``numActiveRequests``, ``scheduled`` = ``numScheduledRequests``, ``waiting`` =
+``active - scheduled``, ``max`` = ``maxNumActiveRequests``, KV ``fraction`` = ``used / max``. In the stand-in the
+requests it decodes (at most ``max_batch_size``) are the scheduled ones and those in its queue the waiting ones, so
+``active`` = both (it can exceed ``max``, which TensorRT-LLM's cannot: its surplus stays in the executor queue,
+which no metric shows). The stand-in has no paged KV cache: its blocks are what TensorRT-LLM's would hold for the
+same sequences (``ceil(tokens / tokens_per_block)`` per decoded sequence, ``max_batch_size × ceil(max_seq_len /
+tokens_per_block)`` in all).
 """
 
 from __future__ import annotations
@@ -42,10 +47,10 @@ UPDATE_PERIOD_S = 0.25
 class EngineStats:
     """What the scheduler holds at one moment (TensorRT-LLM's iteration-stats fields)."""
 
-    active: int  # admitted, not finished
+    active: int  # decoded now (admitted, not finished): TensorRT-LLM's scheduled requests
     max_requests: int  # max_batch_size
     context: int  # active, no token generated yet (context phase)
-    waiting: int  # queued, not admitted
+    waiting: int  # queued, not admitted yet
     active_tokens: tuple[int, ...]  # prompt + generated tokens of each active sequence
     context_tokens: int  # prompt tokens of the sequences in context phase
     iterations: int  # scheduler rounds so far
@@ -68,7 +73,7 @@ def kv_blocks(stats: EngineStats, tokens_per_block: int = DEFAULT_TOKENS_PER_BLO
 def metric_values(stats: EngineStats, tokens_per_block: int = DEFAULT_TOKENS_PER_BLOCK) -> dict[str, dict[str, float]]:
     """family -> label value -> value, for every metric NVIDIA's backend exports in these families."""
     return {
-        REQUEST_FAMILY: {"active": stats.active, "max": stats.max_requests, "scheduled": stats.active,
+        REQUEST_FAMILY: {"active": stats.active + stats.waiting, "max": stats.max_requests, "scheduled": stats.active,
                          "context": stats.context, "waiting": stats.waiting},
         KV_CACHE_FAMILY: kv_blocks(stats, tokens_per_block),
         INFLIGHT_FAMILY: {"total_context_tokens": stats.context_tokens, "generation_requests": stats.generation,

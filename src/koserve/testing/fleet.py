@@ -327,3 +327,61 @@ def run_replica_kill(work: Path, *, streams: int = 6, max_tokens: int = 150, rep
             gateway.stop()
         for r in group:
             r.stop()
+
+
+@dataclass
+class DrainFigures:
+    """``koserve serve`` getting SIGTERM with streams in flight through ``ensemble`` and ``tensorrt_llm_bls``."""
+
+    whole: dict  # model -> streams that ended whole
+    cut: dict  # model -> streams that ended with an error (first error kept in ``errors``)
+    errors: list
+    refusal: str | None  # what a new request got during the drain
+    unready_after_s: float | None
+    exit_code: int | None
+    exit_after_s: float | None
+
+
+def run_drain(work: Path, *, per_model: int = 8, tokens: int = 100, replay_delay_ms: float = 20.0,
+              signal_after_s: float = 1.0, ready_timeout: float = 240.0) -> DrainFigures:
+    """The measurement of issue 30 against today's ``koserve serve``: streams in flight, SIGTERM, a new request."""
+    import threading  # noqa: PLC0415
+
+    from koserve.server.triton_calls import grpc_stream, text_inputs  # noqa: PLC0415
+    from koserve.testing.faults import render_replay_repo, start_serve  # noqa: PLC0415
+
+    work.mkdir(parents=True, exist_ok=True)
+    repo = render_replay_repo(work / "repo", replay_delay_ms=replay_delay_ms)
+    serve = start_serve(repo, work / "serve.log")
+    try:
+        serve.wait_ready(ready_timeout)
+        results: dict = {}
+
+        def run(model: str, i: int) -> None:
+            results[(model, i)] = grpc_stream(serve.grpc_url, model, text_inputs("안녕하세요", tokens), timeout=60,
+                                              request_id=f"drain-{model}-{i}")  # with an id: streamed token by token
+
+        models = ("ensemble", "tensorrt_llm_bls")
+        threads = [threading.Thread(target=run, args=(m, i)) for m in models for i in range(per_model)]
+        for t in threads:
+            t.start()
+        time.sleep(signal_after_s)
+        t0 = time.monotonic()
+        serve.proc.send_signal(signal.SIGTERM)
+        unready, _ = serve.wait_not_ready(10)
+        time.sleep(0.3)
+        refused = grpc_stream(serve.grpc_url, "ensemble", text_inputs("새 요청", 4), timeout=10)
+        for t in threads:
+            t.join(90)
+        try:
+            code = serve.proc.wait(timeout=90)
+            exit_after = time.monotonic() - t0
+        except subprocess.TimeoutExpired:
+            code, exit_after = None, None
+    finally:
+        serve.stop()
+    whole = {m: sum(1 for (k, _), r in results.items() if k == m and r.error is None and r.token_count == tokens)
+             for m in models}
+    cut = {m: sum(1 for (k, _), r in results.items() if k == m and r.error is not None) for m in models}
+    errors = sorted({r.error for r in results.values() if r.error})
+    return DrainFigures(whole, cut, errors, refused.error, unready, code, exit_after)
