@@ -55,18 +55,24 @@ def running_gateway(config):
         thread.join(timeout=15)
 
 
-def replay_specs(triton_servers, replay_text_file) -> list[str]:
+# Every test of the gateway runs on the text targets (akallama through the ensemble over gRPC, komt over Triton's HTTP
+# port) and on the direct engine path (token ids straight to tensorrt_llm over gRPC); komt-bls is the BLS in both.
+TARGETS = ("ensemble", "engine")
+
+
+def replay_specs(triton_servers, replay_text_file, target: str = "ensemble") -> list[str]:
     aka = triton_servers("akallama-70b", "replay", replay_text_file=replay_text_file)
     komt = triton_servers("komt-13b", "replay", replay_text_file=replay_text_file)
-    return [f"akallama-70b={aka.grpc_url},tokenizer={aka.tokenizer_dir}",
-            f"komt-13b={komt.http_url},tokenizer={komt.tokenizer_dir},max_tokens=300",
+    komt_url = komt.http_url if target == "ensemble" else komt.grpc_url
+    return [f"akallama-70b={aka.grpc_url},tokenizer={aka.tokenizer_dir},target={target}",
+            f"komt-13b={komt_url},tokenizer={komt.tokenizer_dir},max_tokens=300,target={target}",
             f"komt-bls={komt.grpc_url},profile=komt-13b,target=tensorrt_llm_bls,max_tokens=300"]
 
 
-@pytest.fixture(scope="module")
-def gateway(triton_servers, replay_text_file):
+@pytest.fixture(scope="module", params=TARGETS)
+def gateway(request, triton_servers, replay_text_file):
     config = load_config(
-        model_specs=replay_specs(triton_servers, replay_text_file),
+        model_specs=replay_specs(triton_servers, replay_text_file, request.param),
         environ={"KOSERVE_API_KEYS": f"{KEY}, sk-other"},
         max_request_bytes=64 * 1024,
     )
@@ -146,9 +152,10 @@ def test_completions_refuse_control_tokens_by_default(sdk):
             assert "allow_raw_prompts" in body["message"] and "control sequence" in body["message"]
 
 
+@pytest.mark.parametrize("target", TARGETS)
 def test_completions_take_templated_prompts_when_raw_prompts_are_allowed(triton_servers, replay_text_file,
-                                                                         replay_text):
-    config = load_config(model_specs=replay_specs(triton_servers, replay_text_file), environ={},
+                                                                         replay_text, target):
+    config = load_config(model_specs=replay_specs(triton_servers, replay_text_file, target), environ={},
                          allow_raw_prompts=True)
     with running_gateway(config) as base:
         sdk = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0, timeout=30)
@@ -211,11 +218,12 @@ def test_api_keys(gateway):
     assert other.models.list().data
 
 
-def test_backend_down_is_503(tmp_path):
+@pytest.mark.parametrize("target", TARGETS)
+def test_backend_down_is_503(tmp_path, target):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
-    config = load_config(model_specs=[f"komt-13b=127.0.0.1:{dead}"], environ={})
+    config = load_config(model_specs=[f"komt-13b=127.0.0.1:{dead},target={target}"], environ={})
     from fastapi.testclient import TestClient
 
     with TestClient(create_app(config)) as client:
@@ -350,7 +358,10 @@ def test_ordinary_korean_text_and_number_signs_pass_the_gateway(sdk, replay_text
 @pytest.fixture(scope="module")
 def hf_gateway(triton_servers):
     komt = triton_servers("komt-13b", "hf")
-    config = load_config(model_specs=[f"komt-13b={komt.grpc_url}", f"komt-http={komt.http_url},profile=komt-13b"],
+    config = load_config(model_specs=[f"komt-13b={komt.grpc_url},target=ensemble",
+                                      f"komt-http={komt.http_url},profile=komt-13b",
+                                      f"komt-engine={komt.grpc_url},profile=komt-13b,target=engine,"
+                                      f"tokenizer={komt.tokenizer_dir}"],
                          environ={})
     with running_gateway(config) as base:
         yield openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0, timeout=60)
@@ -359,7 +370,7 @@ def hf_gateway(triton_servers):
 def test_sampling_without_a_seed_differs_per_request_and_a_seed_repeats(hf_gateway):
     """The tiny random-weight komt checkpoint samples at temperature 1: an unseeded request gets its own seed."""
     msgs = [{"role": "user", "content": "안녕?"}]
-    for model in ("komt-13b", "komt-http"):
+    for model in ("komt-13b", "komt-http", "komt-engine"):
         texts = [hf_gateway.chat.completions.create(model=model, messages=msgs, max_tokens=12, temperature=1.0)
                  .choices[0].message.content for _ in range(3)]
         assert len(set(texts)) >= 2, texts
@@ -371,4 +382,6 @@ def test_sampling_without_a_seed_differs_per_request_and_a_seed_repeats(hf_gatew
                                          seed=2**40 + 7).choices[0].text
     http = hf_gateway.completions.create(model="komt-http", prompt="안녕", max_tokens=12, temperature=1.0,
                                          seed=2**40 + 7).choices[0].text
-    assert grpc == http
+    engine = hf_gateway.completions.create(model="komt-engine", prompt="안녕", max_tokens=12, temperature=1.0,
+                                           seed=2**40 + 7).choices[0].text
+    assert grpc == http == engine

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 Protocol = Literal["grpc", "http"]
 MODELS = ("ensemble", "tensorrt_llm_bls")
+DIRECT = "engine"  # model="engine": tokenize and detokenize here, token ids straight to the engine (koserve.frontend)
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 DEFAULT_GRPC_URL = "127.0.0.1:8001"
@@ -230,6 +231,8 @@ class ClientBase:
 
     def _open_transport(self, *, asynchronous: bool) -> Transport | AsyncTransport:
         """The transport for this client's URL and protocol (the sync or asyncio one)."""
+        if self.model == DIRECT:
+            return self._open_direct_transport(asynchronous)
         if self.protocol == "grpc":
             from koserve.client._grpc import AsyncGrpcTransport, GrpcTransport  # noqa: PLC0415
 
@@ -240,6 +243,19 @@ class ClientBase:
 
         http_cls = AsyncHttpTransport if asynchronous else HttpTransport
         return http_cls(self.url, connect_timeout=self.connect_timeout, headers=self.headers)
+
+    def _open_direct_transport(self, asynchronous: bool) -> AsyncTransport:
+        if not asynchronous:
+            raise InvalidRequestError("model='engine' (the direct engine path) is served by AsyncChatClient and the "
+                                      "gateway; ChatClient sends to 'ensemble' or 'tensorrt_llm_bls'")
+        if self.protocol != "grpc":
+            raise InvalidRequestError("model='engine' needs Triton's gRPC address (stream_infer), not an http:// URL")
+        from koserve.client._grpc import AsyncGrpcTransport  # noqa: PLC0415
+        from koserve.frontend import AsyncEngineTransport  # noqa: PLC0415
+
+        grpc = AsyncGrpcTransport(self.url, connect_timeout=self.connect_timeout, headers=self.headers,
+                                  stop_model=self._transport_stop_model)
+        return AsyncEngineTransport(grpc, self.profile, self.tokenizer, engine=self._transport_stop_model or "tensorrt_llm")
 
     # -- results -------------------------------------------------------------------------------------------
     def stream_state(self, prepared: Prepared) -> StreamState:

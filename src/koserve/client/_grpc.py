@@ -137,6 +137,11 @@ def _infer_inputs(tensors: list[WireTensor], batch: bool):
     return out
 
 
+def _is_final(result) -> bool:
+    params = result.get_response().parameters
+    return "triton_final_response" in params and params["triton_final_response"].bool_param
+
+
 def _payload(result) -> tuple[Piece, bool]:
     """(the response's :class:`Piece`, final flag) of one stream response."""
     response = result.get_response()
@@ -455,15 +460,27 @@ class AsyncGrpcTransport:
 
     async def responses(self, model: str, request: WireRequest, deadline: float | None
                         ) -> AsyncGenerator[Piece, None]:
+        declared, batch = await self._model_info(model, deadline)
+        inputs = _infer_inputs(request.for_model(model, declared), batch)
+        results = self.results(model, inputs, request.request_id, deadline)
+        try:
+            async for result in results:
+                yield _payload(result)[0]
+        finally:
+            await results.aclose()  # at once, not when collected: an early end stops the engine now
+
+    async def results(self, model: str, inputs: list, request_id: str, deadline: float | None
+                      ) -> AsyncGenerator[object, None]:
+        """The raw ``stream_infer`` results of one request to ``model`` (tritonclient ``InferInput`` objects), up
+        to its final response; ended early (``aclose()``, cancellation) it stops the engine as :meth:`responses`
+        does. What the gateway's direct engine path reads ``output_ids`` from."""
         import grpc  # noqa: PLC0415
         from tritonclient.utils import InferenceServerException  # noqa: PLC0415
 
-        declared, batch = await self._model_info(model, deadline)
-        inputs = _infer_inputs(request.for_model(model, declared), batch)
         client = self._get_client()
 
         async def one_request():
-            yield {"model_name": model, "inputs": inputs, "request_id": request.request_id}
+            yield {"model_name": model, "inputs": inputs, "request_id": request_id}
 
         timeout_msg = f"request to model {model!r} at {self.url} exceeded its deadline"
         idle = self.idle_timeout
@@ -494,10 +511,10 @@ class AsyncGrpcTransport:
                 if error is not None:
                     ended = True
                     raise map_grpc_error(error, self.url, model)
-                piece, final = _payload(result)
+                final = _is_final(result)
                 if final:
                     ended = True
-                yield piece
+                yield result
                 if final:
                     return
         except asyncio.CancelledError:
@@ -506,11 +523,11 @@ class AsyncGrpcTransport:
         finally:
             if not ended:
                 if self.stop_model and cancelled:  # the task was cancelled: do not delay it, end the call aside
-                    task = asyncio.ensure_future(self._end_call(call, request.request_id))
+                    task = asyncio.ensure_future(self._end_call(call, request_id))
                     self._ending.add(task)
                     task.add_done_callback(self._ending.discard)
                 else:
-                    await self._end_call(call, request.request_id)
+                    await self._end_call(call, request_id)
 
     async def _end_call(self, call, request_id: str) -> None:
         if not (self.stop_model and await self._stop_and_drain(call, request_id)):

@@ -37,7 +37,7 @@ from koserve.client.errors import (
     ServerError,
     ServerUnavailableError,
 )
-from koserve.errors import InvalidRequestError, KoserveError
+from koserve.errors import ConfigError, InvalidRequestError, KoserveError
 from koserve.gateway.config import NO_TOKENIZER, GatewayConfig, ModelRoute
 from koserve.gateway.drain import DrainMiddleware, DrainState
 from koserve.gateway.replicas import DEFAULT_HEALTH_PERIOD_S, Replica, ReplicaSet
@@ -189,6 +189,48 @@ def resolve_tokenizer(route: ModelRoute) -> str | None:
     return path
 
 
+def route_target(route: ModelRoute, tokenizer: object | None) -> str:
+    """The Triton model a route's requests go to: its ``target``, else ``engine`` (token ids straight to the engine:
+    the fastest path, docs/benchmarks.md) when it has a gRPC address and a tokenizer, else ``ensemble``."""
+    if route.target is not None:
+        return route.target
+    return "engine" if route.grpc and tokenizer is not None else "ensemble"
+
+
+def route_clients(route: ModelRoute, config: GatewayConfig) -> list[AsyncChatClient]:
+    """One client per replica of ``route``, sharing one tokenizer."""
+    path = resolve_tokenizer(route)
+    tokenizer = None
+    if path is not None:
+        from koserve.text.tokenizer import load_tokenizer  # noqa: PLC0415
+
+        tokenizer = load_tokenizer(path)
+    target = route_target(route, tokenizer)
+    log.info("model %s: requests go to %s", route.name, target)
+    options = dict(tokenizer=tokenizer, timeout=config.request_timeout, retries=config.retries)
+    if target != "engine":
+        return [AsyncChatClient(url, route.profile, protocol=route.protocol, model=target, **options)
+                for url in route.urls]
+    from koserve.client._base import infer_protocol  # noqa: PLC0415
+    from koserve.client._grpc import AsyncGrpcTransport  # noqa: PLC0415
+    from koserve.frontend import AsyncEngineTransport  # noqa: PLC0415
+    from koserve.triton_models.params import ServingLimits  # noqa: PLC0415
+
+    if tokenizer is None:
+        raise ConfigError(f"model {route.name}: target engine tokenizes in the gateway and needs a tokenizer "
+                          "(tokenizer=DIR, or `koserve setup fixtures` for the fixture ones)")
+    profile = load_profile(route.profile)
+    limits = None
+    if route.max_input_len is not None:
+        limits = ServingLimits(max_batch_size=0, max_input_len=route.max_input_len, max_seq_len=route.max_seq_len)
+    clients = []
+    for url in route.urls:
+        grpc = AsyncGrpcTransport(infer_protocol(url, "grpc")[0])
+        transport = AsyncEngineTransport(grpc, profile, tokenizer, limits=limits)
+        clients.append(AsyncChatClient(url, profile, model="engine", transport=transport, **options))
+    return clients
+
+
 class _Guard:
     """ASGI middleware: API keys on ``/v1/*`` and the request body size limit (before any parsing)."""
 
@@ -273,10 +315,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     metrics = Metrics()
     backends: dict[str, Backend] = {}
     for route in config.models:
-        tokenizer = resolve_tokenizer(route)
-        clients = [AsyncChatClient(url, route.profile, protocol=route.protocol, model=route.target,
-                                   tokenizer=tokenizer, timeout=config.request_timeout, retries=config.retries)
-                   for url in route.urls]
+        clients = route_clients(route, config)
         # retries: after every replica was unreachable before a first response (with the client's backoff)
         replicas = ReplicaSet([Replica(url, c) for url, c in zip(route.urls, clients)], retries=config.retries)
         backends[route.name] = Backend(route, clients[0], int(time.time()), replicas)

@@ -7,7 +7,9 @@ A YAML file (``koserve gateway --config gateway.yaml``)::
         profile: akallama-70b       # koserve profile (defaults to name)
         url: 127.0.0.1:8001         # this profile's Triton (host:port = gRPC, http://... = HTTP); replicas of the
                                     # same model: a list, or addresses separated by "|" (also in --model)
-        target: ensemble            # or tensorrt_llm_bls
+        target: engine              # engine (default): template, tokenization, detokenization and stop strings here,
+                                    # token ids straight to tensorrt_llm (needs gRPC and a tokenizer); or ensemble,
+                                    # tensorrt_llm_bls (text to Triton)
         tokenizer: /models/akallama/ # for usage.prompt_tokens and the token-level injection check; default:
                                      # the fixture tokenizer of the profile's family (`koserve setup fixtures`);
                                      # "none": go without (prompt_tokens 0)
@@ -43,9 +45,14 @@ class ModelRoute(BaseModel):
     profile: str = ""
     url: str  # one Triton, or several replicas of the same model separated by "|" (YAML: also a list)
     protocol: Literal["grpc", "http"] | None = None
-    target: Literal["ensemble", "tensorrt_llm_bls"] = "ensemble"  # the Triton model requests go to
+    # where requests go: "engine" = tensorrt_llm with token ids (koserve.frontend); the others take text.
+    # None: engine when the url is gRPC, else ensemble (resolved by the app, which also knows the tokenizer)
+    target: Literal["engine", "ensemble", "tensorrt_llm_bls"] | None = None
     tokenizer: str | None = None
     max_tokens: int | None = Field(default=None, gt=0, description="cap on max_tokens (default: the profile's context)")
+    # the engine's limits for target engine (default: read from the server's rendered preprocessing config)
+    max_input_len: int | None = Field(default=None, gt=0)
+    max_seq_len: int | None = Field(default=None, gt=1)
 
     @field_validator("url", mode="before")
     @classmethod
@@ -67,10 +74,20 @@ class ModelRoute(BaseModel):
         """The replicas' addresses (one for a single Triton); koserve.gateway.replicas routes between them."""
         return tuple(self.url.split("|"))
 
+    @property
+    def grpc(self) -> bool:
+        """Whether the route's Triton addresses are gRPC ones (anything but http(s)://, or protocol=grpc)."""
+        return self.protocol == "grpc" or (self.protocol is None and not self.url.startswith(("http://", "https://")))
+
     @model_validator(mode="after")
     def _default_profile(self) -> "ModelRoute":
         if not self.profile:
             object.__setattr__(self, "profile", self.name)
+        if self.target == "engine" and not self.grpc:
+            raise ValueError(f"target engine sends token ids over Triton's gRPC stream_infer: url {self.url!r} is "
+                             "HTTP; give the gRPC address (host:port) or target=ensemble")
+        if (self.max_input_len is None) != (self.max_seq_len is None):
+            raise ValueError("give max_input_len and max_seq_len together (the engine's limits)")
         return self
 
 
@@ -101,7 +118,8 @@ class GatewayConfig(BaseModel):
 
 
 def parse_model_spec(spec: str) -> ModelRoute:
-    """``NAME=URL[,profile=P][,target=T][,protocol=grpc|http][,tokenizer=DIR][,max_tokens=N]``."""
+    """``NAME=URL[,profile=P][,target=T][,protocol=grpc|http][,tokenizer=DIR][,max_tokens=N][,max_input_len=N,
+    max_seq_len=N]``."""
     name, sep, rest = spec.partition("=")
     if not sep or not name or not rest:
         raise ConfigError(f"--model {spec!r}: expected NAME=URL[,key=value...], e.g. akallama-70b=127.0.0.1:8001")
