@@ -1,0 +1,42 @@
+"""Which LLM API implementation runs: TensorRT-LLM's, or the CPU stand-in when the rendered repository says so.
+
+``llm_runtime`` (config.pbtxt parameter): ``tensorrt_llm`` (production: ``tensorrt_llm.LLM``, ``SamplingParams``,
+``KvCacheConfig``) or ``cpu_stand_in`` (the CPU test server: :mod:`koserve.cpu_engine.llmapi`, imported here and
+only here, lazily, so production never loads the CPU engine).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from koserve.errors import ConfigError
+
+RUNTIMES = ("tensorrt_llm", "cpu_stand_in")
+
+
+@dataclass(frozen=True)
+class LlmRuntime:
+    """The classes the engine step uses: ``make_llm(**llm_kwargs)``, ``SamplingParams``, ``KvCacheConfig``."""
+
+    name: str
+    make_llm: Callable
+    sampling_params_cls: type
+    kv_cache_config_cls: type
+
+
+def load_runtime(name: str, parameters: dict[str, str]) -> LlmRuntime:
+    """Import the runtime ``name``; ``parameters`` (the model's config parameters) configure the CPU stand-in."""
+    if name == "tensorrt_llm":
+        from tensorrt_llm import LLM, SamplingParams  # noqa: PLC0415
+        from tensorrt_llm.llmapi import KvCacheConfig  # noqa: PLC0415
+
+        return LlmRuntime(name, LLM, SamplingParams, KvCacheConfig)
+    if name == "cpu_stand_in":
+        from koserve.cpu_engine import llmapi  # noqa: PLC0415 - test server only, never in production
+
+        def make_llm(**kwargs):
+            return llmapi.LLM(**kwargs, stand_in_parameters=parameters)
+
+        return LlmRuntime(name, make_llm, llmapi.SamplingParams, llmapi.KvCacheConfig)
+    raise ConfigError(f"parameter llm_runtime must be one of {', '.join(RUNTIMES)}, got {name!r}")
