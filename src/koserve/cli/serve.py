@@ -62,10 +62,22 @@ def build_server(args):
     world = args.world_size or int(info.get("world_size") or 1)
     prefix = unique_shm_prefix("r")
     http, grpc, metrics = args.http_port or 8000, args.grpc_port or 8001, args.metrics_port or 8002
-    cmd = gpu_command(
-        repo, world, http_port=http, grpc_port=grpc, metrics_port=metrics, host=args.host,
-        tritonserver=args.tritonserver or GPU_TRITONSERVER, shm_prefix=prefix, extra_args=extra,
-    )
+    if info.get("engine_backend") == "pytorch":  # the LLM API starts its own ranks: one tritonserver
+        from koserve.server.tritonserver import llmapi_command
+
+        cmd = llmapi_command(
+            repo, world, nodes=args.nodes, http_port=http, grpc_port=grpc, metrics_port=metrics, host=args.host,
+            tritonserver=args.tritonserver or GPU_TRITONSERVER, shm_prefix=prefix, extra_args=extra,
+        )
+        world = 1
+    else:
+        if args.nodes != 1:
+            raise ConfigError("--nodes is for repositories rendered --engine-backend pytorch; the engine path's "
+                              "mpirun places its TP×PP ranks by the hostfile")
+        cmd = gpu_command(
+            repo, world, http_port=http, grpc_port=grpc, metrics_port=metrics, host=args.host,
+            tritonserver=args.tritonserver or GPU_TRITONSERVER, shm_prefix=prefix, extra_args=extra,
+        )
     host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
     return TritonServer(
         cmd, dict(os.environ), http_url=f"http://{host}:{http}", grpc_url=f"{host}:{grpc}",
@@ -232,6 +244,10 @@ def register(subparsers) -> None:
     g.add_argument("--cpu", dest="gpu", action="store_false", default=None,
                    help="force the CPU (pytriton wheel) path")
     p.add_argument("--world-size", type=int, metavar="N", help="GPU: ranks (default: TP*PP from the rendered repository)")
+    p.add_argument("--nodes", type=int, default=1, metavar="N",
+                   help="GPU, --engine-backend pytorch repositories: nodes the TP×PP ranks span (default 1: one "
+                   "tritonserver whose LLM spawns its ranks; more: `mpirun -n TP*PP trtllm-llmapi-launch "
+                   "tritonserver`, hosts from Open MPI's hostfile)")
     p.add_argument("--tritonserver", metavar="PATH",
                    help="GPU: tritonserver binary (default: /opt/tritonserver/bin/tritonserver)")
     add_time(p, "--stop-grace", default=None,

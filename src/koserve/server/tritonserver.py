@@ -162,6 +162,62 @@ def gpu_command(
     return cmd
 
 
+LLMAPI_LAUNCH = "trtllm-llmapi-launch"
+
+
+def llmapi_command(
+    model_repository: Path,
+    world_size: int,
+    *,
+    nodes: int = 1,
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    metrics_port: int = 8002,
+    host: str = "127.0.0.1",
+    tritonserver: str = GPU_TRITONSERVER,
+    mpirun: str = "mpirun",
+    launcher: str = LLMAPI_LAUNCH,
+    shm_prefix: str = "prefix",
+    extra_args: tuple[str, ...] = (),
+    log_file_dir: Path | None = None,
+    env: "dict[str, str] | None" = None,
+) -> list[str]:
+    """``mpirun`` argv for a repository whose engine step is the LLM API (``--engine-backend pytorch``).
+
+    One tritonserver, whatever the world size: the LLM API starts its own ranks (TensorRT-LLM 1.2.1, cited in
+    tests/engines/data/trtllm-1.2.1-llmapi-contract.json, "launch"):
+
+    - one node: ``mpirun -n 1 tritonserver ...`` (NVIDIA's llmapi guide launches ``launch_triton_server.py`` with its
+      default world size 1); ``LLM(tensor_parallel_size=N)`` spawns its N workers itself (``MpiPoolSession``);
+    - several nodes: ``mpirun -n TP×PP trtllm-llmapi-launch tritonserver ...`` (``launch_triton_server.py
+      --trtllm_llmapi_launch``): on rank 0 the wrapper runs tritonserver (MPI variables cleared) beside
+      ``mgmn_leader_node``; every other rank runs ``mgmn_worker_node`` and never starts tritonserver, and the LLM
+      in rank 0's stub reaches those ranks through ``TLLM_SPAWN_PROXY_PROCESS``.
+
+    ``mpirun`` forwards the environment as for the engine path (:func:`koserve.engines.mpi.mpirun_head`).
+    """
+    if world_size < 1 or nodes < 1:
+        raise ConfigError(f"world size and nodes must be >= 1, got {world_size} and {nodes}")
+    if nodes > 1 and world_size % nodes:
+        raise ConfigError(f"world size {world_size} (TP×PP) does not split over {nodes} nodes")
+    from koserve.engines.mpi import mpirun_head  # noqa: PLC0415
+
+    ranks = world_size if nodes > 1 else 1
+    cmd = mpirun_head(mpirun, env) + ["-n", str(ranks)]
+    if nodes > 1:
+        cmd.append(launcher)
+    cmd += [
+        tritonserver, f"--model-repository={model_repository}", "--disable-auto-complete-config",
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix}0_",
+        f"--http-address={host}", f"--grpc-address={host}", f"--metrics-address={host}",
+        f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}",
+        *extra_args,
+    ]
+    if log_file_dir is not None:
+        cmd.append(f"--log-file={log_file_dir / 'triton_rank0.log'}")
+    return cmd
+
+
 DEFAULT_STOP_GRACE_S = 15.0
 
 
