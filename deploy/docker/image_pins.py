@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata as md
+import importlib.util
 import json
 import re
 import subprocess
@@ -87,6 +88,11 @@ def before(args: argparse.Namespace) -> int:
                   "not the interpreter of the TensorRT-LLM image (expected /opt/venv-tritonserver/bin/python3 first "
                   "on PATH)", file=sys.stderr)
             return 1
+    for module in args.finds:
+        if importlib.util.find_spec(module) is None:
+            print(f"image_pins: `{sys.executable}` has no module {module}; this is not the interpreter of the "
+                  "TensorRT-LLM image", file=sys.stderr)
+            return 1
     versions = installed()
     missing = [r for r in args.roots if canonical(r) not in versions]
     if missing:
@@ -132,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("before", help="check the interpreter, record versions, write constraints")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="a module that must import (the Dockerfile: tensorrt_llm)")
+    p.add_argument("--find", dest="finds", action="append", default=[], metavar="MODULE",
+                   help="a module that must be installed, located without importing it (for a builder where the "
+                   "import itself cannot run, e.g. one without the GPU driver)")
     p.add_argument("--root", dest="roots", action="append", required=True, metavar="DIST",
                    help="a distribution whose requirements (transitively) must not change")
     p.add_argument("--state", required=True, help="where to record the versions (JSON)")
