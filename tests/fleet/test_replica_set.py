@@ -67,3 +67,21 @@ def test_refusals_are_unreachable_draining_or_stopping_servers_only():
     assert is_refusal(ServerError("x", server_message="Server is stopping, scheduler for model has stopped ..."))
     assert not is_refusal(ServerError("x", server_message="max_tokens must be >= 1"))
     assert not is_refusal(ValueError("server is draining"))
+
+
+def test_a_route_lists_replicas_with_a_bar_or_a_yaml_list_and_refuses_empty_or_repeated_ones(tmp_path):
+    import pytest
+
+    from koserve.errors import ConfigError
+    from koserve.gateway.config import load_config
+
+    config = load_config(model_specs=["akallama-70b=127.0.0.1:8001|127.0.0.1:9001"])
+    assert config.models[0].urls == ("127.0.0.1:8001", "127.0.0.1:9001")
+    yaml_file = tmp_path / "gateway.yaml"
+    yaml_file.write_text("models:\n  - name: akallama-70b\n    url: [127.0.0.1:8001, 127.0.0.1:9001]\n")
+    assert load_config(yaml_file).models[0].urls == ("127.0.0.1:8001", "127.0.0.1:9001")
+    assert load_config(model_specs=["akallama-70b=127.0.0.1:8001"]).models[0].urls == ("127.0.0.1:8001",)
+    with pytest.raises(ConfigError, match="empty address"):
+        load_config(model_specs=["akallama-70b=127.0.0.1:8001|"])
+    with pytest.raises(ConfigError, match="names a replica twice"):
+        load_config(model_specs=["akallama-70b=127.0.0.1:8001|127.0.0.1:8001"])
