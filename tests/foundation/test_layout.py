@@ -15,8 +15,8 @@ SRC = Path(koserve.__file__).resolve().parent
 
 # What runs in production: the Triton stubs, `koserve serve`, `koserve repo render`, engine builds, the client, the
 # gateway, the load test (locust users are imported only inside locust) and the shared foundations.
-PRODUCTION = ("triton_models", "server", "repo", "engines", "client", "gateway", "loadtest", "text", "chat",
-              "profiles", "smoke", "cli")
+PRODUCTION = ("triton_models", "llmapi_engine", "server", "repo", "engines", "client", "gateway", "loadtest",
+              "text", "chat", "profiles", "smoke", "cli")
 FENCED = ("koserve.cpu_engine", "koserve.testing")
 LOCUST_ONLY = {"koserve.loadtest.users", "koserve.loadtest.metrics", "koserve.loadtest.locustfile",
                "koserve.loadtest.locust_shapes"}
