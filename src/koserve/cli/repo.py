@@ -13,6 +13,11 @@ def _render(args) -> int:
         tokenizer_dir=Path(args.tokenizer),
         out=Path(args.out),
         engine_dir=Path(args.engine) if args.engine else None,
+        engine_backend=args.engine_backend,
+        checkpoint_dir=Path(args.checkpoint) if args.checkpoint else None,
+        tp_size=args.tp,
+        pp_size=args.pp,
+        max_num_tokens=args.max_num_tokens,
         cpu_model_dir=Path(args.cpu_model) if args.cpu_model else None,
         replay=args.replay,
         replay_delay_ms=args.replay_delay_ms,
@@ -36,7 +41,8 @@ def _render(args) -> int:
     rendered = render_repository(opts)
     ctx = rendered.context
     print(
-        f"rendered {rendered.kind.upper()} repository for {rendered.profile_name} at {rendered.path}\n"
+        f"rendered {rendered.kind.upper()} repository ({ctx['engine_backend']} engine step) for "
+        f"{rendered.profile_name} at {rendered.path}\n"
         f"  models: {', '.join(rendered.models)}\n"
         f"  max_batch_size={ctx['max_batch_size']} max_input_len={ctx['max_input_len']} "
         f"max_seq_len={ctx['max_seq_len']} tp={ctx['tp_size']} pp={ctx['pp_size']}\n"
@@ -55,7 +61,8 @@ def register(subparsers) -> None:
         "render",
         help="render the model repository for a profile",
         description="Render model_repository/ templates. Give exactly one of --engine (GPU, TensorRT-LLM engine "
-        "folder: limits and TP×PP read from its config.json), --cpu-model (CPU stand-in running a HF Llama "
+        "folder: limits and TP×PP read from its config.json), --checkpoint (GPU, --engine-backend pytorch: a Hugging "
+        "Face checkpoint served by the LLM API), --cpu-model (CPU stand-in running a HF Llama "
         "checkpoint) or --replay (CPU stand-in replaying a fixed token sequence).",
     )
     add_profile(p, default=None, required=True)
@@ -63,8 +70,19 @@ def register(subparsers) -> None:
                    help="folder with tokenizer.json (+ tokenizer_config.json)")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--engine", metavar="DIR", help="TensorRT-LLM engine folder (GPU)")
+    mode.add_argument("--checkpoint", metavar="DIR",
+                      help="Hugging Face checkpoint folder (GPU, --engine-backend pytorch: the LLM API loads it)")
     mode.add_argument("--cpu-model", metavar="DIR", help="Hugging Face Llama checkpoint folder (CPU stand-in)")
     mode.add_argument("--replay", action="store_true", help="CPU stand-in in replay mode (tests, benchmarks)")
+    p.add_argument("--engine-backend", choices=("trtllm", "pytorch"), default="trtllm",
+                   help="the engine step, served as tensorrt_llm either way: trtllm (default) TensorRT-LLM's C++ "
+                   "backend on an --engine; pytorch the LLM API (PyTorch backend) on a --checkpoint, or on the CPU "
+                   "stand-in's LLM API object with --cpu-model / --replay (docs/serving.md)")
+    p.add_argument("--tp", type=int, default=1, metavar="N", help="pytorch on GPU: tensor-parallel size (default 1)")
+    p.add_argument("--pp", type=int, default=1, metavar="N",
+                   help="pytorch on GPU: pipeline-parallel size (default 1)")
+    p.add_argument("--max-num-tokens", type=int, default=None, metavar="N",
+                   help="pytorch: LLM(max_num_tokens=N), tokens per engine iteration (default 8192)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.add_argument("--engine-not-decoupled", action="store_true",
@@ -82,10 +100,12 @@ def register(subparsers) -> None:
                         "docs/decisions/2026-12-02-ensemble-optional-outputs.md)")
     p.add_argument("--replay-delay-ms", type=float, default=0.0, metavar="MS", help="replay: delay between tokens (ms)")
     p.add_argument("--replay-text", metavar="FILE", help="replay: file whose text (tokenized) is replayed")
-    p.add_argument("--max-batch-size", type=int, metavar="N", help="CPU: engine max batch size (default: 64)")
-    p.add_argument("--max-input-len", type=int, metavar="N", help="CPU: max prompt tokens (default: max-seq-len - 1)")
+    p.add_argument("--max-batch-size", type=int, metavar="N",
+                   help="CPU or --checkpoint: engine max batch size (default: 64)")
+    p.add_argument("--max-input-len", type=int, metavar="N",
+                   help="CPU or --checkpoint: max prompt tokens (default: max-seq-len - 1)")
     p.add_argument("--max-seq-len", type=int, metavar="N",
-                   help="CPU: max prompt + output tokens (default: the model's)")
+                   help="CPU or --checkpoint: max prompt + output tokens (default: the model's)")
     p.add_argument("--max-queue-delay-us", type=int, default=0, metavar="US",
                    help="engine dynamic batching queue delay (µs)")
     p.add_argument("--bls-instances", type=int, default=1, metavar="N",

@@ -1,5 +1,10 @@
 """``koserve repo render``: fill the ``model_repository/`` templates into a servable Triton model repository.
 
+``engine_backend`` picks the engine step (the model ``tensorrt_llm`` either way): ``trtllm`` (default) the C++
+backend on a TensorRT engine, ``pytorch`` the LLM API step (template ``tensorrt_llm_llmapi``, :mod:`koserve.llmapi_engine`)
+on a Hugging Face checkpoint (``checkpoint_dir``) on GPU, or on the CPU stand-in's LLM API object for ``cpu_model_dir`` /
+``replay``.
+
 GPU (``engine_dir``): the C++ ``tensorrtllm`` backend config, sized from the engine's ``config.json`` (max batch
 size, max input / sequence length, TP×PP), so Triton's limits never disagree with the engine's. CPU
 (``cpu_model_dir`` or ``replay``): the python stand-in (template ``tensorrt_llm_cpu``) rendered as ``tensorrt_llm``.
@@ -28,6 +33,7 @@ from koserve.triton_models.stream_defaults import (
 
 REPO_INFO = "koserve_repo.json"
 SERVING_MODELS = ("preprocessing", "postprocessing", "ensemble", "tensorrt_llm_bls")
+ENGINE_BACKENDS = ("trtllm", "pytorch")
 DEFAULT_POSTPROCESSING_MAX_QUEUE_DELAY_US = 1000
 
 
@@ -48,12 +54,20 @@ def templates_dir() -> Path:
 
 @dataclass
 class RenderOptions:
-    """Inputs of ``koserve repo render`` (exactly one of engine_dir / cpu_model_dir / replay)."""
+    """Inputs of ``koserve repo render`` (exactly one of engine_dir / checkpoint_dir / cpu_model_dir / replay)."""
 
     profile: str
     tokenizer_dir: Path
     out: Path
     engine_dir: Path | None = None
+    # trtllm: the C++ backend (GPU: engine_dir). pytorch: the LLM API engine step (GPU: checkpoint_dir).
+    engine_backend: str = "trtllm"
+    checkpoint_dir: Path | None = None  # pytorch on GPU: a Hugging Face checkpoint (quantized or not)
+    tp_size: int = 1  # pytorch on GPU: LLM(tensor_parallel_size=...), pipeline_parallel_size
+    pp_size: int = 1
+    max_num_tokens: int | None = None  # pytorch: LLM(max_num_tokens=...), default 8192
+    kv_cache_free_gpu_memory_fraction: float = 0.9  # pytorch: KvCacheConfig(free_gpu_memory_fraction=...)
+    enable_kv_cache_reuse: bool = True  # pytorch: KvCacheConfig(enable_block_reuse=...)
     cpu_model_dir: Path | None = None
     replay: bool = False
     replay_delay_ms: float = 0.0
@@ -143,9 +157,17 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
     from koserve.profiles import load_profile  # noqa: PLC0415
     from koserve.profiles.loader import _DATA  # noqa: PLC0415
 
-    modes = [opts.engine_dir is not None, opts.cpu_model_dir is not None, opts.replay]
+    modes = [opts.engine_dir is not None, opts.checkpoint_dir is not None, opts.cpu_model_dir is not None, opts.replay]
     if sum(modes) != 1:
-        raise ConfigError("give exactly one of --engine DIR (GPU), --cpu-model DIR (CPU, HF checkpoint) or --replay")
+        raise ConfigError("give exactly one of --engine DIR (GPU, trtllm), --checkpoint DIR (GPU, pytorch), "
+                          "--cpu-model DIR (CPU, HF checkpoint) or --replay")
+    if opts.engine_backend not in ENGINE_BACKENDS:
+        raise ConfigError(f"engine backend must be one of {', '.join(ENGINE_BACKENDS)}, got {opts.engine_backend!r}")
+    if opts.engine_dir is not None and opts.engine_backend != "trtllm":
+        raise ConfigError("--engine DIR is a TensorRT engine (the trtllm backend); --engine-backend pytorch serves "
+                          "a Hugging Face checkpoint: give --checkpoint DIR")
+    if opts.checkpoint_dir is not None and opts.engine_backend != "pytorch":
+        raise ConfigError("--checkpoint DIR is served by the LLM API engine step: add --engine-backend pytorch")
     profile = load_profile(opts.profile)
     builtin = _DATA / f"{opts.profile}.yaml"
     profile_file = builtin if builtin.is_file() else Path(opts.profile).expanduser().resolve()
@@ -207,7 +229,24 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
         "cpu_engine_mode": "",
         "replay_delay_ms": float(opts.replay_delay_ms),
         "replay_text_file": "",
+        "engine_backend": opts.engine_backend,
+        # the LLM API engine step (template tensorrt_llm_llmapi)
+        "llm_runtime": "tensorrt_llm" if opts.checkpoint_dir is not None else "cpu_stand_in",
+        "llm_model_dir": "",
+        "max_num_tokens": int(opts.max_num_tokens or 8192),
+        "kv_cache_free_gpu_memory_fraction": float(opts.kv_cache_free_gpu_memory_fraction),
+        "enable_kv_cache_reuse": bool(opts.enable_kv_cache_reuse),
+        "vocab_size": tokenizer.vocab_size,
+        "end_ids": " ".join(str(i) for i in profile.generation.end_ids),
     }
+    if not 0 < opts.kv_cache_free_gpu_memory_fraction <= 1:
+        raise ConfigError(f"kv_cache_free_gpu_memory_fraction must be in (0, 1], got "
+                          f"{opts.kv_cache_free_gpu_memory_fraction}")
+    for n in ("tp_size", "pp_size", "max_num_tokens"):
+        _check_positive(n, getattr(opts, n))
+    if opts.checkpoint_dir is None and (opts.tp_size, opts.pp_size) != (1, 1):
+        raise ConfigError("--tp / --pp apply to --checkpoint (pytorch on GPU); a TensorRT engine has its own, the "
+                          "CPU stand-in runs one rank")
     if opts.engine_dir is not None:
         engine = Path(opts.engine_dir).expanduser().resolve()
         given = {k: getattr(opts, k) for k in ("max_batch_size", "max_input_len", "max_seq_len")}
@@ -234,6 +273,26 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
             pp_size=limits.pp_size,
         )
         kind, world = "gpu", limits.world_size
+    elif opts.checkpoint_dir is not None:
+        ckpt = Path(opts.checkpoint_dir).expanduser().resolve()
+        cfg = _checkpoint_config(ckpt)
+        vocab = cfg.get("vocab_size")
+        if isinstance(vocab, int):
+            if vocab < tokenizer.vocab_size:
+                raise ConfigError(f"--checkpoint {ckpt} has vocab_size {vocab} but the tokenizer has "
+                                  f"{tokenizer.vocab_size} ids")
+            ctx["vocab_size"] = vocab
+        max_pos = min(arch.max_position_embeddings, int(cfg.get("max_position_embeddings") or 10**9))
+        max_seq_len = opts.max_seq_len or max_pos
+        max_input_len = opts.max_input_len or max_seq_len - 1
+        if max_input_len >= max_seq_len or max_seq_len > max_pos:
+            raise ConfigError(f"max input length {max_input_len} / max sequence length {max_seq_len}: need input < "
+                              f"sequence <= the model's {max_pos} positions")
+        if opts.replay_text_file is not None or opts.replay_delay_ms:
+            raise ConfigError("--replay-text / --replay-delay-ms only apply to --replay")
+        ctx.update(llm_model_dir=str(ckpt), max_batch_size=opts.max_batch_size or 64, max_input_len=max_input_len,
+                   max_seq_len=max_seq_len, tp_size=opts.tp_size, pp_size=opts.pp_size)
+        kind, world = "gpu", opts.tp_size * opts.pp_size
     else:
         max_pos = arch.max_position_embeddings
         if opts.cpu_model_dir is not None:
@@ -272,9 +331,29 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
             raise ConfigError(f"max sequence length {max_seq_len} exceeds the model's {max_pos} positions")
         ctx.update(max_batch_size=opts.max_batch_size or 64, max_input_len=max_input_len, max_seq_len=max_seq_len,
                    tp_size=1, pp_size=1)
+        if opts.cpu_model_dir is not None and isinstance(vocab, int):
+            ctx["vocab_size"] = vocab
         kind, world = "cpu", 1
     ctx["max_output_len"] = ctx["max_seq_len"] - 1
     return ctx, kind, world
+
+
+def _checkpoint_config(ckpt: Path) -> dict:
+    """A Hugging Face checkpoint's config.json (the LLM API loads the checkpoint folder itself)."""
+    cfg_path = ckpt / "config.json"
+    if not cfg_path.is_file():
+        raise ConfigError(f"--checkpoint {ckpt}: no config.json there (a Hugging Face checkpoint folder)")
+    try:
+        return json.loads(cfg_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{cfg_path} is not valid JSON: {exc}") from None
+
+
+def engine_template(kind: str, engine_backend: str) -> str:
+    """The template folder rendered as the model ``tensorrt_llm``."""
+    if engine_backend == "pytorch":
+        return "tensorrt_llm_llmapi"
+    return "tensorrt_llm" if kind == "gpu" else "tensorrt_llm_cpu"
 
 
 def render_repository(opts: RenderOptions) -> RenderedRepo:
@@ -291,8 +370,8 @@ def render_repository(opts: RenderOptions) -> RenderedRepo:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        engine_template = "tensorrt_llm" if kind == "gpu" else "tensorrt_llm_cpu"
-        for name, template in [*((m, m) for m in SERVING_MODELS), ("tensorrt_llm", engine_template)]:
+        engine = engine_template(kind, opts.engine_backend)
+        for name, template in [*((m, m) for m in SERVING_MODELS), ("tensorrt_llm", engine)]:
             folder = src / template
             if not (folder / "config.pbtxt").is_file():
                 raise ConfigError(f"template {folder}/config.pbtxt is missing")
@@ -304,7 +383,8 @@ def render_repository(opts: RenderOptions) -> RenderedRepo:
             except jinja2.TemplateError as exc:
                 raise ConfigError(f"cannot render {folder}/config.pbtxt: {exc}") from None
             (dest / "config.pbtxt").write_text(text, encoding="utf-8")
-        info = {"kind": kind, "profile": ctx["profile_name"], "world_size": world, "context": ctx,
+        info = {"kind": kind, "engine_backend": opts.engine_backend, "profile": ctx["profile_name"],
+                "world_size": world, "context": ctx,
                 "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}}
         (tmp / REPO_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if out.exists():
