@@ -244,7 +244,6 @@ def test_inputs_the_cpp_backend_ignores_for_a_decoder_only_model_are_ignored():
         ("lora_weights", np.ones((1, 2, 4), np.float16)),
         ("encoder_input_features", np.ones((1, 2, 4), np.float16)),
         ("draft_input_ids", np.array([[5, 6]], np.int32)),
-        ("guided_decoding_guide", np.array([[b"{}"]], object)),
         ("lookahead_window_size", np.array([[4]], np.int32)),
         ("retention_token_range_starts", np.array([[0]], np.int32)),
         ("context_phase_params", np.ones((1, 8), np.uint8)),

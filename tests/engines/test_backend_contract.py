@@ -237,7 +237,8 @@ def test_cpu_stand_in_declares_the_same_engine_inputs(tmp_path, engine_dir_for, 
     implemented = {"input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "stop_words_list",
                    "bad_words_list", "temperature", "runtime_top_k", "runtime_top_p", "repetition_penalty",
                    "min_tokens", "presence_penalty", "frequency_penalty", "seed",
-                   "return_log_probs", "exclude_input_in_output", "stop", "streaming"}
+                   "return_log_probs", "exclude_input_in_output", "stop", "streaming",
+                   "guided_decoding_guide_type", "guided_decoding_guide"}
     assert set(cpu) == handled | implemented, (sorted(set(cpu) - handled - implemented),
                                                sorted((handled | implemented) - set(cpu)))
     assert not handled & implemented

@@ -37,6 +37,7 @@ def _render(args) -> int:
         engine_decoupled=False if args.engine_not_decoupled else None,
         bls_decoupled=False if args.bls_not_decoupled else None,
         ensemble_all_outputs=True if args.ensemble_all_outputs else None,
+        guided_decoding=True if args.guided_decoding else None,
     )
     rendered = render_repository(opts)
     ctx = rendered.context
@@ -92,6 +93,10 @@ def register(subparsers) -> None:
     p.add_argument("--bls-not-decoupled", action="store_true",
                    help="render tensorrt_llm_bls with decoupled: false (unary ModelInfer / HTTP infer on it, one "
                         "response per request; stream=true is refused)")
+    p.add_argument("--guided-decoding", action="store_true",
+                   help="enable structured output (JSON schema, JSON mode, tools): tensorrt_llm's "
+                        "guided_decoding_backend xgrammar, with TensorRT-LLM's xgrammar tokenizer-info file written "
+                        "from --tokenizer into the repository (docs/client.md, 'Structured output')")
     p.add_argument("--ensemble-all-outputs", action="store_true",
                    help="declare all of NVIDIA's optional ensemble outputs (context/generation logits, perf metrics, "
                         "kv-cache and draft stats, sequence_index; koserve never sends them), for clients that ask "

@@ -14,14 +14,21 @@ from pathlib import Path
 from koserve.errors import ConfigError, InvalidRequestError
 from koserve.cpu_engine.sampling import choose_token, request_generator
 from koserve.cpu_engine.scheduler import Engine, Sequence
-from koserve.cpu_engine.types import EngineRequest
+from koserve.cpu_engine.types import EngineRequest, FinishReason
+
+
+GUIDED_DECODING_OFF = (
+    "guided decoding is off in this tensorrt_llm (parameter guided_decoding_backend is empty): render the model "
+    "repository with --guided-decoding"
+)
 
 
 class _HFState:
-    __slots__ = ("cache", "counts", "generator", "next_input", "sequence")
+    __slots__ = ("cache", "counts", "generator", "masker", "next_input", "sequence")
 
-    def __init__(self, req: EngineRequest):
+    def __init__(self, req: EngineRequest, masker=None):
         self.cache = None
+        self.masker = masker  # koserve.cpu_engine.guided.TokenMasker when the request has a guide
         self.sequence = list(req.input_ids)
         self.counts = Counter(self.sequence)
         self.generator = request_generator(req.seed)
@@ -39,6 +46,7 @@ class HFEngine(Engine):
         *,
         dtype: str = "float32",
         num_threads: int | None = None,
+        guided_decoding: tuple[str, float] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -62,8 +70,18 @@ class HFEngine(Engine):
         self.vocab_size = int(self.model.config.vocab_size)
         self.max_position_embeddings = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
         self.model_dir = path
+        self.grammars = None  # koserve.cpu_engine.guided.GrammarCache when guided decoding is on
+        if guided_decoding is not None:
+            from koserve.cpu_engine.guided import GrammarCache, load_tokenizer_info  # noqa: PLC0415
+
+            info_path, timeout_s = guided_decoding
+            self.grammars = GrammarCache(load_tokenizer_info(info_path, self.vocab_size), timeout_s=timeout_s)
 
     def validate(self, request: EngineRequest) -> None:
+        if request.guided is not None:
+            if self.grammars is None:
+                raise InvalidRequestError(GUIDED_DECODING_OFF)
+            self.grammars.get(request.guided)  # compiled (bounded in time) and cached before the request queues
         bad = [t for t in request.input_ids if not 0 <= t < self.vocab_size]
         if bad:
             raise InvalidRequestError(
@@ -80,12 +98,15 @@ class HFEngine(Engine):
         torch = self._torch
         st = seq.state
         if st is None:
-            st = seq.state = _HFState(seq.request)
+            guided = seq.request.guided
+            st = seq.state = _HFState(seq.request, self.grammars.matcher(guided) if guided is not None else None)
         with torch.inference_mode():
             ids = torch.tensor([st.next_input], dtype=torch.long)
             out = self.model(input_ids=ids, past_key_values=st.cache, use_cache=True)
             st.cache = out.past_key_values
             logits = out.logits[0, -1]
+        if st.masker is not None:
+            logits = st.masker.mask(logits.float().clone())
         token, log_prob = choose_token(
             logits,
             seq.request,
@@ -97,5 +118,15 @@ class HFEngine(Engine):
         st.sequence.append(token)
         st.counts[token] += 1
         st.next_input = [token]
+        if st.masker is not None:
+            st.masker.accept(token)
         seq.accept(token, log_prob)
+        if st.masker is not None and st.masker.terminated:
+            # the grammar is complete: its stop token ended it (emitted if it is a stop word, as any other)
+            seq.finish(FinishReason.END_ID)
         return True
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        super().shutdown(timeout)
+        if self.grammars is not None:
+            self.grammars.shutdown()

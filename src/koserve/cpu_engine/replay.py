@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from koserve.errors import ConfigError
+from koserve.errors import ConfigError, InvalidRequestError
 from koserve.cpu_engine.scheduler import Engine, Sequence
 from koserve.cpu_engine.types import FinishReason
 
@@ -81,6 +81,14 @@ class ReplayEngine(Engine):
         self.tokens = list(tokens)
         self.delay = delay_ms / 1000.0
         self.at_end = at_end
+
+    def validate(self, request) -> None:
+        # a fixed text cannot follow a grammar: refusing is honest, emitting off-grammar text would not be
+        if request.guided is not None:
+            raise InvalidRequestError(
+                "guided decoding (guided_decoding_guide_type) needs a model: the replay engine emits a fixed text and "
+                "cannot follow a guide; render with --cpu-model"
+            )
 
     def _token_at(self, pos: int) -> int | None:
         if pos < len(self.tokens):

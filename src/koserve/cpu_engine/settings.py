@@ -40,6 +40,10 @@ class EngineSettings:
     dtype: str = "float32"
     num_threads: int = 0  # torch intra-op threads (0: torch's default)
     cancel_check_period_ms: float = 10.0
+    # guided decoding, the C++ backend's parameters: "xgrammar" + NVIDIA's tokenizer-info file, or "" (off)
+    guided_decoding_backend: str = ""
+    xgrammar_tokenizer_info_path: str = ""
+    guided_compile_timeout_s: float = 10.0  # a guide that takes longer to compile is refused
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -76,6 +80,12 @@ class EngineSettings:
             raise ConfigError("parameter model_dir is required in hf mode (a Hugging Face checkpoint folder)")
         if self.mode == "replay" and not (self.tokenizer_dir or self.model_dir):
             raise ConfigError("parameter tokenizer_dir (or model_dir) is required in replay mode")
+        if self.guided_decoding_backend not in ("", "xgrammar"):
+            raise ConfigError(  # as the C++ backend (getGuidedDecodingConfigFromParams)
+                f"parameter guided_decoding_backend must be 'xgrammar' or empty, got {self.guided_decoding_backend!r}"
+            )
+        if self.guided_decoding_backend and not self.xgrammar_tokenizer_info_path:
+            raise ConfigError("parameter xgrammar_tokenizer_info_path is required with guided_decoding_backend xgrammar")
         for name in ("max_batch_size", "max_input_len", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"parameter {name} must be >= 1, got {getattr(self, name)}")
@@ -108,4 +118,8 @@ def create_engine(settings: EngineSettings) -> Engine:
         return ReplayEngine(tokens, delay_ms=settings.replay_delay_ms, at_end=settings.replay_at_end, **common)
     from koserve.cpu_engine.hf import HFEngine  # noqa: PLC0415
 
-    return HFEngine(settings.model_dir, dtype=settings.dtype, num_threads=settings.num_threads or None, **common)
+    guided = None
+    if settings.guided_decoding_backend:
+        guided = (settings.xgrammar_tokenizer_info_path, settings.guided_compile_timeout_s)
+    return HFEngine(settings.model_dir, dtype=settings.dtype, num_threads=settings.num_threads or None,
+                    guided_decoding=guided, **common)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from koserve.errors import InvalidRequestError
+from koserve.guided.spec import parse_guided_decoding
 from koserve.cpu_engine.metrics import TritonEngineMetrics
 from koserve.cpu_engine.scheduler import Engine, EngineBusyError, EngineClosedError
 from koserve.cpu_engine.settings import EngineSettings, create_engine
@@ -43,13 +44,13 @@ _UNSUPPORTED_UNLESS = {
 }
 # Declared inputs the stand-in refuses whenever they hold a value (an empty tensor counts as absent): features of
 # other model kinds (encoder-decoder, multimodal, mrope), prompt tuning, LoRA, disaggregated serving, KV-cache
-# retention, guided decoding, speculative and lookahead decoding, a non-empty embedding bias.
+# retention, speculative and lookahead decoding, a non-empty embedding bias.
 _UNSUPPORTED_WHEN_GIVEN = (
     "encoder_input_features", "encoder_output_lengths", "cross_attention_mask", "skip_cross_attn_blocks",
     "mrope_rotary_cos_sin", "mrope_position_deltas", "prompt_embedding_table", "lora_task_id", "lora_weights",
     "lora_config", "context_phase_params", "retention_token_range_starts", "retention_token_range_ends",
     "retention_token_range_priorities", "retention_token_range_durations_ms", "retention_decode_priority",
-    "retention_decode_duration_ms", "guided_decoding_guide_type", "guided_decoding_guide", "lookahead_window_size",
+    "retention_decode_duration_ms", "lookahead_window_size",
     "lookahead_ngram_size", "lookahead_verification_set_size", "draft_input_ids", "embedding_bias",
 )
 # Declared inputs ignored, exactly where TensorRT-LLM 1.x's C++ backend ignores them for a decoder-only model
@@ -90,6 +91,23 @@ def _scalar(get: GetTensor, name: str, kind: str, default=None):
         raise InvalidRequestError(f"{name} has dtype {arr.dtype}; expected {kind}")
     value = arr.reshape(-1)[0].item()
     return bool(value) if kind == "bool" else value
+
+
+def _text(get: GetTensor, name: str) -> str | None:
+    """The one UTF-8 string of a BYTES input (None when absent or empty)."""
+    arr = get(name)
+    if arr is None or np.asarray(arr).size == 0:
+        return None
+    flat = np.asarray(arr).reshape(-1)
+    if flat.size != 1:
+        raise InvalidRequestError(f"{name} must hold exactly one string per request, got {flat.size}")
+    raw = flat[0]
+    if isinstance(raw, str):
+        return raw
+    try:
+        return bytes(raw).decode("utf-8")
+    except (TypeError, UnicodeDecodeError):
+        raise InvalidRequestError(f"{name} must be UTF-8 text (BYTES)") from None
 
 
 def _word_tuples(array, name: str) -> tuple[tuple[int, ...], ...]:
@@ -200,6 +218,7 @@ def parse_triton_request(
         exclude_input_in_output=settings.exclude_input_in_output if exclude is None else exclude,
         return_log_probs=_scalar(get, "return_log_probs", "bool", default=False),
         request_id=request_id,
+        guided=parse_guided_decoding(_text(get, "guided_decoding_guide_type"), _text(get, "guided_decoding_guide")),
     )
 
 

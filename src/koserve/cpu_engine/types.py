@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 
 from koserve.errors import InvalidRequestError
+from koserve.guided.spec import GuidedDecoding
 
 
 class FinishReason(str, enum.Enum):
@@ -48,6 +49,7 @@ class EngineRequest:
     exclude_input_in_output: bool = True
     return_log_probs: bool = False
     request_id: str = ""
+    guided: GuidedDecoding | None = None  # TensorRT-LLM's GuidedDecodingParams: the output follows this guide
 
     def __post_init__(self) -> None:
         if len(self.input_ids) == 0:

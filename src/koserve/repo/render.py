@@ -23,6 +23,7 @@ from pathlib import Path
 import jinja2
 
 from koserve.errors import ConfigError
+from koserve.guided.tokenizer_info import TOKENIZER_INFO_FILE, write_tokenizer_info
 from koserve.triton_models.stream_defaults import (
     DEFAULT_MAX_INTERVAL_US,
     DEFAULT_MAX_WAIT_GAPS,
@@ -101,6 +102,9 @@ class RenderOptions:
     # kv-cache and draft stats, sequence_index — which koserve never sends. Off: batch_index, num_input_tokens and
     # num_output_tokens only. Each mapped output costs the ensemble CPU on every streamed response.
     ensemble_all_outputs: bool = False
+    # TensorRT-LLM guided decoding (structured output): guided_decoding_backend xgrammar and NVIDIA's tokenizer-info
+    # file written into tensorrt_llm/ (koserve.guided.tokenizer_info); off: both parameters empty
+    guided_decoding: bool = False
     force: bool = False
 
     def with_overrides(self, **values) -> "RenderOptions":
@@ -335,6 +339,9 @@ def build_context(opts: RenderOptions) -> tuple[dict, str, int]:
             ctx["vocab_size"] = vocab
         kind, world = "cpu", 1
     ctx["max_output_len"] = ctx["max_seq_len"] - 1
+    # guided decoding: the C++ backend's two parameters (the info file's path is set once the output folder is known)
+    ctx.update(guided_decoding_backend="xgrammar" if opts.guided_decoding else "", xgrammar_tokenizer_info_path="",
+               guided_stop_token_ids=list(profile.generation.end_ids))
     return ctx, kind, world
 
 
@@ -361,6 +368,8 @@ def render_repository(opts: RenderOptions) -> RenderedRepo:
     ctx, kind, world = build_context(opts)
     src = templates_dir()
     out = Path(opts.out).expanduser().resolve()
+    if opts.guided_decoding:
+        ctx["xgrammar_tokenizer_info_path"] = str(out / "tensorrt_llm" / TOKENIZER_INFO_FILE)
     if out.exists():
         if not opts.force:
             raise ConfigError(f"{out} already exists (use --force to replace it)")
@@ -383,6 +392,9 @@ def render_repository(opts: RenderOptions) -> RenderedRepo:
             except jinja2.TemplateError as exc:
                 raise ConfigError(f"cannot render {folder}/config.pbtxt: {exc}") from None
             (dest / "config.pbtxt").write_text(text, encoding="utf-8")
+        if opts.guided_decoding:
+            write_tokenizer_info(ctx["tokenizer_dir"], ctx["guided_stop_token_ids"],
+                                 tmp / "tensorrt_llm" / TOKENIZER_INFO_FILE)
         info = {"kind": kind, "engine_backend": opts.engine_backend, "profile": ctx["profile_name"],
                 "world_size": world, "context": ctx,
                 "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}}

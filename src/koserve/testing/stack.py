@@ -100,6 +100,7 @@ def serve_cpu(
             bls_stream_max_interval_us=bls_stream_max_interval_us,
             bls_stream_max_wait_gaps=bls_stream_max_wait_gaps,
             ensemble_all_outputs=ensemble_all_outputs,
+            guided_decoding=guided_decoding,
         )
         rendered = render_repository(opts)
         server = cpu_triton_server(

@@ -86,6 +86,10 @@ def engine_tensors(req: GenerationRequest, prepared: EngineInputs, engine_stream
         "exclude_input_in_output": np.array([[True]], dtype=np.bool_),
         "return_log_probs": np.array([[req.return_log_probs]], dtype=np.bool_),
     }
+    if req.guided is not None:  # NVIDIA's names, as the C++ backend reads them
+        tensors["guided_decoding_guide_type"] = np.array([[req.guided.guide_type.encode()]], dtype=np.object_)
+        if req.guided.guide:
+            tensors["guided_decoding_guide"] = np.array([[req.guided.guide.encode()]], dtype=np.object_)
     for field, (name, dtype) in ENGINE_SAMPLING.items():
         value = getattr(req.sampling, field)
         if field == "random_seed":

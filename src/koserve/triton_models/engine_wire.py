@@ -62,7 +62,12 @@ def request_proto(model: str, tensors: dict[str, np.ndarray], outputs: list[str]
         t = req.inputs.add()
         t.name, t.datatype = name, np_to_triton_dtype(arr.dtype)
         t.shape.extend(arr.shape)
-        req.raw_input_contents.append(np.ascontiguousarray(arr).tobytes())
+        if arr.dtype == np.object_:  # BYTES (guided_decoding_guide): Triton's length-prefixed elements
+            from tritonclient.utils import serialize_byte_tensor  # noqa: PLC0415
+
+            req.raw_input_contents.append(serialize_byte_tensor(arr).tobytes())
+        else:
+            req.raw_input_contents.append(np.ascontiguousarray(arr).tobytes())
     for name in outputs:
         req.outputs.add().name = name
     req.parameters["triton_enable_empty_final_response"].bool_param = True

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from koserve.errors import InvalidRequestError
+from koserve.guided.spec import GuidedDecoding, parse_guided_decoding
 
 MAX_STOP_WORDS = 32
 MAX_STOP_WORD_BYTES = 256
@@ -63,6 +64,7 @@ class GenerationRequest:
     return_num_input_tokens: bool = False  # TensorRT-LLM 1.x: num_input_tokens / num_output_tokens outputs
     return_num_output_tokens: bool = False
     input_tokens: int = 0  # the prompt's token count, once tokenized (the BLS's num_input_tokens)
+    guided: GuidedDecoding | None = None  # guided_decoding_guide_type / guided_decoding_guide, validated
 
 
 def check_batch_one(inputs: Mapping[str, np.ndarray]) -> None:
@@ -240,8 +242,6 @@ UNSUPPORTED_INPUTS: dict[str, object] = {
     "lora_task_id": None,
     "lora_weights": None,
     "lora_config": None,
-    "guided_decoding_guide_type": None,
-    "guided_decoding_guide": None,
     # tensorrt_llm_bls only
     "image_input": None,
     "image_bytes_input": None,
@@ -260,7 +260,8 @@ GENERATION_INPUTS = (
     "text_input", "max_tokens", "bad_words", "stop_words", "end_id", "pad_id", "top_k", "top_p", "temperature",
     "length_penalty", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_length", "min_tokens",
     "beam_width", "random_seed", "seed", "stream", "exclude_input_in_output", "return_log_probs",
-    "return_num_input_tokens", "return_num_output_tokens", *UNSUPPORTED_INPUTS,
+    "return_num_input_tokens", "return_num_output_tokens", "guided_decoding_guide_type", "guided_decoding_guide",
+    *UNSUPPORTED_INPUTS,
 )
 
 
@@ -278,7 +279,7 @@ def check_unsupported(inputs: Mapping[str, np.ndarray | None], names: Mapping[st
                 continue  # batched clients pad with empty strings
             raise InvalidRequestError(
                 f"input {name!r} is not supported by koserve (decoder-only text models, no LoRA, prompt tables, "
-                f"embedding bias, guided decoding or images): leave it out"
+                f"embedding bias or images): leave it out"
             )
         kind = "bool" if isinstance(allowed, bool) else "int"
         value = scalar(arr, name, kind)
@@ -333,6 +334,12 @@ def parse_generation_request(inputs: Mapping[str, np.ndarray | None],
     if max_tokens <= 0:
         raise InvalidRequestError(f"max_tokens must be >= 1, got {max_tokens}")
 
+    def optional_text(name: str) -> str | None:
+        arr = get(name)
+        if arr is None or np.asarray(arr).size == 0:
+            return None
+        return text_value(arr, name)
+
     def flag(name: str, default: bool) -> bool:
         value = scalar(get(name), name, "bool")
         return default if value is None else value
@@ -350,4 +357,6 @@ def parse_generation_request(inputs: Mapping[str, np.ndarray | None],
         return_log_probs=flag("return_log_probs", False),
         return_num_input_tokens=flag("return_num_input_tokens", False),
         return_num_output_tokens=flag("return_num_output_tokens", False),
+        guided=parse_guided_decoding(optional_text("guided_decoding_guide_type"),
+                                     optional_text("guided_decoding_guide")),
     )
