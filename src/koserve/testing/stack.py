@@ -55,6 +55,8 @@ def serve_cpu(
     bls_stream_max_interval_us: int | None = None,
     bls_stream_max_wait_gaps: float | None = None,
     ensemble_all_outputs: bool | None = None,
+    guided_decoding: bool | None = None,
+    engine_backend: str = "trtllm",
     workdir: Path | None = None,
     ready_timeout: float = 180.0,
     echo: bool = False,
