@@ -173,9 +173,26 @@ def test_models_health_metrics(sdk, gateway):
     health = httpx.get(gateway + "/health", timeout=10)
     assert health.status_code == 200 and set(health.json()["models"].values()) == {"ready"}
     sdk.chat.completions.create(model="komt-13b", messages=[{"role": "user", "content": "x"}], max_tokens=3)
+    stream = sdk.chat.completions.create(model="komt-13b", messages=[{"role": "user", "content": "x"}],
+                                         max_tokens=5, stream=True)
+    assert [c.choices[0].finish_reason for c in stream if c.choices][-1] == "length"
     text = httpx.get(gateway + "/metrics", timeout=10).text
-    assert 'koserve_gateway_requests_total{endpoint="chat",model="komt-13b",status="200"}' in text
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line and not line.startswith("#")}
+    # koserve's names (aliases)
+    assert values['koserve_gateway_requests_total{endpoint="chat",model="komt-13b",status="200"}'] >= 2
     assert "koserve_gateway_time_to_first_token_seconds_bucket" in text
+    # vLLM's names (koserve.gateway.metrics; docs/gateway.md)
+    label = '{model_name="komt-13b"}'
+    assert values[f"vllm:generation_tokens_total{label}"] >= 3 + 5
+    assert values[f"vllm:prompt_tokens_total{label}"] > 10
+    assert values[f"vllm:time_to_first_token_seconds_count{label}"] >= 2
+    assert values[f"vllm:e2e_request_latency_seconds_count{label}"] >= 2
+    assert values[f"vllm:inter_token_latency_seconds_count{label}"] >= 4  # the stream's 5 tokens: 4 gaps at least
+    assert values[f"vllm:time_per_output_token_seconds_count{label}"] == \
+        values[f"vllm:inter_token_latency_seconds_count{label}"]
+    assert values['vllm:request_success_total{finished_reason="length",model_name="komt-13b"}'] >= 2
+    assert values[f"vllm:num_requests_running{label}"] == 0 and values[f"vllm:num_requests_waiting{label}"] == 0
 
 
 def test_bad_requests_in_openai_error_format(sdk, gateway):

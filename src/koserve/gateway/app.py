@@ -22,7 +22,6 @@ from typing import Any, AsyncIterator, Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -40,6 +39,7 @@ from koserve.client.errors import (
 from koserve.errors import ConfigError, InvalidRequestError, KoserveError
 from koserve.gateway.config import NO_TOKENIZER, GatewayConfig, ModelRoute
 from koserve.gateway.drain import DrainMiddleware, DrainState
+from koserve.gateway.metrics import Metrics
 from koserve.gateway.replicas import DEFAULT_HEALTH_PERIOD_S, Replica, ReplicaSet
 from koserve.gateway.schemas import ChatCompletionRequest, CompletionRequest, UnsupportedParameterError
 from koserve.profiles import load_profile
@@ -124,37 +124,6 @@ def caller_error(exc: BaseException, prompt_param: str, max_tokens_param: str = 
     if err.param == "max_tokens":
         err.param = max_tokens_param
     return err
-
-
-class Metrics:
-    """Prometheus metrics of one gateway app (its own registry)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter("koserve_gateway_requests", "Requests by model, endpoint and HTTP status",
-                                ["model", "endpoint", "status"], registry=r)
-        self.latency = Histogram("koserve_gateway_request_seconds", "Whole-request latency",
-                                 ["model", "endpoint"], registry=r,
-                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
-        self.ttft = Histogram("koserve_gateway_time_to_first_token_seconds", "Time to the first token",
-                              ["model"], registry=r, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.prompt_tokens = Counter("koserve_gateway_prompt_tokens", "Prompt tokens", ["model"], registry=r)
-        self.completion_tokens = Counter("koserve_gateway_completion_tokens", "Generated tokens", ["model"],
-                                         registry=r)
-        self.in_flight = Gauge("koserve_gateway_requests_in_flight", "Requests being served", ["model"],
-                               registry=r)
-
-    def observe(self, model: str, endpoint: str, status: int, started: float, result: ChatResult | None) -> None:
-        self.requests.labels(model, endpoint, str(status)).inc()
-        self.latency.labels(model, endpoint).observe(time.perf_counter() - started)
-        if result is not None:
-            if result.ttft is not None:
-                self.ttft.labels(model).observe(result.ttft)
-            if result.prompt_tokens:
-                self.prompt_tokens.labels(model).inc(result.prompt_tokens)
-            if result.completion_tokens:
-                self.completion_tokens.labels(model).inc(result.completion_tokens)
 
 
 @dataclass
@@ -437,17 +406,16 @@ def create_app(config: GatewayConfig) -> FastAPI:
         prompt_param = "messages" if endpoint == "chat" else "prompt"
 
         started = time.perf_counter()
-        metrics.in_flight.labels(name).inc()
+        metrics.admitted(name)
         if not hasattr(stream_obj, "__anext__"):
+            metrics.first_token(name)  # a whole answer shows no first token here: running from the start
             try:
                 result = await stream_obj
             except BaseException as exc:
-                metrics.in_flight.labels(name).dec()
                 err = caller_error(exc, prompt_param, max_tokens_param)
-                metrics.observe(name, endpoint, err.status, started, None)
+                metrics.finished(name, endpoint, err.status, started, None, streamed=True)
                 raise err from None
-            metrics.in_flight.labels(name).dec()
-            metrics.observe(name, endpoint, 200, started, result)
+            metrics.finished(name, endpoint, 200, started, result, streamed=True)
             return JSONResponse(whole(result))
         # Streaming: wait for the first delta so that a failure to start is a proper HTTP error.
         try:
@@ -456,10 +424,10 @@ def create_app(config: GatewayConfig) -> FastAPI:
             first = None
         except BaseException as exc:
             await stream_obj.aclose()
-            metrics.in_flight.labels(name).dec()
             err = caller_error(exc, prompt_param, max_tokens_param)
-            metrics.observe(name, endpoint, err.status, started, None)
+            metrics.finished(name, endpoint, err.status, started, None, streamed=False)
             raise err from None
+        metrics.first_token(name)
 
         async def events() -> AsyncIterator[bytes]:
             status = 200
@@ -485,8 +453,12 @@ def create_app(config: GatewayConfig) -> FastAPI:
                 raise
             finally:
                 await stream_obj.aclose()
-                metrics.in_flight.labels(name).dec()
-                metrics.observe(name, endpoint, status, started, result)
+                if result is None and status == 499:
+                    try:
+                        result = stream_obj.result  # cancelled: what was generated still counts
+                    except Exception:  # noqa: BLE001
+                        result = None
+                metrics.finished(name, endpoint, status, started, result, streamed=True)
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -603,7 +575,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     return _wrap(app, config)
 

@@ -65,8 +65,9 @@ def wait_drained(state: DrainState, grace_s: float, *, clock=time.monotonic, sle
     return clock() - start
 
 
-def run_gateway(app, *, host: str, port: int, log_level: str, grace_s: float) -> None:
-    """``uvicorn.run`` with the drain on the first SIGTERM/SIGINT (``app.state.drain`` is the :class:`DrainState`)."""
+def run_gateway(app, *, host: str, port: int, log_level: str, grace_s: float, sockets: list | None = None) -> None:
+    """``uvicorn.run`` with the drain on the first SIGTERM/SIGINT (``app.state.drain`` is the :class:`DrainState`);
+    ``sockets``: an already bound listening socket to serve on (the workers of :mod:`koserve.gateway.workers`)."""
     import uvicorn  # noqa: PLC0415
 
     state: DrainState = app.state.drain
@@ -88,4 +89,4 @@ def run_gateway(app, *, host: str, port: int, log_level: str, grace_s: float) ->
             threading.Thread(target=finish, name="koserve-gateway-drain", daemon=True).start()
 
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
-    DrainingServer(config).run()
+    DrainingServer(config).run(sockets=sockets)
