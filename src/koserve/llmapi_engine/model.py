@@ -56,6 +56,7 @@ def settings_from_parameters(params: dict[str, str]) -> tuple[LlmSettings, Engin
         pipeline_parallel_size=num("pipeline_parallel_size", int, 1),
         max_batch_size=num("max_batch_size", int, 64),
         max_num_tokens=num("max_num_tokens", int, 8192),
+        max_input_len=num("max_input_len", int, max_seq_len - 1),
         max_seq_len=max_seq_len,
         kv_cache_free_gpu_memory_fraction=num("kv_cache_free_gpu_memory_fraction", float, 0.9),
         enable_block_reuse=params.get("enable_kv_cache_reuse", "true").strip().lower() in _TRUE,
@@ -256,6 +257,8 @@ class LlmApiEngineModel:
             with self._lock:
                 items = list(self._running.values())
             for item in items:
+                if item.tracker.final_sent:  # Triton frees a request's sender after its final response
+                    continue
                 try:
                     gone = item.sender.is_cancelled()
                 except Exception:  # noqa: BLE001 - a broken sender counts as a client that went away

@@ -69,6 +69,11 @@ class OutputTracker:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    @property
+    def final_sent(self) -> bool:
+        """The final chunk was taken: the request's response sender must not be touched again."""
+        return self._final_sent
+
     def _accept(self, token: int, log_prob: float) -> None:
         if token in self._end_ids:
             self.finish_reason = FinishReason.END_ID
