@@ -305,7 +305,14 @@ def run_replica_kill(work: Path, *, streams: int = 6, max_tokens: int = 150, rep
         threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(streams)]
         for t in threads:
             t.start()
-        time.sleep(1.5)  # every stream has started on one of the two replicas
+        from koserve.server.drain import read_engine_load  # noqa: PLC0415
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # streams run on both replicas (each engine reports them)
+            loads = [read_engine_load(r.metrics_url) for r in group]
+            if all(load is not None and load.active >= 1 for load in loads):
+                break
+            time.sleep(0.05)
         killed_at = time.monotonic()
         group[0].process.proc.kill()
         after: list[StreamOutcome] = []
