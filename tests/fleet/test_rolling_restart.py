@@ -16,6 +16,7 @@ def test_sigterm_one_replica_then_the_other_under_load_fails_no_request_and_cuts
     assert figures.requests >= 50, figures  # the load really ran through both restarts
     assert figures.failed == 0 and figures.succeeded == figures.requests, figures.errors  # no 503, no cut stream
     for restart in figures.restarts:
+        assert restart.under_load, restart  # the SIGTERM came while the load ran
         assert restart.exit_code == 0, restart  # drained, then exited by itself (not killed by a timeout)
         assert "the engine holds no request" in restart.drain_line, restart
         assert restart.ready_again_s is not None

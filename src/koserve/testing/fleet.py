@@ -127,6 +127,7 @@ class RestartFigures:
     exit_s: float | None  # SIGTERM → koserve serve exited
     ready_again_s: float | None  # SIGTERM → /health/ready 200 again (after a start on the same ports)
     drain_line: str  # what koserve serve printed about its drain
+    under_load: bool = True  # the load generator was still running when the SIGTERM was sent
 
 
 @dataclass
@@ -180,6 +181,7 @@ def run_rolling_restart(work: Path, *, duration: str = "50s", concurrency: int =
         for r in group:
             t0 = time.monotonic()
             old_log = r.process.log
+            under_load = load.poll() is None
             r.signal(signal.SIGTERM)
             code = r.wait_exit(120)
             exit_s = time.monotonic() - t0 if code is not None else None
@@ -187,7 +189,8 @@ def run_rolling_restart(work: Path, *, duration: str = "50s", concurrency: int =
                 r.process.stop(timeout=5)
             r.start()
             r.process.wait_ready(ready_timeout)
-            restarts.append(RestartFigures(r.grpc_url, code, exit_s, time.monotonic() - t0, _drain_line(old_log)))
+            restarts.append(RestartFigures(r.grpc_url, code, exit_s, time.monotonic() - t0, _drain_line(old_log),
+                                           under_load))
             time.sleep(settle_s)
         restarted_within = time.monotonic() - t_load
         load.wait(timeout=300)
