@@ -193,6 +193,44 @@ def direct_run(ep, args) -> dict:
             "tokens_per_s": row["tokens_per_s"], "server_us": (after - before) * 1e6 / max(tokens, 1)}
 
 
+def aiperf_reads_metrics(aiperf: str, ep, work: Path, workers: int) -> list[str]:
+    """Run AIPerf (its own venv) against the gateway (direct path, ``workers`` processes) with its server-metrics
+    collection on (the default: base URL + /metrics) and return the ``vllm:`` metrics it exported."""
+    import bench_locust  # noqa: PLC0415  (the offline hub cache AIPerf resolves tokenizers through)
+
+    hub = work / "hub"
+    tokenizer = bench_locust._hf_cache(hub, Path(ep.tokenizer_dir), "llama3-tokenizer")
+    gw = Gateway(ep.grpc_url, str(ep.tokenizer_dir), workers, work / "gateway-aiperf.log")
+    out = work / "aiperf"
+    try:
+        cmd = [aiperf, "profile", "--model", "m-engine", "--url", gw.base, "--endpoint-type", "chat", "--streaming",
+               "--tokenizer", tokenizer, "--synthetic-input-tokens-mean", "64", "--synthetic-input-tokens-stddev",
+               "0", "--output-tokens-mean", "100", "--output-tokens-stddev", "0", "--concurrency", "8",
+               "--request-count", "48", "--warmup-request-count", "4", "--random-seed", "0", "--ui", "none",
+               "--no-gpu-telemetry", "--server-metrics-formats", "json", "--output-artifact-dir", str(out)]
+        env = dict(os.environ, HF_HUB_CACHE=str(hub), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        print("$ " + " ".join(cmd), flush=True)
+        with open(work / "aiperf.log", "wb") as log:
+            done = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=900, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"aiperf exited with {done.returncode}; see {work / 'aiperf.log'}")
+    finally:
+        gw.stop()
+    export = out / "server_metrics_export.json"
+    if not export.exists():
+        raise SystemExit(f"AIPerf wrote no server-metrics export ({export})")
+    metrics = json.loads(export.read_text()).get("metrics", {})
+    names = sorted(n for n in metrics if n.startswith("vllm:"))
+    print(f"AIPerf {export.name}: {len(names)} vllm: metrics read from the gateway's /metrics ({workers} workers):",
+          flush=True)
+    for name in names:
+        for series in metrics[name].get("series", []):
+            stats = series.get("stats", {})
+            shown = {k: round(v, 4) for k, v in stats.items() if k in ("count", "total", "avg", "max", "p50_estimate")}
+            print(f"  {name} {series.get('labels', {})}: {shown}", flush=True)
+    return names
+
+
 def med(rows, key):
     values = [r[key] for r in rows]
     return float(np.median(values)) if values else float("nan")
@@ -207,6 +245,9 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=180.0, help="per-stream timeout")
     ap.add_argument("--server-autogroup-nice", type=int, default=5)
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--aiperf", metavar="AIPERF", help="also run AIPerf (its executable, e.g. /tmp/aiperf-venv/bin/"
+                    "aiperf) against the gateway and list the vllm: metrics its server-metrics collection exported")
+    ap.add_argument("--aiperf-only", action="store_true", help="with --aiperf: skip the benchmark")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -222,6 +263,10 @@ def main() -> int:
         bench_serving.deprioritize_server(ep.server.process.pid, args.server_autogroup_nice)
         print(f"server up: {ep.grpc_url} (replay, zero delay); {args.streams} streams x {args.tokens} tokens",
               flush=True)
+        if args.aiperf:
+            aiperf_reads_metrics(args.aiperf, ep, work, max(args.workers))
+            if args.aiperf_only:
+                return 0
         for workers in args.workers:
             gw = Gateway(ep.grpc_url, str(ep.tokenizer_dir), workers, work / f"gateway-{workers}.log")
             try:
