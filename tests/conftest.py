@@ -16,6 +16,9 @@ Fixtures (all session-scoped; each yields / returns :class:`koserve.testing.stac
 - ``triton_replay``: parametrised over both profiles, replay mode with :data:`REPLAY_TEXT` (Korean, emoji, a komt
   stop word after the answer), zero delay.
 - ``triton_akallama`` / ``triton_komt``: one profile each, hf mode.
+- ``engine_backend``: parametrised over :data:`ENGINE_BACKENDS`; a test or module fixture that passes it on
+  (``triton_servers(..., engine_backend=engine_backend)``) runs on both engine renderings.
+- ``triton_replay_engines``: ``triton_replay`` over both profiles × both engine backends.
 
 Rendered limits for hf/replay servers here: ``max_seq_len`` 512, ``max_input_len`` 384 (small, so limit errors are
 cheap to provoke).
@@ -34,6 +37,9 @@ import time
 import pytest
 
 PROFILES = ("akallama-70b", "komt-13b")
+# the engine step rendered as tensorrt_llm: the C++ backend's interface on the CPU stand-in, or the LLM API step
+# (koserve.llmapi_engine) on the stand-in's LLM API object
+ENGINE_BACKENDS = ("trtllm", "pytorch")
 SERVER_LIMITS = {"max_seq_len": 512, "max_input_len": 384}
 # Korean with byte-fallback syllables for Llama-2 (녕, 뷁, 똠, 햏), an emoji, digits, spaces, a newline, then komt's
 # stop word "###" (the komt profile's text must end before it; the akallama profile has no stop words).
@@ -53,6 +59,8 @@ def triton_servers(tmp_path_factory):
 
         # Test servers need not drain in-flight streams for Triton's default 30 s when the session ends.
         options = {**SERVER_LIMITS, "extra_args": ("--exit-timeout-secs=2",), **options}
+        if options.get("engine_backend") == "trtllm":  # the default: the same server as when not given
+            del options["engine_backend"]
         key = (profile, mode, tuple(sorted((k, str(v)) for k, v in options.items())))
         if key not in cache:
             workdir = tmp_path_factory.mktemp(f"triton-{profile}-{mode}")
@@ -84,6 +92,18 @@ def triton_hf(request, triton_servers):
 @pytest.fixture(scope="session", params=PROFILES)
 def triton_replay(request, triton_servers, replay_text_file):
     return triton_servers(request.param, "replay", replay_text_file=replay_text_file)
+
+
+@pytest.fixture(scope="session", params=ENGINE_BACKENDS)
+def engine_backend(request):
+    return request.param
+
+
+@pytest.fixture(scope="session", params=[(p, b) for p in PROFILES for b in ENGINE_BACKENDS],
+                ids=lambda pb: f"{pb[0]}-{pb[1]}")
+def triton_replay_engines(request, triton_servers, replay_text_file):
+    profile, backend = request.param
+    return triton_servers(profile, "replay", replay_text_file=replay_text_file, engine_backend=backend)
 
 
 @pytest.fixture(scope="session")

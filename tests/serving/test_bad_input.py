@@ -20,8 +20,8 @@ pytestmark = pytest.mark.server
 
 
 @pytest.fixture(scope="module")
-def server(triton_servers):
-    return triton_servers("akallama-70b", "replay")
+def server(triton_servers, engine_backend):
+    return triton_servers("akallama-70b", "replay", engine_backend=engine_backend)
 
 
 def call(server, model, inputs):

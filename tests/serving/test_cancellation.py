@@ -50,9 +50,10 @@ def rid() -> str:
 
 # --- cancellation -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def slow_server(triton_servers):
+def slow_server(triton_servers, engine_backend):
     """Replay at 30 ms/token with ONE engine slot: a request the engine did not stop blocks the next one."""
-    return triton_servers("akallama-70b", "replay", replay_delay_ms=30, max_batch_size=1)
+    return triton_servers("akallama-70b", "replay", replay_delay_ms=30, max_batch_size=1,
+                          engine_backend=engine_backend)
 
 
 def _engine_inputs(tokens: int) -> dict:

@@ -73,6 +73,12 @@ def strict(result) -> str:
 
 
 # --- exact Korean streaming ------------------------------------------------------------------------------------
+@pytest.fixture
+def triton_replay(triton_replay_engines):
+    """This module's replay tests run on both engine renderings (C++ backend interface, LLM API step)."""
+    return triton_replay_engines
+
+
 @pytest.mark.parametrize("model", TEXT_MODELS)
 def test_grpc_streamed_korean_is_exact(triton_replay, replay_text_file, model):
     expected = expected_replay_text(triton_replay, replay_text_file.read_text(encoding="utf-8"))
@@ -292,8 +298,9 @@ def answers(server, model: str, max_tokens: int) -> dict[str, tuple[str, str | N
 
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("ending", ENDINGS)
-def test_answer_ending_in_a_stop_word_prefix_comes_out_whole(triton_servers, endings_file, profile, ending):
-    server = triton_servers(profile, "replay", replay_text_file=endings_file)
+def test_answer_ending_in_a_stop_word_prefix_comes_out_whole(triton_servers, endings_file, profile, ending,
+                                                            engine_backend):
+    server = triton_servers(profile, "replay", replay_text_file=endings_file, engine_backend=engine_backend)
     tokenizer = load_tokenizer(server.tokenizer_dir)
     max_tokens, expected = cut_after(tokenizer, ENDINGS_TEXT, ending)
     assert expected.endswith(ending)

@@ -38,12 +38,14 @@ def _ok(serve: ServeProcess, model: str) -> bool:
 
 
 @pytest.fixture
-def replay_repo(tmp_path):
+def replay_repo(tmp_path, request):
     # 20 ms per token: a 200-token stream is in flight for ~4 s, long enough to kill a stub under it
-    return render_replay_repo(tmp_path / "repo", replay_delay_ms=20.0)
+    return render_replay_repo(tmp_path / "repo", replay_delay_ms=20.0,
+                              engine_backend=getattr(request, "param", "trtllm"))
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize("replay_repo", ["trtllm", "pytorch"], indirect=True)
 def test_killed_stub_of_each_kind_turns_unready_ends_streams_and_recovers_then_serve_gives_up(replay_repo, tmp_path):
     cases = [("postprocessing_0_0", "ensemble"), ("tensorrt_llm_bls_0_0", "tensorrt_llm_bls"),
              ("tensorrt_llm_0_0", "ensemble"), ("preprocessing_0_0", "ensemble")]  # stub killed, stream in flight

@@ -39,10 +39,10 @@ OUTPUT_LEN = 100
 
 
 @pytest.fixture(scope="module", params=["akallama-70b", "komt-13b"])
-def server(request, triton_servers, tmp_path_factory):
+def server(request, triton_servers, tmp_path_factory, engine_backend):
     path = tmp_path_factory.mktemp("nvidia") / "answer.txt"
     path.write_text(ANSWER, encoding="utf-8")
-    return triton_servers(request.param, "replay", replay_text_file=path)
+    return triton_servers(request.param, "replay", replay_text_file=path, engine_backend=engine_backend)
 
 
 @pytest.fixture(scope="module")

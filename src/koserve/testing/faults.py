@@ -22,15 +22,17 @@ from koserve.server.tritonserver import SHM_DIR, free_ports
 LIMITS = {"max_input_len": 384, "max_seq_len": 512}
 
 
-def render_replay_repo(out: Path, *, profile: str = "akallama-70b", replay_delay_ms: float = 0.0) -> Path:
-    """A CPU replay repository (small limits: errors are cheap to provoke)."""
+def render_replay_repo(out: Path, *, profile: str = "akallama-70b", replay_delay_ms: float = 0.0,
+                       engine_backend: str = "trtllm") -> Path:
+    """A CPU replay repository (small limits: errors are cheap to provoke); ``engine_backend`` as
+    ``koserve repo render --engine-backend``."""
     from koserve.fixtures import tokenizer_dir  # noqa: PLC0415
     from koserve.repo.render import RenderOptions, render_repository  # noqa: PLC0415
 
     family = {"akallama-70b": "llama3", "komt-13b": "llama2"}[profile]
     rendered = render_repository(RenderOptions(
         profile=profile, tokenizer_dir=tokenizer_dir(family), out=out, replay=True,
-        replay_delay_ms=replay_delay_ms, force=True, **LIMITS,
+        replay_delay_ms=replay_delay_ms, engine_backend=engine_backend, force=True, **LIMITS,
     ))
     return rendered.path
 

@@ -37,6 +37,7 @@ class TritonEndpoints:
     max_seq_len: int
     log_path: Path
     server: object  # the TritonServer (is_alive(), is_ready(), log_tail())
+    engine_backend: str = "trtllm"  # the engine step rendered as tensorrt_llm: trtllm (stand-in) or pytorch (LLM API)
 
 
 @contextlib.contextmanager
@@ -55,7 +56,6 @@ def serve_cpu(
     bls_stream_max_interval_us: int | None = None,
     bls_stream_max_wait_gaps: float | None = None,
     ensemble_all_outputs: bool | None = None,
-    guided_decoding: bool | None = None,
     engine_backend: str = "trtllm",
     workdir: Path | None = None,
     ready_timeout: float = 180.0,
@@ -67,7 +67,9 @@ def serve_cpu(
     extra_args: tuple[str, ...] = (),
 ) -> Iterator[TritonEndpoints]:
     """Render a CPU repository (``hf``: the profile family's tiny checkpoint; ``replay``) and serve it; always stops
-    the server and removes the repository it rendered."""
+    the server and removes the repository it rendered. ``engine_backend``: ``trtllm`` renders the CPU stand-in's
+    ``tensorrt_llm`` (the C++ backend's interface), ``pytorch`` the LLM API engine step (koserve.llmapi_engine) on
+    the stand-in's LLM API object."""
     from koserve.fixtures import tiny_model_dir, tokenizer_dir  # noqa: PLC0415
     from koserve.repo.render import RenderOptions, render_repository  # noqa: PLC0415
     from koserve.cpu_engine.pytriton_server import ServerOptions, cpu_triton_server  # noqa: PLC0415
@@ -95,6 +97,7 @@ def serve_cpu(
             max_seq_len=max_seq_len,
             max_batch_size=max_batch_size,
             bls_instances=bls_instances,
+            engine_backend=engine_backend,
             force=True,
         ).with_overrides(  # None: the render default
             postprocessing_max_queue_delay_us=postprocessing_max_queue_delay_us,
@@ -102,7 +105,6 @@ def serve_cpu(
             bls_stream_max_interval_us=bls_stream_max_interval_us,
             bls_stream_max_wait_gaps=bls_stream_max_wait_gaps,
             ensemble_all_outputs=ensemble_all_outputs,
-            guided_decoding=guided_decoding,
         )
         rendered = render_repository(opts)
         server = cpu_triton_server(
@@ -125,6 +127,7 @@ def serve_cpu(
                 max_seq_len=rendered.context["max_seq_len"],
                 log_path=server.log_path,
                 server=server,
+                engine_backend=engine_backend,
             )
         finally:
             server.stop()
