@@ -95,6 +95,8 @@ The gateway container of a Triton pod (gateway.mode=sidecar; nothing otherwise).
     - 0.0.0.0
     - --port
     - {{ $gw.port | quote }}
+    - --workers
+    - {{ $gw.workers | quote }}
     # On SIGTERM streams in flight finish for the model's stream grace, as koserve serve's beside it.
     - --drain-grace
     - {{ include "koserve.model.streamSeconds" . | quote }}
