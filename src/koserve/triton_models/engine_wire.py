@@ -65,7 +65,7 @@ def request_proto(model: str, tensors: dict[str, np.ndarray], outputs: list[str]
         if arr.dtype == np.object_:  # BYTES (guided_decoding_guide): Triton's length-prefixed elements
             from tritonclient.utils import serialize_byte_tensor  # noqa: PLC0415
 
-            req.raw_input_contents.append(serialize_byte_tensor(arr).tobytes())
+            req.raw_input_contents.append(serialize_byte_tensor(arr).item())
         else:
             req.raw_input_contents.append(np.ascontiguousarray(arr).tobytes())
     for name in outputs:

@@ -1,0 +1,130 @@
+"""Structured output through a real Triton (2.51 from the pytriton wheel) and real xgrammar masks: the ensemble and
+the BLS take NVIDIA's guided_decoding_guide_type / guided_decoding_guide as NVIDIA's end_to_end_grpc_client.py sends
+them (``np.array([[value]]).astype(object)``), streamed or not; every answer of the random-weight model validates
+against its schema, and a streamed answer's deltas concatenate to the unstreamed answer for the same seed."""
+
+from __future__ import annotations
+
+import json
+import queue
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import jsonschema
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+pytestmark = pytest.mark.server
+
+PROMPT = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nJSON으로 답하세요.<|eot_id|>" \
+         "<|start_header_id|>assistant<|end_header_id|>\n\n"
+SEEDS = (11, 12)
+TIMEOUT_S = 60
+
+
+def _input(name, value):
+    t = grpcclient.InferInput(name, value.shape, np_to_triton_dtype(value.dtype))
+    t.set_data_from_numpy(value)
+    return t
+
+
+def nvidia_inputs(prompt, max_tokens, stream, seed, guide_type=None, guide=None):
+    """end_to_end_grpc_client.py's tensors (TensorRT-LLM 1.2.1 triton_backend), plus seed."""
+    inputs = {
+        "text_input": np.array([[prompt]]).astype(object),
+        "max_tokens": np.array([[max_tokens]], dtype=np.int32),
+        "stream": np.array([[stream]], dtype=bool),
+        "seed": np.array([[seed]], dtype=np.uint64),
+        "temperature": np.array([[1.0]], dtype=np.float32),
+    }
+    if guide_type is not None:
+        inputs["guided_decoding_guide_type"] = np.array([[guide_type]]).astype(object)
+    if guide is not None:
+        inputs["guided_decoding_guide"] = np.array([[guide]]).astype(object)
+    return [_input(k, v) for k, v in inputs.items()]
+
+
+def generate(url, model, inputs, stream) -> list[str]:
+    """The text_output of every response (one for an unstreamed request); raises the server's error."""
+    results: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        client.start_stream(callback=partial(lambda q, result, error: q.put((result, error)), results))
+        client.async_stream_infer(model, inputs, request_id=f"ks-{uuid.uuid4()}",
+                                  enable_empty_final_response=True)
+        texts = []
+        for _ in range(4096):
+            result, error = results.get(timeout=TIMEOUT_S)
+            if error is not None:
+                raise error
+            out = result.as_numpy("text_output")
+            if out is not None and out.size:
+                texts.append(out.reshape(-1)[0].decode("utf-8"))
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                return texts
+        raise AssertionError("more than 4096 responses")
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+def _one(url, model, schema, seed, stream):
+    guide = json.dumps(schema, ensure_ascii=False)
+    texts = generate(url, model, nvidia_inputs(PROMPT, 96, stream, seed, "json_schema", guide), stream)
+    return "".join(texts), len(texts)
+
+
+@pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
+def test_schemas_streamed_and_not_validate(guided_server, guided_schemas, model):
+    """11 schemas x 2 seeds x (streamed, not) = 44 generations per model."""
+    jobs = [(name, seed, stream) for name in guided_schemas for seed in SEEDS for stream in (False, True)]
+    with ThreadPoolExecutor(4) as pool:
+        answers = dict(zip(jobs, pool.map(
+            lambda j: _one(guided_server.grpc_url, model, guided_schemas[j[0]], j[1], j[2]), jobs)))
+    for (name, seed, stream), (text, responses) in answers.items():
+        jsonschema.validate(json.loads(text), guided_schemas[name])
+        if stream:
+            assert responses > 1, (name, seed)
+            # exact streaming: the deltas concatenate to the whole answer of the same seed
+            assert text == answers[(name, seed, False)][0], (name, seed)
+
+
+@pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
+def test_nvidia_guide_types(guided_server, model):
+    url = guided_server.grpc_url
+    text = "".join(generate(url, model, nvidia_inputs(PROMPT, 8, False, 1, "regex", r"\d{4}"), False))
+    assert len(text) == 4 and text.isdigit(), text
+    text = "".join(generate(url, model, nvidia_inputs(PROMPT, 24, False, 2, "ebnf_grammar",
+                                                      'root ::= "네" | "아니요"'), False))
+    assert text in ("네", "아니요"), text
+    # "json" (any JSON, no guide) with NVIDIA's README values: a random model may run to max_tokens, so only
+    # the start is checked
+    text = "".join(generate(url, model, nvidia_inputs(PROMPT, 6, False, 3, "json"), False))
+    assert text[:1] in '{["-0123456789tfn', text
+
+
+@pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
+@pytest.mark.parametrize("guide_type, guide, needle", [
+    ("yaml", "a: 1", "'yaml' is not supported; use one of json, json_schema, regex, ebnf_grammar"),
+    ("json_schema", "{not json", "guided_decoding_guide is not valid JSON"),
+    ("json_schema", json.dumps({"type": "integer", "multipleOf": 3}), "keyword 'multipleOf' at # is not supported"),
+    ("json_schema", json.dumps({"type": "number", "maximum": 1}), "maximum on type 'number' is not enforced"),
+    ("json_schema", json.dumps({"enum": ["x" * 40000]}), "bytes; the limit is 32768 bytes"),
+    ("ebnf_grammar", "root ::= undefined_rule", "cannot be compiled"),
+    ("json_schema", json.dumps({"type": "nonsense"}), "cannot be compiled"),
+])
+def test_bad_guides_refused_by_name_and_server_keeps_serving(guided_server, model, guide_type, guide, needle):
+    url = guided_server.grpc_url
+    with pytest.raises(InferenceServerException, match=needle):
+        generate(url, model, nvidia_inputs(PROMPT, 8, True, 1, guide_type, guide), True)
+    text = "".join(generate(url, model, nvidia_inputs(PROMPT, 8, False, 1, "regex", "[0-9]{2}"), False))
+    assert len(text) == 2 and text.isdigit()
+
+
+def test_server_without_guided_decoding_refuses_clearly(triton_servers):
+    plain = triton_servers("akallama-70b", "hf")
+    with pytest.raises(InferenceServerException, match="guided decoding is off .* --guided-decoding"):
+        generate(plain.grpc_url, "ensemble", nvidia_inputs(PROMPT, 8, False, 1, "json"), False)
