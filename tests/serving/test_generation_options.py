@@ -45,6 +45,12 @@ def assert_clean_pieces(result):
 
 
 # --- generation controls ---------------------------------------------------------------------------------------
+@pytest.fixture
+def triton_replay(triton_replay_engines):
+    """These options run on both engine renderings (C++ backend interface, LLM API step)."""
+    return triton_replay_engines
+
+
 @pytest.mark.parametrize("model", TEXT_MODELS)
 def test_max_tokens_is_honoured(triton_replay, replay_text_file, model):
     tok, ids = replay_ids(triton_replay, replay_text_file.read_text(encoding="utf-8"))

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.server
 
 
 @pytest.fixture(scope="module")
-def server(triton_servers):
-    return triton_servers("komt-13b", "hf")
+def server(triton_servers, engine_backend):
+    return triton_servers("komt-13b", "hf", engine_backend=engine_backend)
 
 
 def sample(server, model, **extra):
