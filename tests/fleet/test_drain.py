@@ -101,8 +101,9 @@ def test_sigterm_to_tritonserver_alone_cuts_ensemble_streams_but_not_bls_streams
 
 
 @pytest.mark.server
-def test_koserve_serve_drains_every_path_then_exits(tmp_path):
-    repo = render_replay_repo(tmp_path / "repo", replay_delay_ms=DELAY_MS)
+@pytest.mark.parametrize("engine_backend", ["trtllm", "pytorch"])
+def test_koserve_serve_drains_every_path_then_exits(tmp_path, engine_backend):
+    repo = render_replay_repo(tmp_path / "repo", replay_delay_ms=DELAY_MS, engine_backend=engine_backend)
     serve = start_serve(repo, tmp_path / "serve.log")
     try:
         serve.wait_ready(240)
