@@ -118,3 +118,17 @@ def test_launch_refusals(tmp_path, fake_mpirun):
     cpu = render_repository(RenderOptions(profile="akallama-70b", tokenizer_dir=tokenizer_dir("llama3"),
                                           out=tmp_path / "cpu", replay=True, max_seq_len=1024))
     assert main(["serve", "--repo", str(cpu.path), "--gpu", "--print-command", "--nodes", "2"]) == 2
+
+
+def test_the_stub_drops_inherited_mpi_job_variables_only():
+    """`mpirun -n 1 tritonserver` gives the stub MPI job variables; the LLM API needs its own job for its workers
+    (NVIDIA's llmapi model drops them too: contract 'triton_llmapi_model')."""
+    from koserve.llmapi_engine.runtime import drop_mpi_job_env
+
+    assert any("MPI job variables" in fact or "MPI_COMM" in fact or "OMPI_COMM_WORLD" in fact
+               for fact in CONTRACT["triton_llmapi_model"]["facts"])
+    env = {"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "1", "PMIX_RANK": "0", "PMIX_NAMESPACE": "x",
+           "PMI_SIZE": "1", "OMPI_MCA_btl": "^openib", "PMIX_MCA_gds": "hash", "PATH": "/usr/bin"}
+    gone = drop_mpi_job_env(env)
+    assert set(gone) == {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMIX_NAMESPACE", "PMI_SIZE"}
+    assert env == {"OMPI_MCA_btl": "^openib", "PMIX_MCA_gds": "hash", "PATH": "/usr/bin"}

@@ -25,9 +25,28 @@ class LlmRuntime:
     kv_cache_config_cls: type
 
 
+# MPI *job* variables a process started by ``mpirun`` inherits (its rank, its job's size and servers). The LLM API
+# must start its own MPI job for its workers, so the stub drops them before importing tensorrt_llm, as NVIDIA's
+# llmapi Triton model does; MPI *configuration* (OMPI_MCA_*, PMIX_MCA_*) stays.
+MPI_JOB_PREFIXES = ("OMPI_COMM_WORLD_", "OMPI_UNIVERSE_SIZE", "OMPI_FIRST_RANKS", "OMPI_APP_CTX_NUM_PROCS",
+                    "OMPI_MCA_orte_", "ORTE_", "PMIX_", "PMI_")
+MPI_CONFIG_PREFIXES = ("PMIX_MCA_",)
+
+
+def drop_mpi_job_env(environ: dict) -> list[str]:
+    """Remove the inherited MPI job variables from ``environ`` (``os.environ``); the names removed."""
+    gone = [k for k in environ if k.startswith(MPI_JOB_PREFIXES) and not k.startswith(MPI_CONFIG_PREFIXES)]
+    for key in gone:
+        del environ[key]
+    return gone
+
+
 def load_runtime(name: str, parameters: dict[str, str]) -> LlmRuntime:
     """Import the runtime ``name``; ``parameters`` (the model's config parameters) configure the CPU stand-in."""
     if name == "tensorrt_llm":
+        import os  # noqa: PLC0415
+
+        drop_mpi_job_env(os.environ)  # before tensorrt_llm (and mpi4py) initialise MPI
         from tensorrt_llm import LLM, SamplingParams  # noqa: PLC0415
         from tensorrt_llm.llmapi import KvCacheConfig  # noqa: PLC0415
 
