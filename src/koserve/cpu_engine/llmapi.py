@@ -153,14 +153,16 @@ class LLM:
 
     def __init__(self, model: str = "", *, backend: str = "pytorch", skip_tokenizer_init: bool = False,
                  tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, max_batch_size: int | None = None,
-                 max_num_tokens: int | None = None, max_seq_len: int | None = None,
+                 max_num_tokens: int | None = None, max_input_len: int | None = None,
+                 max_seq_len: int | None = None,
                  kv_cache_config: KvCacheConfig | None = None, stand_in_parameters: dict | None = None):
         if backend != "pytorch":
             raise ValueError(f"the CPU stand-in implements the PyTorch backend's LLM only, got backend={backend!r}")
         if tensor_parallel_size != 1 or pipeline_parallel_size != 1:
             raise ValueError("the CPU stand-in runs one rank (tensor_parallel_size = pipeline_parallel_size = 1)")
         self.args = {"model": model, "backend": backend, "skip_tokenizer_init": skip_tokenizer_init,
-                     "max_batch_size": max_batch_size, "max_num_tokens": max_num_tokens, "max_seq_len": max_seq_len,
+                     "max_batch_size": max_batch_size, "max_num_tokens": max_num_tokens,
+                     "max_input_len": max_input_len, "max_seq_len": max_seq_len,
                      "kv_cache_config": kv_cache_config}
         params = dict(stand_in_parameters or {})
         if max_batch_size:

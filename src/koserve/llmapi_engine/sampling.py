@@ -60,6 +60,7 @@ class LlmSettings:
     pipeline_parallel_size: int = 1
     max_batch_size: int = 64
     max_num_tokens: int = 8192
+    max_input_len: int = 4095
     max_seq_len: int = 4096
     kv_cache_free_gpu_memory_fraction: float = 0.9
     enable_block_reuse: bool = True
@@ -75,6 +76,7 @@ def llm_kwargs(settings: LlmSettings, kv_cache_config_cls) -> dict:
         "pipeline_parallel_size": settings.pipeline_parallel_size,
         "max_batch_size": settings.max_batch_size,
         "max_num_tokens": settings.max_num_tokens,
+        "max_input_len": settings.max_input_len,  # the LLM API's default is 1024
         "max_seq_len": settings.max_seq_len,
         "kv_cache_config": kv_cache_config_cls(
             enable_block_reuse=settings.enable_block_reuse,
