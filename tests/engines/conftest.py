@@ -51,6 +51,15 @@ if calib and calib.startswith("/"):
     assert any(Path(calib).iterdir())
 out = Path(arg("--output_dir"))
 out.mkdir(parents=True, exist_ok=True)
+if arg("--export_format") == "hf":  # ModelOpt's unified HF export: the HF config, hf_quant_config.json, safetensors
+    algo = {"fp8": "FP8", "int4_awq": "W4A16_AWQ", "nvfp4": "NVFP4"}[arg("--qformat")]
+    kv = arg("--kv_cache_dtype")
+    (out / "config.json").write_text((model_dir / "config.json").read_text())
+    (out / "hf_quant_config.json").write_text(json.dumps({"producer": {"name": "modelopt"}, "quantization": {
+        "quant_algo": os.environ.get("FAKE_QUANT_ALGO", algo), "kv_cache_quant_algo": kv.upper() if kv else None}}))
+    (out / "model.safetensors").write_bytes(b"fake-quantized-weights")
+    print(f"{TOOL}: exported a HF checkpoint to {out}", flush=True)
+    sys.exit(0)
 tp, pp = int(arg("--tp_size", 1)), int(arg("--pp_size", 1))
 qformat = arg("--qformat")
 if qformat is None:
@@ -175,7 +184,7 @@ def fake_toolchain(tmp_path, monkeypatch) -> FakeToolchain:
     monkeypatch.setenv("FAKE_NVSMI_CALLS", str(tc.nvsmi_calls))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     for var in ("FAKE_TRTLLM_FAIL", "FAKE_TRTLLM_SLEEP", "FAKE_NVSMI_FAIL", "FAKE_TRTLLM_VERSION",
-                "FAKE_TRTLLM_RUNTIME_VERSION"):
+                "FAKE_TRTLLM_RUNTIME_VERSION", "FAKE_QUANT_ALGO"):
         monkeypatch.delenv(var, raising=False)
     return tc
 

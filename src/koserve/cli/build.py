@@ -1,4 +1,4 @@
-"""`koserve build`: plan, print and run TensorRT-LLM engine builds from recipes."""
+"""`koserve build`: plan, print and run TensorRT-LLM engine builds (backend pytorch: HF checkpoints) from recipes."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def _list(args) -> int:
 
     for name in builtin_recipe_names():
         r = load_recipe(name)
-        print(f"{name:34s} {r.profile:13s} {r.quantization.precision:8s} "
+        print(f"{name:36s} {r.profile:13s} {r.backend:8s} {r.quantization.precision:8s} "
               f"{r.parallelism.world_size} × {get_gpu(r.gpu).display_name}")
     return 0
 
@@ -126,7 +126,9 @@ def _common(p, *, paths: bool) -> None:
         p.add_argument("--workdir", metavar="DIR", help="build folder (default: ./koserve-build/RECIPE)")
         p.add_argument("--checkpoint-dir", metavar="DIR",
                        help="local Hugging Face checkpoint folder (overrides the recipe)")
-        p.add_argument("--output-dir", metavar="DIR", help="engine folder (default: WORKDIR/engine)")
+        p.add_argument("--output-dir", metavar="DIR",
+                       help="engine folder (default: WORKDIR/engine); backend pytorch: the HF checkpoint folder "
+                       "(default: WORKDIR/checkpoint)")
         p.add_argument("--trtllm-examples", metavar="DIR",
                        help="TensorRT-LLM v1.2.1 examples/ folder (default: $TRTLLM_EXAMPLES or /app/examples, "
                        "where NVIDIA's image has them)")

@@ -9,6 +9,12 @@ Two stages, as in NVIDIA's engine path:
 
 A local calibration *file* first becomes a dataset folder (the internal ``calibration-data`` step),
 because quantize.py only opens folders.
+
+A recipe with ``backend: pytorch`` builds a Hugging Face checkpoint for the LLM API instead:
+quantize.py ``--export_format hf`` (FP8, INT4-AWQ, NVFP4; no ``--tp_size``: the LLM API shards the
+whole checkpoint at load with ``tensor_parallel_size``) into ``WORKDIR/quantized``, then the internal
+``checkpoint`` step links its files and the source's tokenizer files into the output folder. BF16 is
+the source checkpoint itself: only the ``checkpoint`` step runs.
 """
 
 from __future__ import annotations
@@ -43,6 +49,11 @@ class BuildPaths:
         return self.workdir / "trtllm_checkpoint"
 
     @property
+    def quantized_dir(self) -> Path:
+        """backend pytorch: quantize.py's HF export, before the ``checkpoint`` step assembles the output."""
+        return self.workdir / "quantized"
+
+    @property
     def calibration_dir(self) -> Path:
         return self.workdir / "calibration_data"
 
@@ -72,7 +83,7 @@ class BuildPaths:
         return cls(
             workdir=work,
             checkpoint=ckpt,
-            engine_dir=Path(engine_dir) if engine_dir else work / "engine",
+            engine_dir=Path(engine_dir) if engine_dir else work / ("checkpoint" if recipe.builds_checkpoint else "engine"),
             examples_dir=examples_dir or DEFAULT_EXAMPLES_DIR,
             python=python,
         )
@@ -126,8 +137,18 @@ def calibration_dataset_arg(recipe: EngineRecipe, paths: BuildPaths) -> tuple[st
     return dataset, None
 
 
+# quantize.py --qformat for a backend-pytorch precision, and the quant_algo TensorRT-LLM's QuantAlgo names it by
+# (what ModelOpt's HF export writes into hf_quant_config.json and the LLM API reads).
+PYTORCH_QFORMAT = {"fp8": "fp8", "int4_awq": "int4_awq", "nvfp4": "nvfp4"}
+PYTORCH_QUANT_ALGO = {"bf16": None, "fp8": "FP8", "int4_awq": "W4A16_AWQ", "nvfp4": "NVFP4"}
+# Files of the source checkpoint the output gets besides the weights (the LLM API and koserve repo render read them).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "generation_config.json")
+
+
 def build_steps(recipe: EngineRecipe, paths: BuildPaths) -> list[Step]:
-    """The ordered steps that turn the recipe's checkpoint into an engine in ``paths.engine_dir``."""
+    """The ordered steps that turn the recipe's checkpoint into an engine in ``paths.engine_dir`` (backend pytorch:
+    a HF checkpoint for the LLM API there)."""
     steps: list[Step] = []
     q, par, cal = recipe.quantization, recipe.parallelism, recipe.calibration
     ckpt_out = paths.trtllm_checkpoint_dir
@@ -150,6 +171,8 @@ def build_steps(recipe: EngineRecipe, paths: BuildPaths) -> list[Step]:
     if calib_value is not None and (Path(calib_value).exists() or calib_source is not None):
         calib_inputs = (Path(calib_value),)
 
+    if recipe.builds_checkpoint:
+        return steps + _checkpoint_steps(recipe, paths, src, src_inputs, calib_value, calib_inputs)
     if recipe.uses_quantize_py:
         argv = [
             paths.python, f"{paths.examples_dir}/{QUANTIZE_SCRIPT}",
@@ -234,6 +257,51 @@ def build_steps(recipe: EngineRecipe, paths: BuildPaths) -> list[Step]:
                     f"max_seq_len {lim.max_seq_len}",
         argv=tuple(argv), inputs=(ckpt_out,), outputs=(paths.engine_dir,),
         gpus=1, tool="trtllm-build",  # ranks are built one GPU each; one GPU suffices
+    ))
+    return steps
+
+
+def _checkpoint_steps(recipe: EngineRecipe, paths: BuildPaths, src: str, src_inputs: tuple[Path, ...],
+                      calib_value: str | None, calib_inputs: tuple[Path, ...]) -> list[Step]:
+    q, cal = recipe.quantization, recipe.calibration
+    out = paths.engine_dir
+    steps: list[Step] = []
+    weights_from: tuple[Path, ...] = src_inputs
+    if q.precision != "bf16":
+        argv = [
+            paths.python, f"{paths.examples_dir}/{QUANTIZE_SCRIPT}",
+            "--model_dir", src,
+            "--dtype", "bfloat16",
+            "--qformat", PYTORCH_QFORMAT[q.precision],
+        ]
+        if q.kv_cache_dtype == "fp8":
+            argv += ["--kv_cache_dtype", "fp8"]
+        if q.precision == "int4_awq":
+            argv += ["--awq_block_size", str(q.awq_block_size)]
+        argv += [
+            "--calib_dataset", str(calib_value),
+            "--calib_size", str(cal.size),
+            "--calib_max_seq_length", str(cal.max_seq_length),
+            "--batch_size", str(cal.batch_size),
+            "--export_format", "hf",
+            "--output_dir", str(paths.quantized_dir),
+        ]
+        steps.append(Step(
+            name="quantize",
+            description=f"ModelOpt {q.precision} quantization (KV {q.kv_cache_dtype}) exported as a Hugging Face "
+                        "checkpoint for the LLM API",
+            argv=tuple(argv), inputs=src_inputs + calib_inputs, outputs=(paths.quantized_dir,),
+            gpus=recipe.calibration_gpus, tool="quantize.py",
+        ))
+        weights_from = (paths.quantized_dir,)
+    steps.append(Step(
+        name="checkpoint",
+        description=f"assemble {out}: the {'quantized' if q.precision != 'bf16' else 'BF16 source'} weights and "
+                    "the source's tokenizer files (hard links where the filesystem allows)",
+        argv=None,
+        inputs=tuple(dict.fromkeys(weights_from + src_inputs)),
+        outputs=(out,),
+        extra={"weights": str(weights_from[0]) if weights_from else src, "source": src},
     ))
     return steps
 

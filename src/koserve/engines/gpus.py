@@ -52,11 +52,27 @@ class GpuSpec:
         return self.sm >= 80
 
     @property
+    def supports_nvfp4(self) -> bool:
+        """NVFP4 tensor cores: Blackwell (10.0 and newer). TensorRT-LLM's hardware matrix marks NVFP4 for
+        Blackwell sm100/103/120 only (docs/source/features/quantization.md@09d4c79b)."""
+        return self.sm >= 100
+
+    @property
+    def supports_pytorch_int4_awq(self) -> bool:
+        """W4A16 AWQ on the PyTorch backend: the same hardware matrix marks it for Ampere, Ada and Hopper, not for
+        Blackwell."""
+        return 80 <= self.sm < 100
+
+    @property
     def cc_text(self) -> str:
         return f"{self.compute_capability[0]}.{self.compute_capability[1]}"
 
 
 _CATALOGUE: tuple[GpuSpec, ...] = (
+    # B200 (HGX): "179 GB HBM3e", sm_100, 8.0 TB/s per Vultr's inference cookbook (docs.vultr.com, hardware-overview,
+    # figures from their HGX B200 node). 183359 MiB = 179.06 GiB; the exact MiB figure is not on that page (no B200
+    # here to query): the planner's KV figures for B200 carry that uncertainty (well under 0.1 %).
+    GpuSpec("b200-180gb", "B200 180GB", 183359, 8000.0, (10, 0), "Blackwell", (r"\bB200\b",)),
     GpuSpec("h100-sxm-80gb", "H100 80GB SXM", 81559, 3350.0, (9, 0), "Hopper",
             (r"H100 80GB HBM3", r"H100.*SXM")),
     GpuSpec("h100-pcie-80gb", "H100 80GB PCIe", 81559, 2000.0, (9, 0), "Hopper", (r"H100 PCIe",)),
@@ -91,7 +107,7 @@ def format_catalogue() -> str:
     lines = [f"{'KEY':16s} {'GPU':16s} {'MEMORY':>8s}  {'ARCH':7s} CC   PRECISIONS"]
     for g in _CATALOGUE:
         precisions = ["bf16" if g.supports_bf16 else "fp16", *(["fp8"] if g.supports_fp8 else []),
-                      *(["int4_awq"] if g.supports_int4_awq else [])]
+                      *(["int4_awq"] if g.supports_int4_awq else []), *(["nvfp4"] if g.supports_nvfp4 else [])]
         lines.append(f"{g.key:16s} {g.display_name:16s} {g.memory_mib / 1024:6.1f} GiB  {g.architecture:7s} "
                      f"{g.cc_text:4s} {', '.join(precisions)}")
     return "\n".join(lines)

@@ -14,6 +14,8 @@ from pathlib import Path
 from koserve.errors import ConfigError
 
 MANIFEST_NAME = "engine_manifest.json"
+CHECKPOINT_MANIFEST_NAME = "checkpoint_manifest.json"  # backend pytorch: a HF checkpoint for the LLM API
+HF_QUANT_CONFIG_NAME = "hf_quant_config.json"  # written by ModelOpt's HF export, read by the LLM API
 ENGINE_CONFIG_NAME = "config.json"
 MANIFEST_SCHEMA = 1
 
@@ -133,21 +135,45 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
     return digest.hexdigest()
 
 
-def output_checksums(engine_dir: Path) -> dict[str, dict]:
+def read_checkpoint_quantization(checkpoint_dir: str | Path) -> dict:
+    """``quantization`` of a HF checkpoint's ``hf_quant_config.json`` ({} when there is none: not quantized)."""
+    path = Path(checkpoint_dir) / HF_QUANT_CONFIG_NAME
+    if not path.is_file():
+        return {}
+    data = _load_json(path, "quantization config")
+    quant = data.get("quantization")
+    if not isinstance(quant, dict):
+        raise ConfigError(f"{path} has no 'quantization' object (ModelOpt's HF export writes one)")
+    return quant
+
+
+def read_checkpoint_manifest(checkpoint_dir: str | Path) -> dict:
+    """The ``checkpoint_manifest.json`` koserve wrote into a backend-pytorch checkpoint."""
+    data = _load_json(Path(checkpoint_dir) / CHECKPOINT_MANIFEST_NAME, "checkpoint manifest")
+    if data.get("schema") != MANIFEST_SCHEMA:
+        raise ConfigError(f"checkpoint manifest in {checkpoint_dir} has schema {data.get('schema')!r}, "
+                          f"expected {MANIFEST_SCHEMA}")
+    return data
+
+
+def output_checksums(engine_dir: Path, manifest_name: str = MANIFEST_NAME) -> dict[str, dict]:
     """sha256 and size of every file in the engine folder except the manifest."""
     result = {}
     for path in sorted(p for p in engine_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(engine_dir).as_posix()
-        if rel == MANIFEST_NAME:
+        if rel == manifest_name:
             continue
         result[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return result
 
 
 def verify_manifest(engine_dir: str | Path) -> list[str]:
-    """Files whose checksum no longer matches the manifest (empty when the engine is intact)."""
+    """Files whose checksum no longer matches the manifest (empty when the engine or checkpoint is intact)."""
     engine_dir = Path(engine_dir)
-    manifest = read_manifest(engine_dir)
+    if (engine_dir / CHECKPOINT_MANIFEST_NAME).is_file() and not (engine_dir / MANIFEST_NAME).is_file():
+        manifest = read_checkpoint_manifest(engine_dir)
+    else:
+        manifest = read_manifest(engine_dir)
     problems = []
     for rel, info in manifest.get("outputs", {}).items():
         path = engine_dir / rel

@@ -4,8 +4,8 @@ All figures are estimates from the profile's architecture and the recipe; the mo
 written out in the docstrings of the helpers below so a reader can check each number:
 
 * weights: every linear layer at the recipe's precision (FP8: 1 byte; INT4-AWQ: 0.5 byte plus
-  one FP16 scale per ``awq_block_size`` weights; INT8/INT4 weight-only: plus one FP16 scale per
-  output channel), embeddings, ``lm_head`` and norms in BF16 (ModelOpt leaves them unquantized);
+  one FP16 scale per ``awq_block_size`` weights; NVFP4: 0.5 byte plus one FP8 scale per 16
+  weights; INT8/INT4 weight-only: plus one FP16 scale per output channel), embeddings, ``lm_head`` and norms in BF16 (ModelOpt leaves them unquantized);
   the vocabulary embedding and ``lm_head`` are sharded over TP, layers over PP;
 * KV cache per token: layers × KV heads × head dim × 2 (K and V) × dtype bytes, divided by TP
   (and PP) per GPU;
@@ -13,6 +13,10 @@ written out in the docstrings of the helpers below so a reader can check each nu
   gate/up and hidden state buffers, BF16, double-buffered) plus FP32 logits for
   ``max_batch_size`` sequences; runtime: CUDA context, cuBLAS/TensorRT workspaces (2.5 GiB) and
   NCCL buffers (0.5 GiB) when the engine spans several GPUs;
+* backend pytorch (the LLM API on a HF checkpoint) is planned with the same model: the same weights
+  per rank, and the PyTorch executor's activation and CUDA-graph buffers are taken to be what the
+  TensorRT context takes for the same ``max_num_tokens`` (an estimate: no NVIDIA document gives a
+  memory rule for either);
 * KV tokens: TensorRT-LLM gives the KV cache ``kv_cache_free_gpu_mem_fraction`` of the memory
   left after weights and activations, in blocks of ``tokens_per_block`` tokens;
 * decode roofline: one decode step reads every weight and the KV cache of every running
@@ -27,10 +31,11 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from koserve.engines.gpus import GIB, GpuSpec, get_gpu
-from koserve.engines.recipe import EngineRecipe, resolve_local_path
+from koserve.engines.recipe import PYTORCH_INT4_AWQ_FAMILIES, EngineRecipe, resolve_local_path
 
 # Bytes per weight of a linear layer, by precision (scales added separately).
-_LINEAR_BYTES = {"bf16": 2.0, "fp8": 1.0, "int8_wo": 1.0, "int4_wo": 0.5, "int4_awq": 0.5}
+_LINEAR_BYTES = {"bf16": 2.0, "fp8": 1.0, "int8_wo": 1.0, "int4_wo": 0.5, "int4_awq": 0.5, "nvfp4": 0.5}
+NVFP4_BLOCK = 16  # NVFP4: one FP8 (E4M3) scale per 16 weights
 _KV_BYTES = {"fp8": 1, "int8": 1, "bf16": 2}
 _BF16 = 2
 
@@ -92,6 +97,7 @@ class BuildPlan:
     scenarios: list[Scenario] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    backend: str = "trtllm"
 
     @property
     def ok(self) -> bool:
@@ -114,6 +120,8 @@ def _linear_weight_bytes(num_weights: int, out_channels: int, recipe: EngineReci
     size = num_weights * _LINEAR_BYTES[precision]
     if precision == "int4_awq":
         size += num_weights / recipe.quantization.awq_block_size * _BF16
+    elif precision == "nvfp4":
+        size += num_weights / NVFP4_BLOCK
     elif precision in ("int4_wo", "int8_wo"):
         size += out_channels * _BF16
     return size
@@ -258,6 +266,11 @@ def plan(
         )
     if not gpu.supports_bf16:
         errors.append(f"BF16 activations need Ampere 8.0 or newer; {gpu.display_name} is {gpu.cc_text}")
+    if q.precision == "nvfp4" and not gpu.supports_nvfp4:
+        errors.append(f"NVFP4 needs Blackwell (10.0 or newer); {gpu.display_name} is {gpu.architecture} "
+                      f"{gpu.cc_text}: use fp8 (Ada/Hopper) or int4_awq")
+    if recipe.backend == "pytorch":
+        _check_pytorch_support(recipe, gpu, errors)
 
     # Memory.
     w_total, w_gpu = weight_bytes(recipe)
@@ -325,6 +338,7 @@ def plan(
         max_seq_len=lim.max_seq_len, max_batch_size=lim.max_batch_size, min_concurrency=min_concurrency,
         calibration_memory_bytes=calib_need, calibration_gpus=calib_gpus if calib_need else 0,
         calibration_gpus_needed=calib_gpus_needed, scenarios=results, errors=errors, warnings=warnings,
+        backend=recipe.backend,
     )
 
 
@@ -366,6 +380,24 @@ def _scenario(recipe, gpu, isl, osl, fits, kv_blocks, w_gpu, kv_gpu, min_concurr
     )
 
 
+def _check_pytorch_support(recipe: EngineRecipe, gpu: GpuSpec, errors: list[str]) -> None:
+    """TensorRT-LLM's quantization support matrices (docs/source/features/quantization.md@09d4c79b): the model
+    matrix marks W4A16 AWQ for LLaMA / LLaMA-v2 but not LLaMA 3; the hardware matrix marks W4A16 AWQ for Ampere,
+    Ada and Hopper, not Blackwell."""
+    q, family = recipe.quantization, recipe.model_profile.tokenizer_family
+    if q.precision != "int4_awq":
+        return
+    if family not in PYTORCH_INT4_AWQ_FAMILIES:
+        errors.append(
+            f"backend pytorch: INT4-AWQ (W4A16) is not marked for LLaMA 3 in TensorRT-LLM's quantization support "
+            f"matrix (docs/source/features/quantization.md@09d4c79b; {recipe.profile} is a {family} model): use fp8 "
+            "on Hopper/Ada or nvfp4 on Blackwell, or backend trtllm for its int4_awq engine"
+        )
+    if not gpu.supports_pytorch_int4_awq:
+        errors.append(f"backend pytorch: W4A16 AWQ is marked for Ampere, Ada and Hopper only; {gpu.display_name} is "
+                      f"{gpu.architecture} {gpu.cc_text}")
+
+
 def _check_calibration_data(recipe: EngineRecipe, warnings: list[str]) -> None:
     dataset = recipe.calibration.dataset
     if dataset in ("cnn_dailymail", "ccdv/cnn_dailymail", "pileval"):
@@ -398,6 +430,7 @@ def format_plan(p: BuildPlan) -> str:
     """A readable table of the plan."""
     rows = [
         ("recipe", p.recipe),
+        ("backend", "pytorch (LLM API on a HF checkpoint)" if p.backend == "pytorch" else "trtllm (TensorRT engine)"),
         ("model", f"{p.profile} ({p.num_parameters / 1e9:.1f} B parameters)"),
         ("GPUs", f"{p.gpu_count} × {p.gpu} ({_gb(p.gpu_memory_bytes)} each), tp {p.tp} pp {p.pp}"),
         ("precision / KV cache", f"{p.precision} / {p.kv_cache_dtype}"),

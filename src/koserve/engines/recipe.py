@@ -5,6 +5,10 @@ engine limits, trtllm-build plugin choices, calibration) and says *why* for each
 its ``why`` map (dotted field path -> one line). Validation refuses unknown keys, choices
 TensorRT-LLM 1.2 does not accept and undocumented choices; a field left at its default
 needs no why.
+
+``backend`` picks what the build produces: ``trtllm`` (default) a TensorRT engine (quantize.py /
+convert_checkpoint.py, then trtllm-build), ``pytorch`` a Hugging Face checkpoint for the LLM API
+(quantize.py ``--export_format hf``; BF16 is the source checkpoint copied as is).
 """
 
 from __future__ import annotations
@@ -22,12 +26,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from koserve.errors import ConfigError, validation_error_message
 from koserve.profiles import ModelProfile, load_profile
 
-Precision = Literal["bf16", "fp8", "int4_awq", "int4_wo", "int8_wo"]
+Precision = Literal["bf16", "fp8", "int4_awq", "int4_wo", "int8_wo", "nvfp4"]
+Backend = Literal["trtllm", "pytorch"]
 KvCacheDtype = Literal["fp8", "int8", "bf16"]
 EnableDisable = Literal["enable", "disable"]
 
 # Precisions whose checkpoint comes from ModelOpt's quantize.py (they need calibration data).
-CALIBRATED_PRECISIONS = ("fp8", "int4_awq")
+CALIBRATED_PRECISIONS = ("fp8", "int4_awq", "nvfp4")
+# What backend pytorch builds: a HF checkpoint the LLM API loads (quantize.py --export_format hf, or BF16 as is).
+PYTORCH_PRECISIONS = ("bf16", "fp8", "int4_awq", "nvfp4")
+# TensorRT-LLM's model support matrix (docs/source/features/quantization.md@09d4c79b, read here; the v1.2.1 tag's
+# copy could not be read): the W4A16 AWQ column is marked for "LLaMA" and "LLaMA-v2" but not for "LLaMA 3".
+PYTORCH_INT4_AWQ_FAMILIES = ("llama2",)
 # Precisions converted by the Llama convert_checkpoint.py.
 CONVERTED_PRECISIONS = ("bf16", "int4_wo", "int8_wo")
 
@@ -72,11 +82,6 @@ class Quantization(_Strict):
 
     @model_validator(mode="after")
     def _kv_fits_path(self) -> "Quantization":
-        if self.precision in CONVERTED_PRECISIONS and self.kv_cache_dtype == "fp8":
-            raise ValueError(
-                f"kv_cache_dtype fp8 needs ModelOpt's quantize.py (precision fp8 or int4_awq); "
-                f"precision {self.precision} goes through convert_checkpoint.py, which offers int8 or bf16 KV cache"
-            )
         if self.awq_block_size not in (64, 128):
             raise ValueError(f"awq_block_size must be 64 or 128, got {self.awq_block_size}")
         return self
@@ -167,6 +172,7 @@ class EngineRecipe(_Strict):
 
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
+    backend: Backend = "trtllm"
     profile: str
     checkpoint: str  # a Hugging Face id (org/name) or a local folder
     trtllm_version: str = "1.2.1"
@@ -205,6 +211,8 @@ class EngineRecipe(_Strict):
         if unknown:
             raise ValueError(f"why names fields the recipe does not have: {', '.join(unknown)}")
         required = list(REQUIRED_WHY)
+        if self.backend == "pytorch":
+            required = [k for k in required if not k.startswith("build.")] + ["backend"]
         if self.quantization.precision in CALIBRATED_PRECISIONS:
             required += ["calibration.dataset", "calibration.size", "calibration.num_gpus"]
         if self.parallelism.gpus_per_node is not None:
@@ -216,8 +224,36 @@ class EngineRecipe(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _choices_fit_backend(self) -> "EngineRecipe":
+        q = self.quantization
+        if self.backend == "trtllm":
+            if q.precision in CONVERTED_PRECISIONS and q.kv_cache_dtype == "fp8":
+                raise ValueError(
+                    f"kv_cache_dtype fp8 needs ModelOpt's quantize.py (precision fp8 or int4_awq); precision "
+                    f"{q.precision} goes through convert_checkpoint.py, which offers int8 or bf16 KV cache"
+                )
+            if q.precision == "nvfp4":
+                raise ValueError("precision nvfp4 is built for backend pytorch (a HF checkpoint the LLM API loads); "
+                                 "set backend: pytorch")
+            return self
+        if q.precision not in PYTORCH_PRECISIONS:
+            raise ValueError(f"backend pytorch takes precision {', '.join(PYTORCH_PRECISIONS)} (quantize.py "
+                             f"--export_format hf); {q.precision} is a TensorRT-engine (backend trtllm) format")
+        if q.kv_cache_dtype == "int8":
+            raise ValueError("backend pytorch: kv_cache_dtype int8 is not offered (fp8 or bf16)")
+        if q.precision == "bf16" and q.kv_cache_dtype != "bf16":
+            raise ValueError("backend pytorch with precision bf16 serves the source checkpoint as is: kv_cache_dtype "
+                             "must be bf16 (an FP8 KV cache needs quantize.py's calibrated KV scales: use fp8)")
+        if self.build != BuildOptions():
+            raise ValueError("backend pytorch builds no TensorRT engine: remove the build: section (trtllm-build "
+                             "options)")
+        return self
+
+    @model_validator(mode="after")
     def _choices_fit_precision(self) -> "EngineRecipe":
         q, b = self.quantization, self.build
+        if self.backend == "pytorch":  # no trtllm-build: the build options stay at their defaults, unused
+            return self
         if b.use_fp8_context_fmha == "enable" and q.precision != "fp8":
             raise ValueError("build.use_fp8_context_fmha enable needs quantization.precision fp8")
         if b.gemm_swiglu_plugin == "fp8" and q.precision != "fp8":
@@ -247,6 +283,11 @@ class EngineRecipe(_Strict):
     @property
     def uses_quantize_py(self) -> bool:
         return self.quantization.precision in CALIBRATED_PRECISIONS
+
+    @property
+    def builds_checkpoint(self) -> bool:
+        """True for backend pytorch: the build's output is a HF checkpoint for the LLM API, not an engine."""
+        return self.backend == "pytorch"
 
     @property
     def calibration_gpus(self) -> int:

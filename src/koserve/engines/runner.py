@@ -8,7 +8,9 @@
   of its inputs and of its outputs. On the next run a step whose stamp still matches is skipped;
   once one step runs, every later step runs too.
 * The engine folder gets ``engine_manifest.json``: recipe, versions, command lines, GPU, build
-  times and checksums of every output file.
+  times and checksums of every output file. A ``backend: pytorch`` recipe builds a Hugging Face
+  checkpoint for the LLM API instead, with ``checkpoint_manifest.json`` (same record, plus the
+  ``hf_quant_config.json`` quantization checked against the recipe).
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from koserve.engines.calibration import prepare_calibration_dir
 from koserve.engines.commands import BuildPaths, Step, build_steps
 from koserve.engines.gpus import GIB, get_gpu
 from koserve.engines.manifest import (
+    CHECKPOINT_MANIFEST_NAME,
     ENGINE_CONFIG_NAME,
     MANIFEST_NAME,
     MANIFEST_SCHEMA,
     output_checksums,
+    read_checkpoint_quantization,
     read_engine_limits,
 )
 from koserve.engines.planner import CALIBRATION_GPU_RESERVE_BYTES, calibration_memory_bytes, plan
@@ -53,7 +57,7 @@ from koserve.errors import ConfigError, KoserveError
 # Files at least this big are fingerprinted by size and mtime, smaller ones by content.
 CONTENT_HASH_LIMIT = 16 << 20
 BUILD_HEADROOM_BYTES = 2 * GIB
-_IGNORED_OUTPUTS = {MANIFEST_NAME}
+_IGNORED_OUTPUTS = {MANIFEST_NAME, CHECKPOINT_MANIFEST_NAME}
 
 
 class BuildError(KoserveError):
@@ -213,7 +217,9 @@ def check_engine_version(recipe: EngineRecipe, paths: BuildPaths, runtime: Runti
                          engine_built: bool = True) -> None:
     """Runtime, engine and recipe versions must agree. Before a build (``engine_built`` False) an engine already in
     the output folder is about to be replaced: it is named in the message but not held against the build."""
-    check = check_versions(recipe.trtllm_version, engine_dir=paths.engine_dir, runtime=runtime)
+    # A HF checkpoint records no TensorRT-LLM version (its config.json is transformers'): only the runtime is checked.
+    engine_dir = None if recipe.builds_checkpoint else paths.engine_dir
+    check = check_versions(recipe.trtllm_version, engine_dir=engine_dir, runtime=runtime)
     if not engine_built:
         check = replace(check, problems=[p for p in check.problems if p != "engine"])
     try:
@@ -343,9 +349,10 @@ def run_build(
 
     paths.logs_dir.mkdir(parents=True, exist_ok=True)
     paths.state_dir.mkdir(parents=True, exist_ok=True)
+    manifest_name = CHECKPOINT_MANIFEST_NAME if recipe.builds_checkpoint else MANIFEST_NAME
     if to_run:
         # The manifest marks a finished engine (serving waits for it): drop it while the engine is rebuilt.
-        (paths.engine_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        (paths.engine_dir / manifest_name).unlink(missing_ok=True)
     done: list[str] = []
     for i, (step, current) in enumerate(plan_status, 1):
         prefix = f"[{i}/{n}] {step.name}"
@@ -384,10 +391,12 @@ def run_build(
     if runtime is None:
         runtime = probe_runtime(paths.python)
     check_engine_version(recipe, paths, runtime)
-    result.manifest_path = write_manifest(recipe, paths, steps, result, gpus, started_at, gpu_warnings,
-                                          runtime_version=runtime.version)
+    writer = write_checkpoint_manifest if recipe.builds_checkpoint else write_manifest
+    result.manifest_path = writer(recipe, paths, steps, result, gpus, started_at, gpu_warnings,
+                                  runtime_version=runtime.version)
     result.seconds = time.monotonic() - started
-    echo(f"engine: {paths.engine_dir} (manifest {result.manifest_path.name}) in {format_elapsed(result.seconds)}")
+    what = "checkpoint" if recipe.builds_checkpoint else "engine"
+    echo(f"{what}: {paths.engine_dir} (manifest {result.manifest_path.name}) in {format_elapsed(result.seconds)}")
     return result
 
 
@@ -449,7 +458,117 @@ def _internal_step(step: Step) -> None:
             shutil.rmtree(dest)
         prepare_calibration_dir(Path(step.extra["source"]), dest)
         return
+    if step.name == "checkpoint":
+        assemble_checkpoint(Path(step.extra["weights"]), Path(step.extra["source"]), step.outputs[0])
+        return
     raise ConfigError(f"unknown internal step {step.name}")  # pragma: no cover
+
+
+def assemble_checkpoint(weights: Path, source: Path, dest: Path) -> None:
+    """``dest`` = every file of ``weights`` (quantize.py's HF export, or the BF16 source) plus the source's tokenizer
+    files the export lacks; hard links where the filesystem allows, else copies. Written to a sibling folder and
+    renamed, so a half-assembled checkpoint is never left under ``dest``."""
+    from koserve.engines.commands import TOKENIZER_FILES
+
+    if not (weights / "config.json").is_file():
+        raise ConfigError(f"{weights} has no config.json: not a Hugging Face checkpoint")
+    tmp = dest.with_name(dest.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for path in sorted(p for p in weights.rglob("*") if p.is_file()):
+        if path.name in _IGNORED_OUTPUTS or any(part.startswith(".") for part in path.relative_to(weights).parts):
+            continue
+        _link_or_copy(path, tmp / path.relative_to(weights))
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file() and not (tmp / name).exists():
+            _link_or_copy(source / name, tmp / name)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def write_checkpoint_manifest(
+    recipe: EngineRecipe,
+    paths: BuildPaths,
+    steps: list[Step],
+    result: RunResult,
+    gpus: list[DetectedGpu],
+    started_at: str,
+    warnings: list[str],
+    runtime_version: str | None = None,
+) -> Path:
+    """Write ``checkpoint_manifest.json`` into the checkpoint folder (backend pytorch) and return its path. The
+    checkpoint's quantization (``hf_quant_config.json``) must be what the recipe asked for."""
+    from koserve.engines.commands import PYTORCH_QUANT_ALGO
+
+    out = paths.engine_dir
+    if not (out / "config.json").is_file():
+        raise BuildError(f"{out} has no config.json: the build did not produce a Hugging Face checkpoint")
+    quant = read_checkpoint_quantization(out)
+    q = recipe.quantization
+    want = (PYTORCH_QUANT_ALGO[q.precision], "FP8" if q.kv_cache_dtype == "fp8" else None)
+    got = (quant.get("quant_algo"), quant.get("kv_cache_quant_algo"))
+    if got != want:
+        raise BuildError(f"checkpoint {out} is quantized as quant_algo {got[0]}, kv_cache_quant_algo {got[1]} "
+                         f"(hf_quant_config.json) but recipe {recipe.name} asks for {want[0]}, {want[1]}")
+    stamps = {s.name: (_read_stamp(paths, s) or {}) for s in steps}
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "kind": "checkpoint",
+        "backend": "pytorch",
+        "recipe": recipe.name,
+        "recipe_sha256": recipe.sha256(),
+        "recipe_content": recipe.model_dump(mode="json"),
+        "profile": recipe.profile,
+        "checkpoint": paths.checkpoint,
+        "versions": {
+            "koserve": __version__,
+            "tensorrt_llm_expected": recipe.trtllm_version,
+            "tensorrt_llm_runtime": runtime_version,
+            "python": sys.version.split()[0],
+        },
+        "gpu": {"target": get_gpu(recipe.gpu).display_name, "count": len(gpus),
+                "detected": [g.to_dict() for g in gpus]},
+        "quantization": {"quant_algo": got[0], "kv_cache_quant_algo": got[1]},
+        "serving": {
+            "tensor_parallel_size": recipe.parallelism.tp,
+            "pipeline_parallel_size": recipe.parallelism.pp,
+            "max_batch_size": recipe.limits.max_batch_size,
+            "max_seq_len": recipe.limits.max_seq_len,
+            "max_num_tokens": recipe.limits.max_num_tokens,
+            "kv_cache_free_gpu_mem_fraction": recipe.serving.kv_cache_free_gpu_mem_fraction,
+        },
+        "steps": [
+            {
+                "name": s.name,
+                "command": list(s.argv) if s.argv else None,
+                "status": next((r.status for r in result.steps if r.name == s.name), "unknown"),
+                "seconds": stamps[s.name].get("seconds"),
+                "finished_at": stamps[s.name].get("finished_at"),
+            }
+            for s in steps
+        ],
+        "build_seconds": round(sum(stamps[s.name].get("seconds") or 0.0 for s in steps), 3),
+        "run_started_at": started_at,
+        "finished_at": _now(),
+        "warnings": warnings,
+        "outputs": output_checksums(out, manifest_name=CHECKPOINT_MANIFEST_NAME),
+        "host": os.uname().nodename if hasattr(os, "uname") else "",
+    }
+    path = out / CHECKPOINT_MANIFEST_NAME
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def write_manifest(
