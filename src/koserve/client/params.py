@@ -6,12 +6,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from koserve.client.errors import InvalidParameterError
 from koserve.errors import InvalidRequestError
+from koserve.guided.spec import GuidedDecoding, parse_guided_decoding
 from koserve.profiles import ModelProfile
 
 MAX_STOP_STRINGS = 32
@@ -45,6 +47,7 @@ class SamplingParams:
     bad_words: tuple[str, ...] = ()
     end_id: int | None = None
     pad_id: int | None = None
+    guided: GuidedDecoding | None = None  # structured output: response_format= / json_schema=
     profile_stop_words: tuple[str, ...] = field(default=(), repr=False)
 
     def stop_strings(self) -> tuple[str, ...]:
@@ -59,6 +62,8 @@ class SamplingParams:
         d.pop("profile_stop_words")
         d["stop"] = list(self.stop)
         d["bad_words"] = list(self.bad_words)
+        d["guided"] = None if self.guided is None else {"guide_type": self.guided.guide_type,
+                                                        "guide": self.guided.guide}
         return d
 
 
@@ -77,7 +82,30 @@ PARAM_NAMES: tuple[str, ...] = (
     "bad_words",
     "end_id",
     "pad_id",
+    "response_format",
+    "json_schema",
 )
+
+
+def _guided(overrides: Mapping[str, Any]) -> GuidedDecoding | None:
+    """``json_schema=`` (a dict, a JSON string or a pydantic model class) or OpenAI's ``response_format=``."""
+    from koserve.guided.openai import guide_from_response_format  # noqa: PLC0415
+
+    schema, response_format = overrides.get("json_schema"), overrides.get("response_format")
+    if schema is not None and response_format is not None:
+        raise InvalidParameterError("give json_schema or response_format, not both", param="json_schema")
+    try:
+        if response_format is not None:
+            return guide_from_response_format(response_format)
+        if schema is None:
+            return None
+        if hasattr(schema, "model_json_schema"):
+            schema = schema.model_json_schema()
+        text = schema if isinstance(schema, str) else json.dumps(schema, ensure_ascii=False)
+        return parse_guided_decoding("json_schema", text)
+    except InvalidRequestError as exc:
+        raise InvalidParameterError(str(exc), param="json_schema" if schema is not None else "response_format"
+                                    ) from None
 
 
 def _is_int(v: Any) -> bool:
@@ -168,6 +196,7 @@ def resolve_params(profile: ModelProfile, overrides: Mapping[str, Any] | None = 
         end_id=profile.end_id if end_id is None else _int("end_id", end_id, 0, vocab - 1),
         pad_id=gen.pad_id if pad_id is None else _int("pad_id", pad_id, 0, vocab - 1),
         profile_stop_words=tuple(gen.stop_words),
+        guided=_guided(overrides),
     )
     if params.min_tokens is not None and params.min_tokens > params.max_tokens:
         raise InvalidParameterError(

@@ -31,6 +31,8 @@ PARAM_TENSORS = {
     "length_penalty": "length_penalty",
     "min_tokens": "min_length",
     "bad_words": "bad_words",
+    "json_schema": "guided_decoding_guide_type",
+    "response_format": "guided_decoding_guide_type",
 }
 
 
@@ -153,6 +155,10 @@ def build_request(prompt: str, params: SamplingParams, *, stream: bool, request_
             put(name, "FP32", value)
     if params.min_tokens is not None:
         put("min_length", "INT32", params.min_tokens)
+    if params.guided is not None:  # NVIDIA's guided-decoding inputs (TensorRT-LLM 1.2.1)
+        put("guided_decoding_guide_type", "BYTES", params.guided.guide_type)
+        if params.guided.guide:
+            put("guided_decoding_guide", "BYTES", params.guided.guide)
     explicit_tensors = {PARAM_TENSORS[p]: p for p in explicit if p in PARAM_TENSORS}
     return WireRequest(t, request_id or new_request_id(), stream, explicit_tensors)
 

@@ -42,6 +42,14 @@ from koserve.gateway.drain import DrainMiddleware, DrainState
 from koserve.gateway.metrics import Metrics
 from koserve.gateway.replicas import DEFAULT_HEALTH_PERIOD_S, Replica, ReplicaSet
 from koserve.gateway.schemas import ChatCompletionRequest, CompletionRequest, UnsupportedParameterError
+from koserve.guided.openai import (
+    check_tools,
+    guide_from_response_format,
+    parse_tool_call,
+    tool_choice_mode,
+    tool_guide,
+    tool_messages,
+)
 from koserve.profiles import load_profile
 
 log = logging.getLogger("koserve.gateway")
@@ -51,7 +59,7 @@ log = logging.getLogger("koserve.gateway")
 # (InvalidRequestError) like these; anything else from the server is a 502.
 _REQUEST_PROBLEM = re.compile(
     r"^invalid request|exceeds|must be|must not|is required|is not valid|is empty|the limit is|too long|not supported"
-    r"|max (?:input|sequence|output) length",
+    r"|max (?:input|sequence|output) length|cannot be compiled|did not compile within",
     re.IGNORECASE,
 )
 _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
@@ -62,6 +70,7 @@ _TENSOR_PARAMS = {
     "repetition_penalty": "repetition_penalty", "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty", "min_length": "min_tokens", "random_seed": "seed",
     "stop_words": "stop", "seed": "seed", "min_tokens": "min_tokens", "stop": "stop",
+    "guided_decoding_guide": "response_format", "guided_decoding_guide_type": "response_format",
 }
 _NAMED = re.compile(r"^(?:inputs? )?'?([a-z_]+)'?")
 
@@ -275,6 +284,42 @@ class _TooLarge(Exception):
     pass
 
 
+@dataclass
+class StructuredOutput:
+    """A chat request's ``response_format`` / ``tools`` as client parameters and the messages the model sees."""
+
+    messages: list[dict]
+    params: dict[str, Any]
+    functions: list[dict] | None  # the tools when the answer may be a call (tool_choice other than none)
+
+
+def structured_output(body: ChatCompletionRequest, messages: list[dict]) -> StructuredOutput:
+    """Guides for ``response_format`` and ``tools`` (koserve.guided.openai); 400 naming the field otherwise."""
+    param = "response_format"
+    try:
+        guide = guide_from_response_format(body.response_format)
+        functions, mode, name = None, "none", None
+        if body.tools:
+            param = "tools"
+            functions = check_tools(body.tools)
+            param = "tool_choice"
+            mode, name = tool_choice_mode(body.tool_choice, functions)
+            call_guide = tool_guide(functions, mode, name)
+            if call_guide is not None:
+                if guide is not None:
+                    raise InvalidRequestError("response_format cannot be combined with tool_choice required or "
+                                              "a named function (the answer is then a tool call)")
+                guide = call_guide
+        param = "messages"
+        shown = functions if mode != "none" else None
+        messages = tool_messages(messages, shown)
+    except InvalidRequestError as exc:
+        raise GatewayError(400, str(exc), param=param, code="invalid_request") from None
+    params = {} if guide is None else {"json_schema": guide.guide} if guide.guide_type == "json_schema" else {
+        "response_format": {"type": "json_object"}}
+    return StructuredOutput(messages, params, shown)
+
+
 def _sse(obj: Any) -> bytes:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
@@ -399,9 +444,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
         return "length" if result.finish_reason == "length" else "stop"
 
     async def run(endpoint: str, b: Backend, stream_obj: Any, include_usage: bool,
-                  chunk: Callable[[str | None, str | None, bool], dict], whole: Callable[[ChatResult], dict],
-                  max_tokens_param: str = "max_tokens") -> Response:
-        """Serve one request: ``stream_obj`` is an AsyncChatStream (SSE) or an awaitable ChatResult."""
+                  chunk: Callable[[str | None, str | None, bool], dict | None], whole: Callable[[ChatResult], dict],
+                  max_tokens_param: str = "max_tokens",
+                  tail: Callable[[ChatResult], tuple[list[dict], str]] | None = None) -> Response:
+        """Serve one request: ``stream_obj`` is an AsyncChatStream (SSE) or an awaitable ChatResult. ``chunk`` may
+        hold a delta back (None); ``tail`` gives the chunks and finish reason sent once the answer is complete."""
         name = b.route.name
         prompt_param = "messages" if endpoint == "chat" else "prompt"
 
@@ -434,12 +481,16 @@ def create_app(config: GatewayConfig) -> FastAPI:
             result = None
             try:
                 yield _sse(chunk(None, None, True))
-                if first:
-                    yield _sse(chunk(first, None, False))
+                if first and (c := chunk(first, None, False)) is not None:
+                    yield _sse(c)
                 async for delta in stream_obj:
-                    yield _sse(chunk(delta, None, False))
+                    if (c := chunk(delta, None, False)) is not None:
+                        yield _sse(c)
                 result = stream_obj.result
-                final = chunk(None, finish_reason(result), False)
+                extra, reason = tail(result) if tail is not None else ([], finish_reason(result))
+                for c in extra:
+                    yield _sse(c)
+                final = chunk(None, reason, False)
                 yield _sse(final)
                 if include_usage:
                     yield _sse({**final, "choices": [], "usage": usage(result)})
@@ -472,11 +523,14 @@ def create_app(config: GatewayConfig) -> FastAPI:
             raise GatewayError(400, f"{len(body.messages)} messages; the limit is {config.max_messages}",
                                param="messages", code="invalid_request")
         try:
-            messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
+                         "tool_calls": m.tool_calls, "name": m.name, "tool_call_id": m.tool_call_id}
                         for m in body.messages]
         except ValueError as exc:
             raise GatewayError(400, str(exc), param="messages", code="invalid_request") from None
-        params = body.sampling()
+        structured = structured_output(body, messages)
+        messages = structured.messages
+        params = {**body.sampling(), **structured.params}
         tokens_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         check_max_tokens(b, params, tokens_param)
         try:  # prepared once (a bad request fails here); any replica's client sends it
@@ -487,20 +541,43 @@ def create_app(config: GatewayConfig) -> FastAPI:
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
 
-        def chunk(delta: str | None, reason: str | None, first: bool) -> dict:
-            d: dict[str, Any] = {"role": "assistant", "content": ""} if first else (
-                {"content": delta} if delta is not None else {})
+        def chunk(delta: str | None, reason: str | None, first: bool, d: dict | None = None) -> dict | None:
+            if d is None:
+                if delta is not None and structured.functions:
+                    return None  # with tools, the answer is known to be text or a call only once complete
+                d = {"role": "assistant", "content": ""} if first else (
+                    {"content": delta} if delta is not None else {})
             return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": body.model,
                     "choices": [{"index": 0, "delta": d, "finish_reason": reason, "logprobs": None}]}
 
+        def answer(result: ChatResult) -> tuple[dict | None, str]:
+            call = parse_tool_call(result.text, structured.functions) if structured.functions else None
+            if call is not None:
+                return call, "tool_calls"
+            return None, finish_reason(result)
+
         def whole(result: ChatResult) -> dict:
+            call, reason = answer(result)
+            message: dict[str, Any] = {"role": "assistant", "content": result.text}
+            if call is not None:
+                message = {"role": "assistant", "content": None, "tool_calls": [call]}
             return {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                                 "finish_reason": finish_reason(result), "logprobs": None}],
+                    "choices": [{"index": 0, "message": message, "finish_reason": reason, "logprobs": None}],
                     "usage": usage(result)}
 
+        def tail(result: ChatResult) -> tuple[list[dict], str]:
+            call, reason = answer(result)
+            if call is not None:
+                d = {"tool_calls": [{"index": 0, **call}]}
+            elif result.text:
+                d = {"content": result.text}
+            else:
+                return [], reason
+            return [chunk(None, None, False, d)], reason
+
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await run("chat", b, stream_obj, include_usage, chunk, whole, tokens_param)
+        return await run("chat", b, stream_obj, include_usage, chunk, whole, tokens_param,
+                         tail if structured.functions else None)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:

@@ -1,8 +1,8 @@
 """OpenAI request bodies the gateway accepts (the subset koserve can honour).
 
-OpenAI parameters koserve cannot honour (``response_format``, ``tools``, ``tool_choice``, ``logit_bias``, ...) are
-refused with a 400 naming the parameter, unless they carry their neutral value (``{"type": "text"}``, ``[]``,
-``"none"``, ``{}``): accepting them silently would return text that ignores what the caller asked for. Fields
+``response_format`` (json_object, json_schema) and ``tools`` / ``tool_choice`` are served through guided decoding
+(:mod:`koserve.guided.openai`). OpenAI parameters koserve cannot honour (``functions``, ``logit_bias``, ...) are
+refused with a 400 naming the parameter, unless they carry their neutral value (``[]``, ``"none"``, ``{}``): accepting them silently would return text that ignores what the caller asked for. Fields
 OpenAI defines that do not change the output (``user``, ``metadata``, ``store``, ...) and unknown fields are ignored.
 """
 
@@ -23,8 +23,11 @@ class TextPart(_Lenient):
 
 
 class ChatMessage(_Lenient):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # role tool: the call this result answers
+    name: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -117,18 +120,12 @@ class ChatCompletionRequest(_Sampling):
 
     def check_supported(self) -> None:
         super().check_supported()
-        if not _neutral(self.response_format, {"type": "text"}):
-            raise UnsupportedParameterError("response_format", self.response_format,
-                                            ": koserve returns plain text only (no JSON mode or schemas)")
-        for name in ("tools", "functions"):
-            value = getattr(self, name)
-            if not _neutral(value, []):
-                raise UnsupportedParameterError(name, value, ": koserve's models are served without tool calling")
-        no_tools = ("none", "auto") if not self.tools else ("none",)
-        for name in ("tool_choice", "function_call"):
-            value = getattr(self, name)
-            if not _neutral(value, *no_tools):
-                raise UnsupportedParameterError(name, value, ": koserve's models are served without tool calling")
+        if not _neutral(self.functions, []):
+            raise UnsupportedParameterError("functions", self.functions, ": use tools")
+        if not _neutral(self.function_call, "none", "auto"):
+            raise UnsupportedParameterError("function_call", self.function_call, ": use tool_choice")
+        if not self.tools and not _neutral(self.tool_choice, "none", "auto"):
+            raise UnsupportedParameterError("tool_choice", self.tool_choice, ": no tools were given")
         if not _neutral(self.modalities, ["text"]):
             raise UnsupportedParameterError("modalities", self.modalities, ": text only")
         for name in ("audio", "prediction"):
