@@ -305,7 +305,7 @@ def tokenizer_dir_of(profile):
 
 
 @pytest.fixture(scope="module")
-def unary_engine(tmp_path_factory):
+def unary_engine(tmp_path_factory, engine_backend):
     """``koserve repo render --engine-not-decoupled``: tensorrt_llm (the CPU stand-in) and, following it,
     tensorrt_llm_bls are not decoupled, so the ensemble is not either; the replay engine answers ANSWER."""
     from koserve.fixtures import tokenizer_dir
@@ -317,6 +317,7 @@ def unary_engine(tmp_path_factory):
     rendered = render_repository(RenderOptions(
         profile="akallama-70b", tokenizer_dir=tokenizer_dir("llama3"), out=base / "repo", replay=True,
         replay_text_file=base / "answer.txt", max_seq_len=512, max_input_len=384, engine_decoupled=False,
+        engine_backend=engine_backend,
     ))
     for model in ("tensorrt_llm", "tensorrt_llm_bls"):
         assert "decoupled: false" in (rendered.path / model / "config.pbtxt").read_text(), model
@@ -498,7 +499,8 @@ def test_declared_unsupported_engine_inputs_refused_by_name(unary_engine, protoc
     module, client = unary_client(unary_engine, protocol)
     try:
         inputs = ib_client_inputs(module, input_ids, profile) + [prepare_tensor(module, name, value)]
-        with pytest.raises(Exception, match=f"{name}[ =].*not supported by the CPU engine stand-in") as info:
+        with pytest.raises(Exception, match=f"{name}[ =].*not supported by the (CPU engine stand-in|LLM API "
+                                            f"engine step)") as info:
             client.infer("tensorrt_llm", inputs, request_id="u1")
         assert "400" in str(info.value) or "INVALID_ARG" in str(info.value)
         ignored = ib_client_inputs(module, input_ids, profile) + [
