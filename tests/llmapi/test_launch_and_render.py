@@ -132,3 +132,17 @@ def test_the_stub_drops_inherited_mpi_job_variables_only():
     gone = drop_mpi_job_env(env)
     assert set(gone) == {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMIX_NAMESPACE", "PMI_SIZE"}
     assert env == {"OMPI_MCA_btl": "^openib", "PMIX_MCA_gds": "hash", "PATH": "/usr/bin"}
+
+
+def test_repo_render_cli_takes_the_engine_backend(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["repo", "render", "--profile", "komt-13b", "--tokenizer", str(tokenizer_dir("llama2")),
+                 "--engine-backend", "pytorch", "--checkpoint", str(tiny_model_dir("llama2")), "--tp", "2",
+                 "--max-seq-len", "1024", "--max-num-tokens", "2048", "--out", str(out)]) == 0
+    assert "(pytorch engine step)" in capsys.readouterr().out
+    params = {k: v.string_value for k, v in _config(out / "tensorrt_llm" / "config.pbtxt").parameters.items()}
+    assert params["tensor_parallel_size"] == "2" and params["max_num_tokens"] == "2048"
+    # a TensorRT engine folder with the pytorch backend is refused with the flag to use instead
+    assert main(["repo", "render", "--profile", "komt-13b", "--tokenizer", str(tokenizer_dir("llama2")),
+                 "--engine-backend", "pytorch", "--engine", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "give --checkpoint DIR" in capsys.readouterr().err
