@@ -115,7 +115,9 @@ def test_gateway_from_a_shell_counts_prompt_tokens(triton_servers, replay_text_f
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("komt-13b=127.0.0.1:1,target=xx", "target: Input should be 'ensemble' or 'tensorrt_llm_bls'"),
+    ("komt-13b=127.0.0.1:1,target=xx", "target: Input should be 'engine', 'ensemble' or 'tensorrt_llm_bls'"),
+    ("komt-13b=http://127.0.0.1:1,target=engine", "target engine sends token ids over Triton's gRPC"),
+    ("komt-13b=127.0.0.1:1,max_input_len=100", "give max_input_len and max_seq_len together"),
     ("komt-13b=127.0.0.1:1,profile=nope", "unknown profile"),
     ("komt-13b", "expected NAME=URL"),
 ])
