@@ -97,6 +97,7 @@ class LlmApiEngineModel:
         self.decoupled = bool(self.pb.using_decoupled_model_transaction_policy(config))
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         settings, self.limits, options = settings_from_parameters(params)
+        self.max_batch_size = settings.max_batch_size
         self.cancel_check_s = max(0.001, options["cancel_check_s"])
         self.runtime = load_runtime(options["llm_runtime"], params)
         self.llm = self.runtime.make_llm(**llm_kwargs(settings, self.runtime.kv_cache_config_cls))
@@ -110,6 +111,7 @@ class LlmApiEngineModel:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._watch_cancellation(), self.loop)
         self._gauges = self._request_gauges(args.get("model_name", "tensorrt_llm"), str(args.get("model_version", 1)))
+        self._update_gauges()
 
     def finalize(self) -> None:
         self._closing = True
@@ -139,7 +141,8 @@ class LlmApiEngineModel:
         if self._gauges is None:
             return
         active = float(len(self._running))
-        for kind, value in (("active", active), ("scheduled", active), ("waiting", 0.0), ("context", 0.0)):
+        for kind, value in (("active", active), ("scheduled", active), ("waiting", 0.0), ("context", 0.0),
+                            ("max", float(self.max_batch_size))):
             self._gauges[kind].set(value)
 
     # -- requests --------------------------------------------------------------------------------------------
