@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from koserve.server.drain import drain_grace, parse_engine_load, wait_engine_idle
+from koserve.server.drain import drain_grace, parse_engine_load, read_engine_load, wait_engine_idle
 from koserve.server.triton_calls import grpc_stream, http_generate, text_inputs
 from koserve.testing.faults import get_json, render_replay_repo, start_serve
 from koserve.testing.fleet import openai_stream, start_gateway
@@ -49,6 +49,17 @@ def start_streams(url: str, per_path: int = 2) -> tuple[list[threading.Thread], 
     for t in threads:
         t.start()
     return threads, results
+
+
+def wait_engine_active(metrics_url: str, n: int, timeout: float = 30.0) -> None:
+    """Until the engine runs ``n`` requests (every stream started), instead of a fixed sleep on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        load = read_engine_load(metrics_url)
+        if load is not None and load.active >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the engine never ran {n} requests at once")
 
 
 def test_grace_rule_and_metric_reading():
@@ -84,7 +95,7 @@ def test_sigterm_to_tritonserver_alone_cuts_ensemble_streams_but_not_bls_streams
                    for i in range(2)]
         for t in threads:
             t.start()
-        time.sleep(0.8)
+        wait_engine_active(server.metrics_url, 4)
         server.terminate()  # Triton's own SIGTERM handling, no koserve serve in front
         for t in threads:
             t.join(60)
@@ -108,7 +119,7 @@ def test_koserve_serve_drains_every_path_then_exits(tmp_path, engine_backend):
     try:
         serve.wait_ready(240)
         threads, results = start_streams(serve.grpc_url)
-        time.sleep(0.8)
+        wait_engine_active(f"http://127.0.0.1:{serve.metrics_port}/metrics", 6)
         t0 = time.monotonic()
         serve.proc.send_signal(signal.SIGTERM)
         waited, body = serve.wait_not_ready(5)
@@ -152,7 +163,7 @@ def test_gateway_drains_its_stream_and_refuses_new_requests_with_retry_after(tmp
         stream = threading.Thread(target=lambda: outcome.update(
             s=openai_stream(gateway.url, "akallama-70b", "이야기", TOKENS, timeout=60)))
         stream.start()
-        time.sleep(1.0)
+        wait_engine_active(f"http://127.0.0.1:{serve.metrics_port}/metrics", 1)
         gateway.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         status, body = get_json(f"{gateway.url}/health")
