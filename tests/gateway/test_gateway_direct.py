@@ -218,3 +218,33 @@ def test_workers_flag_is_checked(tmp_path):
     out = subprocess.run([str(KOSERVE), "gateway", "--model", "komt-13b=127.0.0.1:1", "--workers", "0"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "--workers is 0; give 1 to 64" in out.stderr + out.stdout
+
+
+def test_async_client_on_the_direct_path(triton_servers, replay_text_file):
+    """``AsyncChatClient(model="engine")``: the gateway's direct path for Python applications — same text, counts
+    and errors as through the ensemble; the sync client says where the direct path is."""
+    import asyncio
+
+    from koserve.client import AsyncChatClient, ChatClient
+    from koserve.client.errors import ServerError
+    from koserve.errors import InvalidRequestError
+
+    ep = triton_servers("akallama-70b", "replay", replay_text_file=replay_text_file)
+    replay_text = replay_text_file.read_text(encoding="utf-8")
+    msgs = [{"role": "user", "content": "안녕?"}]
+
+    async def main():
+        async with AsyncChatClient(ep.grpc_url, "akallama-70b", model="engine", tokenizer=ep.tokenizer_dir) as direct, \
+                AsyncChatClient(ep.grpc_url, "akallama-70b", tokenizer=ep.tokenizer_dir) as ensemble:
+            a, b = await direct.chat(msgs), await ensemble.chat(msgs)
+            assert a.text == b.text == replay_text and a.finish_reason == "stop"
+            assert a.completion_tokens == b.completion_tokens and a.prompt_tokens == b.prompt_tokens
+            deltas = [d async for d in direct.stream(msgs, stop=["기온"])]
+            assert "".join(deltas) == replay_text[: replay_text.index("기온")] and len(deltas) > 5
+            with pytest.raises(ServerError, match="max input length is 384"):
+                await direct.chat([{"role": "user", "content": "가나다 " * 500}], max_tokens=3)
+            assert (await direct.chat(msgs, max_tokens=4)).completion_tokens == 4  # and it keeps serving
+
+    asyncio.run(main())
+    with pytest.raises(InvalidRequestError, match="AsyncChatClient and the gateway"):
+        ChatClient(ep.grpc_url, "akallama-70b", model="engine", tokenizer=ep.tokenizer_dir)
