@@ -176,7 +176,14 @@ def run_rolling_restart(work: Path, *, duration: str = "50s", concurrency: int =
         t_load = time.monotonic()
         load = subprocess.Popen(load_cmd, stdout=open(work / "loadtest.log", "wb"),  # noqa: SIM115
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        time.sleep(settle_s + 2)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # locust has started: requests reach both replicas
+            _, health = gateway.health()
+            served = [v.get("served", 0) for v in health.get("replicas", {}).get("akallama-70b", {}).values()]
+            if len(served) == 2 and min(served) >= 2:
+                break
+            time.sleep(0.2)
+        time.sleep(settle_s)
         restarts = []
         for r in group:
             t0 = time.monotonic()
