@@ -153,6 +153,14 @@ def test_relative_links_resolve(path):
     assert not missing, f"{path.name} links to missing files: {missing}"
 
 
+def test_decision_index_lists_every_record_once():
+    decisions = ROOT / "docs" / "decisions"
+    linked = re.findall(r"\]\((20[\w.-]+\.md)\)", (decisions / "README.md").read_text(encoding="utf-8"))
+    records = sorted(path.name for path in decisions.glob("20*.md"))
+    assert sorted(linked) == records, (f"not in docs/decisions/README.md: {sorted(set(records) - set(linked))}; "
+                                       f"listed twice: {sorted({n for n in linked if linked.count(n) > 1})}")
+
+
 def readme_snippet() -> str:
     snippets = [body for lang, body in fenced_blocks(README) if lang == "python"]
     assert len(snippets) == 1, "README shows one Python snippet"
