@@ -4,6 +4,7 @@ compilation is cached and bounded, bad guides are refused by name (no Triton her
 from __future__ import annotations
 
 import json
+import time
 
 import jsonschema
 import numpy as np
@@ -103,11 +104,20 @@ def test_compile_time_bound(info_path):
     """A guide slower to compile than the bound is refused naming the limit (a deliberately tiny bound)."""
     from koserve.cpu_engine.guided import GrammarCache, load_tokenizer_info
 
-    cache = GrammarCache(load_tokenizer_info(info_path, 128256), timeout_s=0.001)
+    cache = GrammarCache(load_tokenizer_info(info_path, 128256), info_path=info_path, timeout_s=3.0).start()
     try:
-        schema = {"type": "object", "properties": {f"k{i}": {"type": "string", "maxLength": 40} for i in range(60)}}
-        with pytest.raises(InvalidRequestError, match=r"did not compile within the limit of 0.001 s"):
-            cache.get(GuidedDecoding("json_schema", json.dumps(schema)))
+        # measured ~9 s to compile: 16 optional strings with maxLength
+        schema = {"type": "object", "properties": {f"k{i}": {"type": "string", "maxLength": 8} for i in range(16)}}
+        hostile = GuidedDecoding("json_schema", json.dumps(schema))
+        started = time.monotonic()
+        with pytest.raises(InvalidRequestError, match=r"did not compile within the limit of 3 s"):
+            cache.get(hostile)
+        assert time.monotonic() - started < 8
+        with pytest.raises(InvalidRequestError, match=r"did not compile within the limit"):  # remembered
+            cache.get(hostile)
+        assert cache.compiles == 1
+        # the killed worker is replaced: the next guide compiles
+        assert cache.get(GuidedDecoding("json_schema", json.dumps({"enum": ["네"]}))) is not None
     finally:
         cache.shutdown()
 

@@ -128,3 +128,18 @@ def test_server_without_guided_decoding_refuses_clearly(triton_servers):
     plain = triton_servers("akallama-70b", "hf")
     with pytest.raises(InferenceServerException, match="guided decoding is off .* --guided-decoding"):
         generate(plain.grpc_url, "ensemble", nvidia_inputs(PROMPT, 8, False, 1, "json"), False)
+
+
+def test_hostile_schema_is_cut_at_the_compile_bound_and_the_server_keeps_serving(guided_server):
+    """16 optional bounded strings take ~9 s to compile here; the stand-in's bound is 10 s (guided_compile_timeout_s),
+    so 40 of them are refused naming the limit, the worker is killed and replaced, and requests keep being served."""
+    url = guided_server.grpc_url
+    hostile = json.dumps({"type": "object", "properties": {f"k{i}": {"type": "string", "maxLength": 8}
+                                                           for i in range(40)}})
+    with pytest.raises(InferenceServerException, match="did not compile within the limit of 10 s"):
+        generate(url, "ensemble", nvidia_inputs(PROMPT, 8, False, 1, "json_schema", hostile), False)
+    with pytest.raises(InferenceServerException, match="did not compile within the limit of 10 s"):  # cached refusal
+        generate(url, "tensorrt_llm_bls", nvidia_inputs(PROMPT, 8, True, 1, "json_schema", hostile), True)
+    text = "".join(generate(url, "ensemble", nvidia_inputs(PROMPT, 16, False, 1, "json_schema",
+                                                           json.dumps({"enum": ["네", "아니요"]})), False))
+    assert json.loads(text) in ("네", "아니요")

@@ -3,8 +3,10 @@
 What TensorRT-LLM 1.2.1's C++ runtime does with ``GuidedDecodingConfig`` (``batch_manager/guidedDecoder.cpp``): a
 ``GrammarCompiler`` built from the tokenizer-info file, ``CompileJSONSchema(guide, any_whitespace=false)`` /
 ``CompileBuiltinJSONGrammar`` / regex / EBNF per request, one ``GrammarMatcher`` per sequence, and the next-token
-bitmask applied to the logits before sampling. Compilation runs in a worker thread and is bounded in time: a guide
-that takes longer is refused (and remembered, so sending it again fails at once); compiled grammars are cached.
+bitmask applied to the logits before sampling. Compilation runs in a worker process and is bounded in time: a guide
+that takes longer is refused and its worker killed (and the refusal remembered, so sending it again fails at once);
+compiled grammars are cached. (Measured: a schema of 16 optional strings with ``maxLength`` takes about 9 s to
+compile on this machine's cores; xgrammar expands each bounded string into a large automaton.)
 """
 
 from __future__ import annotations
@@ -40,64 +42,145 @@ def load_tokenizer_info(path: str | os.PathLike, vocab_size: int):
     )
 
 
-class GrammarCache:
-    """Compiles guides with xgrammar's ``GrammarCompiler``, bounded in time, cached per guide (LRU)."""
+def _python_executable() -> str:
+    """A Python for the compile worker: inside Triton's stub ``sys.executable`` is the stub binary, not Python."""
+    import shutil  # noqa: PLC0415
+    import sys  # noqa: PLC0415
 
-    def __init__(self, tokenizer_info, *, timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S,
-                 max_entries: int = DEFAULT_CACHE_SIZE):
+    name = Path(sys.executable).name
+    if name.startswith("python"):
+        return sys.executable
+    found = shutil.which("python3") or shutil.which("python")
+    if not found:
+        raise ConfigError("guided decoding: no python3 on PATH for the grammar compile worker")
+    return found
+
+
+_WORKER_COMPILER = None
+
+
+def _worker_init(info_path: str, vocab_size: int) -> None:
+    import xgrammar as xgr  # noqa: PLC0415
+
+    global _WORKER_COMPILER
+    _WORKER_COMPILER = xgr.GrammarCompiler(load_tokenizer_info(info_path, vocab_size), max_threads=1,
+                                           cache_enabled=False)
+
+
+def _worker_compile(guide_type: str, guide: str) -> str:
+    c = _WORKER_COMPILER
+    if guide_type == "json":
+        compiled = c.compile_builtin_json_grammar()
+    elif guide_type == "json_schema":
+        compiled = c.compile_json_schema(guide, any_whitespace=False)
+    elif guide_type == "regex":
+        compiled = c.compile_regex(guide)
+    else:
+        compiled = c.compile_grammar(guide)
+    return compiled.serialize_json()
+
+
+class GrammarCache:
+    """Compiles guides with xgrammar's ``GrammarCompiler`` in a worker process, bounded in time, cached per guide.
+
+    A guide that does not compile within ``timeout_s`` is refused and its worker killed (a thread could not be
+    stopped, and would hold a core); the refusal is cached too, so sending the guide again fails at once. Compiled
+    grammars come back serialized (``CompiledGrammar.serialize_json``) and are kept in an LRU of ``max_entries``.
+    """
+
+    def __init__(self, tokenizer_info, *, info_path: str | os.PathLike, timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S,
+                 max_entries: int = DEFAULT_CACHE_SIZE, workers: int = 1):
         import xgrammar as xgr  # noqa: PLC0415
 
         self._xgr = xgr
         self.tokenizer_info = tokenizer_info
         self.vocab_size = tokenizer_info.vocab_size
+        self.info_path = str(info_path)
         self.timeout_s = timeout_s
         self.max_entries = max_entries
-        self._compiler = xgr.GrammarCompiler(tokenizer_info, max_threads=1, cache_enabled=False)
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="koserve-xgrammar")
+        self.workers = workers
+        self._pool = None
+        self._warm = None  # the new worker's first (trivial) compile: its start-up is not a guide's compile time
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[str, str], concurrent.futures.Future] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], object] = OrderedDict()  # compiled grammar or the error text
         self.compiles = 0  # cold compilations started (tests, benchmarks)
 
-    def _compile(self, guide: GuidedDecoding):
-        c = self._compiler
-        if guide.guide_type == "json":
-            return c.compile_builtin_json_grammar()
-        if guide.guide_type == "json_schema":
-            return c.compile_json_schema(guide.guide, any_whitespace=False)
-        if guide.guide_type == "regex":
-            return c.compile_regex(guide.guide)
-        return c.compile_grammar(guide.guide)
+    def _executor(self):
+        if self._pool is None:
+            import multiprocessing  # noqa: PLC0415
+
+            ctx = multiprocessing.get_context("spawn")
+            ctx.set_executable(_python_executable())
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp_context=ctx, initializer=_worker_init, initargs=(self.info_path, self.vocab_size))
+            self._warm = self._pool.submit(_worker_compile, "regex", "a")
+        return self._pool
+
+    def start(self, timeout_s: float = 300.0) -> "GrammarCache":
+        """Start the worker and wait until it is ready (model load time, not a request's)."""
+        with self._lock:
+            self._executor()
+            warm = self._warm
+        warm.result(timeout=timeout_s)
+        return self
+
+    def _kill_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def _remember(self, key, value) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
 
     def get(self, guide: GuidedDecoding):
         """The compiled grammar; raises InvalidRequestError naming the problem (bad guide, or over the time bound)."""
         key = guide.cache_key
         with self._lock:
-            future = self._entries.get(key)
-            if future is None:
-                self.compiles += 1
-                future = self._pool.submit(self._compile, guide)
-                self._entries[key] = future
-                while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
-            else:
+            found = self._entries.get(key)
+            if found is not None:
                 self._entries.move_to_end(key)
-        try:
-            return future.result(timeout=self.timeout_s)
-        except concurrent.futures.TimeoutError:
-            raise InvalidRequestError(
-                f"guided_decoding_guide ({guide.guide_type}) did not compile within the limit of {self.timeout_s:g} s"
-            ) from None
-        except Exception as exc:  # noqa: BLE001 - xgrammar reports a bad guide as RuntimeError
-            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise InvalidRequestError(
-                f"guided_decoding_guide ({guide.guide_type}) cannot be compiled: {detail}"
-            ) from None
+        if found is None:
+            with self._lock:
+                self.compiles += 1
+                pool = self._executor()
+                warm = self._warm
+                future = pool.submit(_worker_compile, guide.guide_type, guide.guide)
+            try:
+                if warm is not None and not warm.done():  # a replaced worker still starting: not this guide's time
+                    warm.result(timeout=300)
+                found = self._xgr.CompiledGrammar.deserialize_json(future.result(timeout=self.timeout_s),
+                                                                   self.tokenizer_info)
+            except concurrent.futures.TimeoutError:
+                with self._lock:
+                    self._kill_pool()
+                found = (f"guided_decoding_guide ({guide.guide_type}) did not compile within the limit of "
+                         f"{self.timeout_s:g} s")
+            except concurrent.futures.process.BrokenProcessPool:
+                with self._lock:
+                    self._kill_pool()
+                raise InvalidRequestError(
+                    f"guided_decoding_guide ({guide.guide_type}): the grammar compile worker died; retry") from None
+            except Exception as exc:  # noqa: BLE001 - xgrammar reports a bad guide as RuntimeError
+                detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                found = f"guided_decoding_guide ({guide.guide_type}) cannot be compiled: {detail}"
+            self._remember(key, found)
+        if isinstance(found, str):
+            raise InvalidRequestError(found)
+        return found
 
     def matcher(self, guide: GuidedDecoding) -> "TokenMasker":
         return TokenMasker(self._xgr, self.get(guide), self.vocab_size)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._kill_pool()
 
 
 class TokenMasker:

@@ -75,7 +75,8 @@ class HFEngine(Engine):
             from koserve.cpu_engine.guided import GrammarCache, load_tokenizer_info  # noqa: PLC0415
 
             info_path, timeout_s = guided_decoding
-            self.grammars = GrammarCache(load_tokenizer_info(info_path, self.vocab_size), timeout_s=timeout_s)
+            self.grammars = GrammarCache(load_tokenizer_info(info_path, self.vocab_size), info_path=info_path,
+                                         timeout_s=timeout_s).start()
 
     def validate(self, request: EngineRequest) -> None:
         if request.guided is not None:
