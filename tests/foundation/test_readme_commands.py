@@ -153,6 +153,19 @@ def test_relative_links_resolve(path):
     assert not missing, f"{path.name} links to missing files: {missing}"
 
 
+def test_every_source_naming_triton_2_51_has_its_entry():
+    """A module or model config that says "2.51" is working around (or citing) the test server's Triton: docs/
+    triton-versions.md's table of such files must name it, so what to re-check on the production Triton is listed."""
+    text = (ROOT / "docs" / "triton-versions.md").read_text(encoding="utf-8")
+    table = text[text.index("## Where the source names Triton 2.51"):]
+    sources = [*(ROOT / "src").rglob("*.py"), *(ROOT / "model_repository").rglob("config.pbtxt")]
+    naming = sorted(path.relative_to(ROOT).as_posix() for path in sources
+                    if re.search(r"\b2\.51\b", path.read_text(encoding="utf-8")))
+    assert naming, "the scan found no file naming 2.51"
+    missing = [name for name in naming if f"`{name}`" not in table]
+    assert not missing, f"name these in docs/triton-versions.md with their entry: {missing}"
+
+
 def test_decision_index_lists_every_record_once():
     decisions = ROOT / "docs" / "decisions"
     linked = re.findall(r"\]\((20[\w.-]+\.md)\)", (decisions / "README.md").read_text(encoding="utf-8"))
