@@ -31,6 +31,7 @@ from koserve.cpu_engine import guided as guided_mod  # noqa: E402
 from koserve.cpu_engine.guided import GrammarCache, load_tokenizer_info  # noqa: E402
 from koserve.cpu_engine.hf import HFEngine  # noqa: E402
 from koserve.cpu_engine.types import EngineRequest  # noqa: E402
+from koserve.errors import InvalidRequestError  # noqa: E402
 from koserve.fixtures import tiny_model_dir, tokenizer_dir  # noqa: E402
 from koserve.guided import GuidedDecoding  # noqa: E402
 from koserve.guided.tokenizer_info import write_tokenizer_info  # noqa: E402
@@ -48,8 +49,10 @@ SCHEMAS = {
                                              "qty": {"type": "integer", "minimum": 1, "maximum": 9}},
             "required": ["sku", "qty"], "additionalProperties": False}}},
         "required": ["order_id", "items"], "additionalProperties": False},
-    "wide-40-fields": {"type": "object", "properties": {f"f{i}": {"type": "string", "maxLength": 8}
-                                                       for i in range(40)}},
+    "8-bounded-strings": {"type": "object", "properties": {f"f{i}": {"type": "string", "maxLength": 8}
+                                                          for i in range(8)}},
+    "40-bounded-strings": {"type": "object", "properties": {f"f{i}": {"type": "string", "maxLength": 8}
+                                                           for i in range(40)}},  # over the bound: refused
 }
 
 
@@ -100,13 +103,18 @@ def main() -> int:
             cache = GrammarCache(info, info_path=info_path).start()
             guide = GuidedDecoding("json_schema", json.dumps(schema, ensure_ascii=False))
             t = time.perf_counter()
-            cache.get(guide)
+            try:
+                cache.get(guide)
+            except InvalidRequestError as exc:
+                print(f"  {name:18s} refused after {time.perf_counter() - t:.1f} s: {exc}")
+                cache.shutdown()
+                continue
             cold = time.perf_counter() - t
             t = time.perf_counter()
             cache.get(GuidedDecoding("json_schema", guide.guide))
             warm = time.perf_counter() - t
             cache.shutdown()
-            print(f"  {name:16s} cold {cold * 1000:8.1f} ms   cached {warm * 1e6:7.1f} us")
+            print(f"  {name:18s} cold {cold * 1000:8.1f} ms   cached {warm * 1e6:7.1f} us")
 
         guided_mod.TokenMasker = TimedMasker  # GrammarCache.matcher builds these (engine code unchanged otherwise)
         GrammarCache.matcher = lambda self, g: TimedMasker(self._xgr, self.get(g), self.vocab_size)

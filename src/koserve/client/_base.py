@@ -97,6 +97,7 @@ class Prepared:
     wire: WireRequest
     model: str
     deadline: float | None
+    functions: list[dict] | None = None  # tools=: the functions the answer may call
 
 
 _UNSET: Any = object()
@@ -213,9 +214,27 @@ class ClientBase:
 
     def prepare_chat(self, messages: Iterable[Any], kwargs: dict[str, Any], *, stream: bool | None = None
                      ) -> Prepared:
-        options, kwargs = self._split(dict(kwargs))
+        kwargs = dict(kwargs)
+        tools, tool_choice = kwargs.pop("tools", None), kwargs.pop("tool_choice", None)
+        options, kwargs = self._split(kwargs)
+        functions = None
+        if tools or tool_choice is not None:  # OpenAI's tools (koserve.guided.openai: format, guides, parsing)
+            from koserve.guided.openai import check_tools, tool_choice_mode, tool_guide, tool_messages  # noqa: PLC0415
+
+            functions = check_tools(tools)
+            mode, name = tool_choice_mode(tool_choice, functions)
+            guide = tool_guide(functions, mode, name)
+            if guide is not None:
+                if kwargs.get("json_schema") is not None or kwargs.get("response_format") is not None:
+                    raise InvalidRequestError("json_schema/response_format cannot be combined with tool_choice "
+                                              "required or a named function")
+                kwargs["json_schema"] = guide.guide
+            functions = None if mode == "none" else functions
+            messages = tool_messages([dict(m) for m in messages], functions)
         prompt = self.render(messages, options.get("system_prompt", _UNSET))
-        return self._prepare(prompt, kwargs, options, stream=stream)
+        prepared = self._prepare(prompt, kwargs, options, stream=stream)
+        prepared.functions = functions
+        return prepared
 
     def prepare_generate(self, prompt: str, kwargs: dict[str, Any], *, stream: bool | None = None) -> Prepared:
         options, kwargs = self._split(dict(kwargs))
@@ -282,6 +301,13 @@ class ClientBase:
         else:
             reason = "stop"
         token_times = tuple(asm.token_times) if prepared.wire.stream else ()
+        tool_calls: tuple[dict, ...] = ()
+        if prepared.functions:
+            from koserve.guided.openai import parse_tool_call  # noqa: PLC0415
+
+            call = parse_tool_call(asm.text, prepared.functions)
+            if call is not None:
+                tool_calls, reason = (call,), "tool_calls"
         return ChatResult(
             text=asm.text,
             finish_reason=reason,
@@ -295,4 +321,5 @@ class ClientBase:
             stop_string=asm.matched,
             prompt=prepared.prompt,
             seed=prepared.params.seed,
+            tool_calls=tool_calls,
         )

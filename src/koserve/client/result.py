@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-FinishReason = Literal["stop", "length", "cancelled"]
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
 
 
 class Piece(NamedTuple):
@@ -54,6 +54,7 @@ class ChatResult:
     stop_string: str | None = None
     prompt: str = field(default="", repr=False)
     seed: int | None = None
+    tool_calls: tuple[dict, ...] = ()  # with tools=: the OpenAI-shaped call the answer made (finish_reason tool_calls)
 
     @property
     def inter_token_latencies(self) -> tuple[float, ...]:
