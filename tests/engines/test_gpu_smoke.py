@@ -195,6 +195,50 @@ def test_orchestration_with_the_fake_toolchain(fake_toolchain, tmp_path, triton_
     assert "15/15 passed" in table
 
 
+def test_orchestration_pytorch_backend_with_the_fake_toolchain(fake_toolchain, tmp_path, triton_servers):
+    """--engine-backend pytorch: a BF16 checkpoint (no quantizer, no trtllm-build) with its manifest, a repository
+    whose engine step is the LLM API model on that checkpoint, then the same checks; served by the CPU stack rendered
+    --engine-backend pytorch, so every check row runs through the LLM API step's code."""
+    stack = triton_servers("akallama-70b", "hf", engine_backend="pytorch")
+    served = []
+
+    @contextlib.contextmanager
+    def cpu_server(repo, opts):
+        cfg = (repo / "tensorrt_llm" / "config.pbtxt").read_text()
+        assert 'backend: "python"' in cfg and "tensorrt_llm" in cfg
+        assert str(tmp_path / "smoke" / "checkpoint") in cfg  # LLM(model=<the built checkpoint>)
+        served.append(repo)
+        yield Endpoints(stack.grpc_url, stack.http_url, stack.metrics_url, max_seq_len=stack.max_seq_len)
+
+    opts = SmokeOptions(workdir=tmp_path / "smoke", checkpoint=_fake_checkpoint(tmp_path),
+                        examples_dir=str(fake_toolchain.examples), python=sys.executable, engine_backend="pytorch",
+                        loadtest_seconds=5, loadtest_prompts="short", request_timeout=60, echo=lambda line: None)
+    report = run_smoke(opts, server=cpu_server)
+    table = report.table()
+    assert report.ok, table
+    names = [r.name for r in report.results]
+    assert names[:4] == ["checkpoint", "build BF16 checkpoint", "render repository", "serve"] and len(names) == 15
+    assert served and fake_toolchain.calls() == []  # BF16: nothing to quantize, no engine to build
+    manifest = json.loads((tmp_path / "smoke" / "checkpoint" / "checkpoint_manifest.json").read_text())
+    assert manifest["backend"] == "pytorch" and manifest["versions"]["tensorrt_llm_runtime"] == "1.2.1"
+    assert manifest["quantization"] == {"quant_algo": None, "kv_cache_quant_algo": None}
+    assert (tmp_path / "smoke" / "checkpoint" / "tokenizer.json").is_file()
+
+
+def test_pytorch_smoke_refuses_another_tensorrt_llm(fake_toolchain, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_TRTLLM_RUNTIME_VERSION", "1.3.0rc1")
+
+    def never(repo, opts):  # pragma: no cover - the run must stop before serving
+        raise AssertionError("served after a failed build")
+
+    report = run_smoke(SmokeOptions(workdir=tmp_path / "s", checkpoint=_fake_checkpoint(tmp_path),
+                                    examples_dir=str(fake_toolchain.examples), python=sys.executable,
+                                    engine_backend="pytorch", echo=lambda line: None), server=never)
+    failed = [r for r in report.results if not r.ok]
+    assert [r.name for r in failed] == ["build BF16 checkpoint"]
+    assert "tensorrt_llm.__version__ = 1.3.0rc1" in failed[0].detail
+
+
 def test_a_failing_build_fails_the_run_with_the_three_versions(fake_toolchain, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_TRTLLM_RUNTIME_VERSION", "1.1.0")
 

@@ -14,6 +14,7 @@ def _run(args) -> int:
         gpu=args.gpu,
         examples_dir=args.trtllm_examples,
         python=args.python,
+        engine_backend=args.engine_backend,
         ready_timeout=args.ready_timeout,
         loadtest_seconds=args.loadtest_duration,
         echo=lambda line: print(line, flush=True),
@@ -50,6 +51,9 @@ def register(subparsers) -> None:
     p.add_argument("--trtllm-examples", default=CONTAINER_EXAMPLES_DIR,
                    help=f"TensorRT-LLM examples/ folder (default {CONTAINER_EXAMPLES_DIR}, as in the image)")
     p.add_argument("--python", default="python3", help="interpreter for convert_checkpoint.py")
+    p.add_argument("--engine-backend", choices=("trtllm", "pytorch"), default="trtllm",
+                   help="trtllm: build a BF16 TensorRT engine and serve it on the C++ backend; pytorch: a BF16 "
+                   "checkpoint (no quantization, no engine build) served by the LLM API engine step")
     add_time(p, "--ready-timeout", default="15m", help="time Triton may take to become ready")
     add_time(p, "--loadtest-duration", default="30s", help="length of the load test")
     add_alias(p, "--loadtest-seconds", "--loadtest-duration", dest="loadtest_duration", type=float, metavar="SECONDS")

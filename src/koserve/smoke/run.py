@@ -4,8 +4,10 @@
 1. checkpoint: ``tiny-llama3-gpu`` (koserve.smoke.fixture: the image's transformers + torch and a tokenizer built in
    code) or ``--checkpoint``; its head size must be 64 or 128;
 2. build: a BF16 recipe (no calibration: convert_checkpoint.py + trtllm-build) through ``koserve build run``'s
-   runner, so the version preflight and GPU checks run too;
-3. render the model repository from the engine, serve it with ``koserve serve`` (mpirun, one rank);
+   runner, so the version preflight and GPU checks run too; ``--engine-backend pytorch``: a BF16 ``backend: pytorch``
+   recipe, whose build is the checkpoint itself (no quantization) with its manifest, for the LLM API engine step;
+3. render the model repository from the engine (pytorch: from the checkpoint), serve it with ``koserve serve``
+   (mpirun, one rank);
 4. the checks of koserve.smoke.checks over gRPC and HTTP through ensemble and tensorrt_llm_bls;
 5. a 30 s bounded concurrent load through the ensemble (koserve.smoke.load) with a 1 % error-rate limit;
 6. a pass/fail table; exit 1 when anything failed.
@@ -59,6 +61,7 @@ class SmokeOptions:
     gpu: str | None = None  # GPU catalogue key; default: what nvidia-smi shows
     examples_dir: str = CONTAINER_EXAMPLES_DIR
     python: str = "python3"
+    engine_backend: str = "trtllm"  # trtllm: a TensorRT engine and the C++ backend; pytorch: the LLM API step
     ready_timeout: float = 900.0
     request_timeout: float = 120.0
     loadtest_seconds: float = 30.0
@@ -126,8 +129,9 @@ def write_profile(checkpoint: Path, dest: Path) -> Path:
     return dest
 
 
-def smoke_recipe(profile_file: Path, checkpoint: Path, gpu: str) -> EngineRecipe:
-    """A BF16, TP 1, no-calibration recipe: the shortest real TensorRT-LLM build."""
+def smoke_recipe(profile_file: Path, checkpoint: Path, gpu: str, engine_backend: str = "trtllm") -> EngineRecipe:
+    """A BF16, TP 1, no-calibration recipe: the shortest real TensorRT-LLM build (``pytorch``: the BF16 checkpoint
+    as the LLM API loads it, no quantization)."""
     why = {
         "checkpoint": "the tiny random-weight Llama-3-vocabulary checkpoint (koserve setup fixtures shapes)",
         "gpu": "the GPU this box has",
@@ -157,6 +161,12 @@ def smoke_recipe(profile_file: Path, checkpoint: Path, gpu: str) -> EngineRecipe
                   "use_fused_mlp": "enable", "gemm_swiglu_plugin": "disable", "multiple_profiles": "disable"},
         "why": why,
     }
+    if engine_backend == "pytorch":
+        data.update(backend="pytorch", description="koserve gpu-smoke: BF16 tiny Llama-3 checkpoint for the LLM API")
+        del data["build"]
+        why["backend"] = "the LLM API engine step: the BF16 checkpoint is served as is, no engine build"
+        for key in [k for k in why if k.startswith("build.")]:
+            del why[key]
     return parse_recipe(data, "gpu-smoke recipe")
 
 
@@ -278,19 +288,28 @@ def run_smoke(opts: SmokeOptions, *, server: ServerFactory = koserve_serve, prob
         checkpoint = _step(report, "checkpoint", lambda: _checkpoint(opts), echo)
         profile_file = opts.workdir / "gpu-smoke-profile.yaml"
 
+        pytorch = opts.engine_backend == "pytorch"
+
         def build():
             write_profile(checkpoint, profile_file)
-            recipe = smoke_recipe(profile_file, checkpoint, gpu_key)
+            recipe = smoke_recipe(profile_file, checkpoint, gpu_key, opts.engine_backend)
             paths = BuildPaths(workdir=opts.workdir / "build", checkpoint=str(checkpoint),
-                               engine_dir=opts.workdir / "engine", examples_dir=opts.examples_dir, python=opts.python)
+                               engine_dir=opts.workdir / ("checkpoint" if pytorch else "engine"),
+                               examples_dir=opts.examples_dir, python=opts.python)
             result = run_build(recipe, paths, echo=echo, probe=probe)
             return result.engine_dir, f"{recipe.gpu}, {len(result.steps)} steps in {result.seconds:.0f} s"
 
-        engine = _step(report, "build BF16 engine", build, echo)
+        engine = _step(report, f"build BF16 {'checkpoint' if pytorch else 'engine'}", build, echo)
 
         def render():
+            if pytorch:
+                where = dict(engine_backend="pytorch", checkpoint_dir=engine, max_batch_size=LIMITS["max_batch_size"],
+                             max_input_len=LIMITS["max_input_len"], max_seq_len=LIMITS["max_seq_len"],
+                             max_num_tokens=LIMITS["max_num_tokens"])
+            else:
+                where = dict(engine_dir=engine)
             repo = render_repository(RenderOptions(profile=str(profile_file), tokenizer_dir=checkpoint,
-                                                   out=opts.workdir / "repo", engine_dir=engine, force=True))
+                                                   out=opts.workdir / "repo", force=True, **where))
             return repo.path, f"{', '.join(repo.models)}"
 
         repo = _step(report, "render repository", render, echo)
