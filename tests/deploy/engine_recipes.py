@@ -25,6 +25,8 @@ def render_catalogue() -> str:
         fields = [f"profile: {recipe.profile}", f"tp: {par.tp}", f"pp: {par.pp}"]
         if par.gpus_per_node:
             fields.append(f"gpusPerNode: {par.gpus_per_node}")
+        if recipe.backend != "trtllm":
+            fields.append(f"backend: {recipe.backend}")
         lines.append(f"{name}: {{{', '.join(fields)}}}")
     return "\n".join(lines) + "\n"
 

@@ -44,7 +44,8 @@ def test_multi_node_recipe_builds_for_the_gpus_of_a_pod(trtllm_flags):
         assert rank // par.gpus_per_node == rank // par.tp
 
 
-@pytest.mark.parametrize("name", [n for n in builtin_recipe_names() if n != MULTI])
+@pytest.mark.parametrize("name", [n for n in builtin_recipe_names()
+                                  if n != MULTI and load_recipe(n).backend == "trtllm"])  # pytorch: no trtllm-build
 def test_single_node_recipes_keep_the_default(name):
     assert "--gpus_per_node" not in _build_args(load_recipe(name))
 
@@ -70,7 +71,7 @@ def test_gpus_per_node_needs_a_why(make_recipe):
 def test_int4_awq_recipes_do_not_claim_the_fused_mlp(make_recipe):
     for name in builtin_recipe_names():
         r = load_recipe(name)
-        if r.quantization.precision == "int4_awq":
+        if r.quantization.precision == "int4_awq" and r.backend == "trtllm":  # pytorch recipes have no build:
             assert r.build.use_fused_mlp == "disable"
             assert "forces it off" in r.why["build.use_fused_mlp"]
     with pytest.raises(ConfigError, match="turns the fused MLP off"):

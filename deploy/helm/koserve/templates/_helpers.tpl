@@ -129,6 +129,9 @@ the init container still checks the engine's world size.
 {{- if ne .m.profile $r.profile -}}
 {{- fail (printf "models.%s.profile=%s contradicts engine.recipe %s, which builds profile %s" .name .m.profile .m.engine.recipe $r.profile) -}}
 {{- end -}}
+{{- if ne (default "trtllm" .m.engine.backend) (default "trtllm" $r.backend) -}}
+{{- fail (printf "models.%s.engine.backend=%s contradicts engine.recipe %s, which builds for backend %s (recipes/%s.yaml backend:); pick a recipe for the backend or set engine.backend %s" .name (default "trtllm" .m.engine.backend) .m.engine.recipe (default "trtllm" $r.backend) .m.engine.recipe (default "trtllm" $r.backend)) -}}
+{{- end -}}
 {{- if and .m.multiNode.enabled $r.gpusPerNode -}}
 {{- $perPod := int (include "koserve.model.gpusPerPod" .) -}}
 {{- if ne $perPod (int $r.gpusPerNode) -}}
@@ -270,7 +273,8 @@ Init container: wait for the engine (optional), check its world size against the
 render the Triton model repository with `koserve repo render`.
 */}}
 {{- define "koserve.model.renderInitContainer" -}}
-{{- $marker := ternary "engine_manifest.json" "config.json" .m.build.enabled -}}
+{{- $pytorch := eq (default "trtllm" .m.engine.backend) "pytorch" -}}
+{{- $marker := ternary (ternary "checkpoint_manifest.json" "engine_manifest.json" $pytorch) "config.json" .m.build.enabled -}}
 - name: render-repository
   image: {{ include "koserve.image" .root }}
   imagePullPolicy: {{ .root.Values.image.pullPolicy }}
@@ -301,6 +305,10 @@ render the Triton model repository with `koserve repo render`.
         fi
         sleep 10
       done
+      {{- if $pytorch }}
+      # engine.backend pytorch: ENGINE_DIR holds a Hugging Face checkpoint; the LLM API shards it over the ranks.
+      exec koserve repo render --profile {{ .m.profile }} --tokenizer "$TOKENIZER_DIR" --engine-backend pytorch --checkpoint "$ENGINE_DIR" --tp {{ .m.engine.tensorParallel }} --pp {{ .m.engine.pipelineParallel }} --out {{ include "koserve.repoDir" . }}
+      {{- else }}
       python3 - <<'PY'
       import json, os, sys
       engine_dir = os.environ["ENGINE_DIR"]
@@ -317,6 +325,7 @@ render the Triton model repository with `koserve repo render`.
       # TensorRT-LLM in this image vs the engine's config.json version vs the recipe's (engine_manifest.json).
       koserve build preflight --engine-dir "$ENGINE_DIR"{{ if .m.multiNode.enabled }} --gpus-per-node {{ include "koserve.model.gpusPerPod" . }}{{ end }}
       exec koserve repo render --profile {{ .m.profile }} --tokenizer "$TOKENIZER_DIR" --engine "$ENGINE_DIR" --out {{ include "koserve.repoDir" . }}
+      {{- end }}
   volumeMounts:
     - name: models
       mountPath: {{ .root.Values.storage.mountPath }}
