@@ -212,12 +212,19 @@ def test_a_checkpoint_quantized_otherwise_is_refused(fake_toolchain, tmp_path, m
     assert not (tmp_path / "work" / "checkpoint" / "checkpoint_manifest.json").exists()
 
 
-def test_gpu_check_names_the_architecture(fake_toolchain, tmp_path, capsys):
-    """An NVFP4 recipe on a Hopper box: refused before quantize.py runs."""
-    assert _build(fake_toolchain, tmp_path, "komt-13b-pytorch-nvfp4-b200-tp1") == 2
-    err = capsys.readouterr().err
-    assert "B200" in err and "10.0" in err and "9.0" in err
-    assert fake_toolchain.calls() == []
+def test_gpu_check_warns_about_the_architecture_and_refuses_too_little_memory(fake_toolchain, tmp_path, capsys):
+    """A HF checkpoint is not tied to the GPU that quantized it: an NVFP4 recipe quantized on a Hopper box is built
+    with a warning naming both GPUs. Too little free memory for calibration is refused before quantize.py runs."""
+    assert _build(fake_toolchain, tmp_path, "komt-13b-pytorch-nvfp4-b200-tp1") == 0
+    out = capsys.readouterr().out
+    assert "warning: GPU 0 is NVIDIA H100 80GB HBM3 (9.0); the checkpoint is for B200 180GB (10.0)" in out
+    assert [c["tool"] for c in fake_toolchain.calls()] == ["quantize.py"]
+    fake_toolchain.set_gpus(gpu_csv(1, free=20000))
+    assert main(["build", "run", "komt-13b-pytorch-fp8-h100-tp1", "--workdir", str(tmp_path / "other"),
+                 "--checkpoint-dir", str(fake_toolchain.checkpoint), "--trtllm-examples",
+                 str(fake_toolchain.examples), "--python", sys.executable]) == 2
+    assert "not enough free GPU memory for quantize" in capsys.readouterr().err
+    assert len(fake_toolchain.calls()) == 1
 
 
 def test_cli_plan_list_and_commands(tmp_path):

@@ -243,6 +243,11 @@ def check_gpus(recipe: EngineRecipe, steps: list[Step], gpus: list[DetectedGpu])
         )
     for g in gpus[:need]:
         major_minor = g.compute_cap.strip()
+        if major_minor and major_minor != target.cc_text and recipe.builds_checkpoint:
+            # A HF checkpoint is not tied to the GPU that quantized it (ModelOpt calibrates with fake quantization).
+            warnings.append(f"GPU {g.index} is {g.name} ({major_minor}); the checkpoint is for {target.display_name} "
+                            f"({target.cc_text}): quantizing here is fine, serving needs the target GPU")
+            continue
         if major_minor and major_minor != target.cc_text:
             raise BuildError(
                 f"wrong GPU: recipe {recipe.name} targets {target.display_name} (compute capability {target.cc_text}) "
