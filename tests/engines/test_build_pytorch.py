@@ -242,3 +242,18 @@ def test_cli_plan_list_and_commands(tmp_path):
     assert [s["step"] for s in steps] == ["quantize", "checkpoint"]
     argv = steps[0]["argv"]
     assert argv[argv.index("--qformat") + 1] == "int4_awq" and argv[argv.index("--awq_block_size") + 1] == "128"
+
+
+def test_quantization_is_read_from_hf_quant_config_or_a_modelopt_quantization_config(tmp_path):
+    from koserve.engines.manifest import read_checkpoint_quantization
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    assert read_checkpoint_quantization(tmp_path) == {}
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "modelopt", "quant_algo": "NVFP4", "kv_cache_quant_algo": "FP8", "group_size": 16}}))
+    assert read_checkpoint_quantization(tmp_path) == {"quant_algo": "NVFP4", "kv_cache_quant_algo": "FP8"}
+    (tmp_path / "hf_quant_config.json").write_text(json.dumps({"quantization": {"quant_algo": "FP8"}}))
+    assert read_checkpoint_quantization(tmp_path)["quant_algo"] == "FP8"
+    (tmp_path / "hf_quant_config.json").write_text(json.dumps({"producer": {}}))
+    with pytest.raises(ConfigError, match="no 'quantization' object"):
+        read_checkpoint_quantization(tmp_path)

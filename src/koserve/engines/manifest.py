@@ -136,9 +136,15 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
 
 
 def read_checkpoint_quantization(checkpoint_dir: str | Path) -> dict:
-    """``quantization`` of a HF checkpoint's ``hf_quant_config.json`` ({} when there is none: not quantized)."""
+    """``quantization`` of a HF checkpoint's ``hf_quant_config.json`` (ModelOpt's HF export); else a ModelOpt
+    ``quantization_config`` in its ``config.json`` (newer ModelOpt releases write it there too); {} when neither:
+    not quantized."""
     path = Path(checkpoint_dir) / HF_QUANT_CONFIG_NAME
     if not path.is_file():
+        config = Path(checkpoint_dir) / ENGINE_CONFIG_NAME
+        quant = _load_json(config, "checkpoint config").get("quantization_config") if config.is_file() else None
+        if isinstance(quant, dict) and quant.get("quant_method") == "modelopt":
+            return {k: quant.get(k) for k in ("quant_algo", "kv_cache_quant_algo")}
         return {}
     data = _load_json(path, "quantization config")
     quant = data.get("quantization")
