@@ -1,4 +1,7 @@
-"""Engine builds: recipes, capacity planner, TensorRT-LLM 1.2.1 command lines, resumable runner, manifest."""
+"""Engine builds: recipes, capacity planner, TensorRT-LLM 1.2.1 command lines, resumable runner, manifest.
+
+A recipe with ``backend: pytorch`` builds a Hugging Face checkpoint for the LLM API instead of an engine.
+"""
 
 from koserve.engines.commands import BuildPaths, Step, build_steps, validate_against_flags
 from koserve.engines.gpus import GPUS, GpuSpec, get_gpu, match_gpu_name
