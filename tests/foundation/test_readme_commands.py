@@ -166,6 +166,12 @@ def test_every_source_naming_triton_2_51_has_its_entry():
     assert not missing, f"name these in docs/triton-versions.md with their entry: {missing}"
 
 
+def test_guides_stay_short():
+    """README is a guide, docs/benchmarks.md the current figures: history goes to docs/decisions/."""
+    assert len(README.read_text(encoding="utf-8").splitlines()) <= 150
+    assert len(BENCHMARKS.read_text(encoding="utf-8").splitlines()) <= 200
+
+
 def test_decision_index_lists_every_record_once():
     decisions = ROOT / "docs" / "decisions"
     linked = re.findall(r"\]\((20[\w.-]+\.md)\)", (decisions / "README.md").read_text(encoding="utf-8"))
