@@ -56,6 +56,7 @@ def serve_cpu(
     bls_stream_max_interval_us: int | None = None,
     bls_stream_max_wait_gaps: float | None = None,
     ensemble_all_outputs: bool | None = None,
+    guided_decoding: bool | None = None,
     engine_backend: str = "trtllm",
     workdir: Path | None = None,
     ready_timeout: float = 180.0,
@@ -105,6 +106,7 @@ def serve_cpu(
             bls_stream_max_interval_us=bls_stream_max_interval_us,
             bls_stream_max_wait_gaps=bls_stream_max_wait_gaps,
             ensemble_all_outputs=ensemble_all_outputs,
+            guided_decoding=guided_decoding,
         )
         rendered = render_repository(opts)
         server = cpu_triton_server(
