@@ -160,6 +160,7 @@ def test_build_run_writes_a_checkpoint_and_its_manifest(fake_toolchain, tmp_path
     assert m["quantization"] == {"quant_algo": "FP8", "kv_cache_quant_algo": "FP8"}
     assert m["versions"]["tensorrt_llm_runtime"] == "1.2.1" == m["versions"]["tensorrt_llm_expected"]
     assert m["serving"]["tensor_parallel_size"] == 1 and m["serving"]["max_seq_len"] == 4096
+    assert m["serving"]["max_input_len"] == 3072 and m["serving"]["max_batch_size"] == 128
     assert [s["name"] for s in m["steps"]] == ["quantize", "checkpoint"]
     assert m["steps"][0]["command"][2:] == argv
     assert m["outputs"]["tokenizer.json"]["sha256"] == sha256_file(tc.checkpoint / "tokenizer.json")

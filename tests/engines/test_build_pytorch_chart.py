@@ -23,7 +23,7 @@ def test_pytorch_backend_renders_from_the_checkpoint_and_builds_with_the_quantiz
     docs = helm_template("values-akallama-70b-fp8-tp4.yaml", *PYTORCH, f"{AKA}.build.enabled=true")
     (kind, init), = [(k, c) for k, c in init_containers(docs)]
     script = init["args"][0]
-    assert ('--engine-backend pytorch --checkpoint "$ENGINE_DIR" --tp 2 --pp 1' in script
+    assert ('--engine-backend pytorch --checkpoint "$ENGINE_DIR" --tp 2 --pp 1 $limits' in script
             and '--engine "$ENGINE_DIR"' not in script)
     assert "koserve build preflight --engine-dir" not in script  # a HF checkpoint has no engine version to compare
     env = {e["name"]: e.get("value") for e in init["env"]}
@@ -55,3 +55,38 @@ def test_backend_that_contradicts_the_recipe_is_refused(sets, message):
         args += ["--set", s]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def test_init_script_renders_with_the_recipes_limits(helm_template, init_containers, tmp_path):
+    """The generated init script, run by bash with a fake `koserve` on PATH: it waits for the manifest, then renders
+    with the limits `koserve build run` recorded (LLM(max_batch_size=...) etc.), and without them when absent."""
+    import json
+    import os
+    import stat
+    import sys
+
+    (kind, init), = list(init_containers(helm_template("values-akallama-70b-fp8-tp4.yaml", *PYTORCH)))
+    script = init["args"][0]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "koserve"
+    fake.write_text(f"#!{sys.executable}\nimport sys\nprint('KOSERVE', *sys.argv[1:])\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    (bin_dir / "python3").symlink_to(sys.executable)
+    engine = tmp_path / "ckpt"
+    engine.mkdir()
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "ENGINE_DIR": str(engine),
+           "TOKENIZER_DIR": "/tok", "ENGINE_WAIT_SECONDS": "0", "ENGINE_READY_FILE": "config.json",
+           "KOSERVE_WORLD_SIZE": "2"}
+    proc = subprocess.run(["bash", "-ec", script], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "engine not found" in proc.stderr
+    (engine / "config.json").write_text("{}")
+    proc = subprocess.run(["bash", "-ec", script], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--checkpoint " + str(engine) + " --tp 2 --pp 1 --out" in proc.stdout  # no manifest: render's defaults
+    (engine / "checkpoint_manifest.json").write_text(json.dumps({"serving": {
+        "max_batch_size": 128, "max_input_len": 7168, "max_seq_len": 8192, "max_num_tokens": 8192}}))
+    proc = subprocess.run(["bash", "-ec", script], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert ("--tp 2 --pp 1 --max-batch-size 128 --max-input-len 7168 --max-seq-len 8192 --max-num-tokens 8192 --out"
+            in proc.stdout)

@@ -548,6 +548,7 @@ def write_checkpoint_manifest(
             "tensor_parallel_size": recipe.parallelism.tp,
             "pipeline_parallel_size": recipe.parallelism.pp,
             "max_batch_size": recipe.limits.max_batch_size,
+            "max_input_len": recipe.limits.max_input_len,
             "max_seq_len": recipe.limits.max_seq_len,
             "max_num_tokens": recipe.limits.max_num_tokens,
             "kv_cache_free_gpu_mem_fraction": recipe.serving.kv_cache_free_gpu_mem_fraction,

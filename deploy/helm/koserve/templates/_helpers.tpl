@@ -306,8 +306,18 @@ render the Triton model repository with `koserve repo render`.
         sleep 10
       done
       {{- if $pytorch }}
-      # engine.backend pytorch: ENGINE_DIR holds a Hugging Face checkpoint; the LLM API shards it over the ranks.
-      exec koserve repo render --profile {{ .m.profile }} --tokenizer "$TOKENIZER_DIR" --engine-backend pytorch --checkpoint "$ENGINE_DIR" --tp {{ .m.engine.tensorParallel }} --pp {{ .m.engine.pipelineParallel }} --out {{ include "koserve.repoDir" . }}
+      # engine.backend pytorch: ENGINE_DIR holds a Hugging Face checkpoint; the LLM API shards it over the ranks. The
+      # recipe's limits come from the checkpoint_manifest.json `koserve build run` wrote (render's defaults without).
+      limits=$(python3 - <<'PY'
+      import json, os
+      path = os.path.join(os.environ["ENGINE_DIR"], "checkpoint_manifest.json")
+      serving = json.load(open(path)).get("serving", {}) if os.path.isfile(path) else {}
+      flags = {"max_batch_size": "--max-batch-size", "max_input_len": "--max-input-len",
+               "max_seq_len": "--max-seq-len", "max_num_tokens": "--max-num-tokens"}
+      print(" ".join(f"{flag} {int(serving[key])}" for key, flag in flags.items() if key in serving))
+      PY
+      )
+      exec koserve repo render --profile {{ .m.profile }} --tokenizer "$TOKENIZER_DIR" --engine-backend pytorch --checkpoint "$ENGINE_DIR" --tp {{ .m.engine.tensorParallel }} --pp {{ .m.engine.pipelineParallel }} $limits --out {{ include "koserve.repoDir" . }}
       {{- else }}
       python3 - <<'PY'
       import json, os, sys
