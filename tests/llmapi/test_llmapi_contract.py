@@ -16,7 +16,8 @@ import pytest
 from koserve.cpu_engine import llmapi as cpu_llmapi
 from koserve.llmapi_engine import runtime
 from koserve.llmapi_engine.request import GenerationRequest
-from koserve.llmapi_engine.sampling import LlmSettings, llm_kwargs, sampling_kwargs
+from koserve.guided.spec import GUIDE_TYPES, GuidedDecoding
+from koserve.llmapi_engine.sampling import LlmSettings, guided_decoding_kwargs, llm_kwargs, sampling_kwargs
 
 CONTRACT_PATH = Path(__file__).resolve().parents[1] / "engines" / "data" / "trtllm-1.2.1-llmapi-contract.json"
 
@@ -77,8 +78,10 @@ def test_production_imports_exist_upstream(contract):
     imported = {(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                 for alias in node.names if node.module and node.module.startswith("tensorrt_llm")}
     assert ("tensorrt_llm.llmapi", "KvCacheConfig") in imported
-    exports = set(contract["llm"]["exports"]["names"])
-    assert {name for _, name in imported} <= exports
+    exports = {(contract["guided_decoding"]["module"], contract["guided_decoding"]["class"].split()[0])}
+    exports |= {("tensorrt_llm", n) for n in ("LLM", "SamplingParams")}
+    exports |= {("tensorrt_llm.llmapi", n) for n in contract["llm"]["exports"]["names"]}
+    assert imported <= exports, imported - exports
 
 
 def test_cpu_sampling_params_follow_upstream_names_and_defaults(contract):
@@ -127,3 +130,46 @@ def test_cpu_outputs_follow_upstream(contract):
 def test_the_contract_check_sees_a_wrong_name(contract):
     fields = contract["sampling_params"]["fields"]
     assert "stop_words_list" not in fields and "beam_width" not in fields  # C++ backend names, not LLM API ones
+
+
+def test_guided_decoding_params_follow_upstream(contract):
+    """Each NVIDIA guide type becomes exactly one GuidedDecodingParams field, the one the contract names."""
+    gd = contract["guided_decoding"]
+    assert contract["sources"][gd["source"]]["path"] == "tensorrt_llm/sampling_params.py"
+    assert set(gd["from_triton_guide_type"]) == set(GUIDE_TYPES)
+    for guide_type, field in gd["from_triton_guide_type"].items():
+        guide = "" if guide_type == "json" else '{"type": "integer"}'
+        kwargs = guided_decoding_kwargs(GuidedDecoding(guide_type, guide))
+        assert list(kwargs) == [field] and field in gd["fields"]
+        assert kwargs[field] == (True if field == "json_object" else guide)
+    request = GenerationRequest(prompt_token_ids=(1,), max_tokens=3, end_ids=(2,),
+                                guided=GuidedDecoding("regex", r"\d+"))
+    kwargs = sampling_kwargs(request, cpu_llmapi.GuidedDecodingParams)
+    assert "guided_decoding" in contract["sampling_params"]["fields"]
+    assert kwargs["guided_decoding"] == cpu_llmapi.GuidedDecodingParams(regex=r"\d+")
+    with pytest.raises(ValueError, match="GuidedDecodingParams"):
+        sampling_kwargs(request)  # a guide is never dropped silently
+
+
+def test_cpu_guided_decoding_params_follow_upstream(contract):
+    up = contract["guided_decoding"]["fields"]
+    ours = {f.name: f.default for f in dataclasses.fields(cpu_llmapi.GuidedDecodingParams)}
+    assert ours == {name: fact["default"] for name, fact in up.items()}
+    with pytest.raises(ValueError, match="Only one guide can be used for a request, but got 2"):
+        cpu_llmapi.GuidedDecodingParams(regex="a", json_object=True).to_guide()
+    assert cpu_llmapi.GuidedDecodingParams(json={"type": "integer"}).to_guide() == \
+        GuidedDecoding("json_schema", '{"type": "integer"}')
+    assert cpu_llmapi.GuidedDecodingParams(json_object=True).to_guide() == GuidedDecoding("json", "")
+    assert cpu_llmapi.GuidedDecodingParams(grammar='root ::= "a"').to_guide().guide_type == "ebnf_grammar"
+
+
+def test_llm_kwargs_with_guided_decoding(contract):
+    """guided_decoding_backend 'xgrammar', and the tokenizer loaded: upstream asserts one exists for xgrammar."""
+    args = llm_kwargs(LlmSettings(model_dir="/ckpt", guided_decoding=True, tokenizer_dir="/tok"),
+                      cpu_llmapi.KvCacheConfig)
+    assert set(args) <= set(contract["llm"]["constructor_args"])
+    assert args["guided_decoding_backend"] == "xgrammar" and args["skip_tokenizer_init"] is False
+    assert args["tokenizer"] == "/tok"  # preprocessing's tokenizer, not a second one
+    assert "assert tokenizer is not None" in contract["guided_decoding"]["tokenizer_required"]["fact"]
+    plain = llm_kwargs(LlmSettings(model_dir="/ckpt"), cpu_llmapi.KvCacheConfig)
+    assert "guided_decoding_backend" not in plain and plain["skip_tokenizer_init"] is True

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from koserve.errors import InvalidRequestError
+from koserve.errors import ConfigError, InvalidRequestError
 from koserve.llmapi_engine.model import response_arrays, settings_from_parameters
 from koserve.llmapi_engine.request import EngineLimits, GenerationRequest, parse_request
 from koserve.llmapi_engine.tracker import FinishReason, OutputTracker
@@ -117,3 +117,48 @@ def test_settings_from_rendered_parameters():
     assert settings.tensor_parallel_size == 4 and settings.enable_block_reuse is False
     assert limits.default_end_ids == (128009, 128001) and limits.max_input_len == 4096
     assert options == {"llm_runtime": "tensorrt_llm", "cancel_check_s": 0.02}
+
+
+GUIDED_LIMITS = EngineLimits(max_input_len=8, max_seq_len=16, vocab_size=100, default_end_ids=(2,),
+                             guided_decoding=True)
+
+
+def _guided_tensors(guide_type, guide=None):
+    tensors = dict(input_ids=[[1]], request_output_len=[3],
+                   guided_decoding_guide_type=np.array([[guide_type.encode()]], dtype=object))
+    if guide is not None:
+        tensors["guided_decoding_guide"] = np.array([[guide.encode()]], dtype=object)
+    return tensors
+
+
+def test_guided_inputs_are_parsed_by_nvidia_names():
+    req = parse_request(_get(**_guided_tensors("json_schema", '{"type": "integer"}')), GUIDED_LIMITS)
+    assert (req.guided.guide_type, req.guided.guide) == ("json_schema", '{"type": "integer"}')
+    assert parse_request(_get(**_guided_tensors("json")), GUIDED_LIMITS).guided.guide_type == "json"
+    assert parse_request(_get(input_ids=[[1]], request_output_len=[3]), GUIDED_LIMITS).guided is None
+
+
+@pytest.mark.parametrize("guide_type, guide, message", [
+    ("yaml", "a: 1", "'yaml' is not supported; use one of json, json_schema, regex, ebnf_grammar"),
+    ("json_schema", "{not json", "guided_decoding_guide is not valid JSON"),
+    ("json_schema", '{"type": "integer", "multipleOf": 3}', "keyword 'multipleOf' at # is not supported"),
+    ("json_schema", '{"enum": ["' + "x" * 40000 + '"]}', "bytes; the limit is 32768 bytes"),
+    ("regex", "", "needs a guided_decoding_guide"),
+])
+def test_bad_guides_are_refused_by_name(guide_type, guide, message):
+    with pytest.raises(InvalidRequestError, match=message):
+        parse_request(_get(**_guided_tensors(guide_type, guide)), GUIDED_LIMITS)
+
+
+def test_guided_request_refused_when_rendered_without_guided_decoding():
+    with pytest.raises(InvalidRequestError, match="guided decoding is off .* --guided-decoding"):
+        parse_request(_get(**_guided_tensors("json")), LIMITS)
+
+
+def test_guided_decoding_parameter():
+    settings, limits, _ = settings_from_parameters({"guided_decoding_backend": "xgrammar"})
+    assert settings.guided_decoding and limits.guided_decoding
+    settings, limits, _ = settings_from_parameters({"guided_decoding_backend": ""})
+    assert not settings.guided_decoding and not limits.guided_decoding
+    with pytest.raises(ConfigError, match="guided_decoding_backend must be 'xgrammar' or empty, got 'outlines'"):
+        settings_from_parameters({"guided_decoding_backend": "outlines"})

@@ -11,7 +11,10 @@ against):
 - :class:`RequestOutput`: ``async for`` yields the same object after each engine response, ``outputs[0]`` a
   :class:`CompletionOutput` whose ``token_ids`` grow (``token_ids_diff`` the new ones), ``finish_reason`` 'stop' /
   'length' / 'cancelled' at the end, ``finished``; ``abort()``, ``aborted()``;
-- :class:`SamplingParams` and :class:`KvCacheConfig` with the upstream field names the engine step uses.
+- :class:`SamplingParams` and :class:`KvCacheConfig` with the upstream field names the engine step uses;
+- :class:`GuidedDecodingParams` (``json`` / ``json_object`` / ``regex`` / ``grammar``; one at a time), honoured with
+  real xgrammar masks (:mod:`koserve.cpu_engine.guided`) when the LLM was made with
+  ``guided_decoding_backend="xgrammar"``.
 
 Like TensorRT-LLM's executor, an end id ends the sequence without being emitted.
 """
@@ -20,16 +23,51 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from dataclasses import dataclass, field
 from typing import Optional
 
 from koserve.cpu_engine.scheduler import Engine
 from koserve.cpu_engine.settings import EngineSettings, create_engine
 from koserve.cpu_engine.types import EngineOutput, EngineRequest, FinishReason
+from koserve.guided.spec import GuidedDecoding
 
 # executor FinishReason → CompletionOutput.finish_reason (tensorrt_llm/executor/result.py _handle_sequence)
 _FINISH_REASONS = {FinishReason.END_ID: "stop", FinishReason.STOP_WORDS: "stop", FinishReason.LENGTH: "length",
                    FinishReason.CANCELLED: "cancelled"}
+
+
+@dataclass(kw_only=True)
+class GuidedDecodingParams:
+    """Upstream ``GuidedDecodingParams``: the fields and defaults; only one guide per request."""
+
+    json: Optional[str | dict] = None
+    regex: Optional[str] = None
+    grammar: Optional[str] = None
+    json_object: bool = False
+    structural_tag: Optional[str] = None
+
+    def _validate(self) -> None:
+        num_guides = sum(bool(getattr(self, f)) for f in ("json", "regex", "grammar", "json_object",
+                                                            "structural_tag"))
+        if num_guides > 1:
+            raise ValueError(f"Only one guide can be used for a request, but got {num_guides}.")
+
+    def to_guide(self) -> GuidedDecoding | None:
+        """The stand-in engine's guide (NVIDIA's C++ guide types), or None when no field is set."""
+        self._validate()
+        if self.structural_tag:
+            raise ValueError("structural_tag guides are not implemented by the CPU stand-in")
+        if self.json:
+            schema = self.json if isinstance(self.json, str) else json.dumps(self.json, ensure_ascii=False)
+            return GuidedDecoding("json_schema", schema)
+        if self.json_object:
+            return GuidedDecoding("json", "")
+        if self.regex:
+            return GuidedDecoding("regex", self.regex)
+        if self.grammar:
+            return GuidedDecoding("ebnf_grammar", self.grammar)
+        return None
 
 
 @dataclass(kw_only=True)
@@ -52,6 +90,7 @@ class SamplingParams:
     frequency_penalty: Optional[float] = None
     logprobs: Optional[int] = None
     exclude_input_from_output: bool = True
+    guided_decoding: Optional[GuidedDecodingParams] = None
     detokenize: bool = True
 
     def __post_init__(self) -> None:
@@ -151,20 +190,27 @@ class LLM:
     checkpoint or tokenizer, limits). The LLM-API arguments are recorded in ``self.args``.
     """
 
-    def __init__(self, model: str = "", *, backend: str = "pytorch", skip_tokenizer_init: bool = False,
+    def __init__(self, model: str = "", *, tokenizer: str | None = None, backend: str = "pytorch",
+                 skip_tokenizer_init: bool = False,
                  tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, max_batch_size: int | None = None,
                  max_num_tokens: int | None = None, max_input_len: int | None = None,
-                 max_seq_len: int | None = None,
-                 kv_cache_config: KvCacheConfig | None = None, stand_in_parameters: dict | None = None):
+                 max_seq_len: int | None = None, kv_cache_config: KvCacheConfig | None = None,
+                 guided_decoding_backend: str | None = None, stand_in_parameters: dict | None = None):
         if backend != "pytorch":
             raise ValueError(f"the CPU stand-in implements the PyTorch backend's LLM only, got backend={backend!r}")
         if tensor_parallel_size != 1 or pipeline_parallel_size != 1:
             raise ValueError("the CPU stand-in runs one rank (tensor_parallel_size = pipeline_parallel_size = 1)")
-        self.args = {"model": model, "backend": backend, "skip_tokenizer_init": skip_tokenizer_init,
-                     "max_batch_size": max_batch_size, "max_num_tokens": max_num_tokens,
+        self.args = {"model": model, "tokenizer": tokenizer, "backend": backend,
+                     "skip_tokenizer_init": skip_tokenizer_init, "max_batch_size": max_batch_size, "max_num_tokens": max_num_tokens,
                      "max_input_len": max_input_len, "max_seq_len": max_seq_len,
-                     "kv_cache_config": kv_cache_config}
+                     "kv_cache_config": kv_cache_config, "guided_decoding_backend": guided_decoding_backend}
+        if guided_decoding_backend not in (None, "xgrammar"):
+            raise ValueError(f"the CPU stand-in implements guided_decoding_backend 'xgrammar' only, got "
+                             f"{guided_decoding_backend!r}")
         params = dict(stand_in_parameters or {})
+        # the masks need NVIDIA's tokenizer-info file (stand-in parameter xgrammar_tokenizer_info_path); upstream
+        # builds the same information from the tokenizer the LLM loads
+        params["guided_decoding_backend"] = guided_decoding_backend or ""
         if max_batch_size:
             params["max_batch_size"] = str(max_batch_size)
         self.settings = EngineSettings.from_parameters(params)
@@ -196,6 +242,7 @@ class LLM:
             presence_penalty=sp.presence_penalty or 0.0, frequency_penalty=sp.frequency_penalty or 0.0,
             min_tokens=sp.min_tokens or 0, streaming=streaming, exclude_input_in_output=True,
             return_log_probs=bool(sp.logprobs),
+            guided=sp.guided_decoding.to_guide() if sp.guided_decoding is not None else None,
         )
         result._handle = self.engine.submit(request, on_output=result._on_output)
         if result._aborted:
@@ -206,4 +253,4 @@ class LLM:
         self.engine.shutdown()
 
 
-__all__ = ["LLM", "CompletionOutput", "KvCacheConfig", "RequestOutput", "SamplingParams"]
+__all__ = ["LLM", "CompletionOutput", "GuidedDecodingParams", "KvCacheConfig", "RequestOutput", "SamplingParams"]

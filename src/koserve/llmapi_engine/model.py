@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from koserve.errors import InvalidRequestError
+from koserve.errors import ConfigError, InvalidRequestError
 from koserve.llmapi_engine.request import EngineLimits, GenerationRequest, parse_request, scalar
 from koserve.llmapi_engine.runtime import load_runtime
-from koserve.llmapi_engine.sampling import LlmSettings, llm_kwargs, sampling_kwargs
+from koserve.llmapi_engine.sampling import GUIDED_DECODING_BACKEND, LlmSettings, llm_kwargs, sampling_kwargs
 from koserve.llmapi_engine.tracker import Chunk, FinishReason, OutputTracker
 from koserve.triton_models.drain import DrainFlag, drain_response
 
@@ -50,6 +50,10 @@ def settings_from_parameters(params: dict[str, str]) -> tuple[LlmSettings, Engin
         return cast(raw) if raw else default
 
     max_seq_len = num("max_seq_len", int, 4096)
+    guided = params.get("guided_decoding_backend", "").strip()
+    if guided not in ("", GUIDED_DECODING_BACKEND):
+        raise ConfigError(f"parameter guided_decoding_backend must be {GUIDED_DECODING_BACKEND!r} or empty, "
+                          f"got {guided!r}")
     settings = LlmSettings(
         model_dir=params.get("model_dir", ""),
         tensor_parallel_size=num("tensor_parallel_size", int, 1),
@@ -60,6 +64,8 @@ def settings_from_parameters(params: dict[str, str]) -> tuple[LlmSettings, Engin
         max_seq_len=max_seq_len,
         kv_cache_free_gpu_memory_fraction=num("kv_cache_free_gpu_memory_fraction", float, 0.9),
         enable_block_reuse=params.get("enable_kv_cache_reuse", "true").strip().lower() in _TRUE,
+        guided_decoding=bool(guided),
+        tokenizer_dir=params.get("tokenizer_dir", "").strip(),
     )
     end_ids = tuple(int(v) for v in params.get("end_ids", "").replace(",", " ").split())
     limits = EngineLimits(
@@ -68,6 +74,7 @@ def settings_from_parameters(params: dict[str, str]) -> tuple[LlmSettings, Engin
         vocab_size=num("vocab_size", int, None),
         default_end_ids=end_ids,
         exclude_input_in_output=params.get("exclude_input_in_output", "true").strip().lower() in _TRUE,
+        guided_decoding=bool(guided),
     )
     options = {
         "llm_runtime": params.get("llm_runtime", "tensorrt_llm").strip(),
@@ -206,7 +213,8 @@ class LlmApiEngineModel:
     async def _generate(self, key: int, item: _Running) -> None:
         tracker = item.tracker
         try:
-            params = self.runtime.sampling_params_cls(**sampling_kwargs(item.request))
+            params = self.runtime.sampling_params_cls(
+                **sampling_kwargs(item.request, self.runtime.guided_decoding_params_cls))
             if item.cancelled:
                 return
             item.output = self.llm.generate_async(list(item.request.prompt_token_ids), sampling_params=params,
@@ -226,6 +234,9 @@ class LlmApiEngineModel:
                     break
             if not tracker.finished and not item.cancelled:  # the iterator ended without a final output
                 self._send_final(item, FinishReason.END_ID)
+        except InvalidRequestError as exc:  # e.g. a guide that does not compile: the client's error
+            if not item.cancelled and item.tracker.end(FinishReason.ERROR, str(exc)) is not None:
+                item.sender.send(self._error(str(exc)), flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
             if not item.cancelled:
                 self._send_final(item, FinishReason.ERROR, f"tensorrt_llm (LLM API) failed: {type(exc).__name__}: "

@@ -3,7 +3,9 @@
 The names, dtypes and rules are the C++ backend's (TensorRT-LLM 1.2.1 ``triton_backend/inflight_batcher_llm``,
 ``tests/engines/data/trtllm-1.2.1-backend-contract.json``): one sequence per request, ``request_output_len`` cut to
 ``max_seq_len - input length``, ``streaming=true`` refused unless the model is decoupled. Inputs the LLM API cannot
-express are refused by name unless absent or off (docs/serving.md, "The PyTorch (LLM API) engine").
+express are refused by name unless absent or off (docs/serving.md, "The PyTorch (LLM API) engine"). Guided decoding
+(``guided_decoding_guide_type`` / ``guided_decoding_guide``) is validated by :mod:`koserve.guided.spec`, as on the
+C++ path, and refused by name when the repository was rendered without ``--guided-decoding``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from koserve.errors import InvalidRequestError
+from koserve.guided.spec import GuidedDecoding, parse_guided_decoding
 from koserve.text.stop_words import parse_word_list
 
 GetTensor = Callable[[str], "np.ndarray | None"]
@@ -30,19 +33,22 @@ UNSUPPORTED_UNLESS = {
     "return_num_output_tokens": False,
     "runtime_top_p_decay": 1.0,
 }
-# Refused whenever they hold a value: other model kinds, prompt tuning, LoRA, disaggregation, KV retention, guided,
+# Refused whenever they hold a value: other model kinds, prompt tuning, LoRA, disaggregation, KV retention,
 # speculative and lookahead decoding, a non-empty embedding bias.
 UNSUPPORTED_WHEN_GIVEN = (
     "encoder_input_features", "encoder_output_lengths", "cross_attention_mask", "skip_cross_attn_blocks",
     "mrope_rotary_cos_sin", "mrope_position_deltas", "prompt_embedding_table", "lora_task_id", "lora_weights",
     "lora_config", "context_phase_params", "retention_token_range_starts", "retention_token_range_ends",
     "retention_token_range_priorities", "retention_token_range_durations_ms", "retention_decode_priority",
-    "retention_decode_duration_ms", "guided_decoding_guide_type", "guided_decoding_guide", "lookahead_window_size",
-    "lookahead_ngram_size", "lookahead_verification_set_size", "draft_input_ids", "embedding_bias",
+    "retention_decode_duration_ms", "lookahead_window_size", "lookahead_ngram_size", "lookahead_verification_set_size", "draft_input_ids", "embedding_bias",
 )
 STREAMING_NOT_DECOUPLED = (
     "Streaming is only supported if model is deployed using decoupled mode: streaming=true needs tensorrt_llm "
     "rendered decoupled (this one was rendered with --engine-not-decoupled)"
+)
+GUIDED_DECODING_OFF = (
+    "guided decoding is off in this tensorrt_llm (parameter guided_decoding_backend is empty): render the model "
+    "repository with --guided-decoding"
 )
 
 
@@ -55,6 +61,7 @@ class EngineLimits:
     vocab_size: int | None = None
     default_end_ids: tuple[int, ...] = ()
     exclude_input_in_output: bool = True
+    guided_decoding: bool = False  # rendered --guided-decoding (LLM(guided_decoding_backend="xgrammar"))
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,7 @@ class GenerationRequest:
     exclude_input_in_output: bool = True
     return_log_probs: bool = False
     request_id: str = ""
+    guided: GuidedDecoding | None = None  # SamplingParams.guided_decoding: the output follows this guide
 
 
 _KIND_CHECK = {
@@ -146,6 +154,30 @@ def _refuse_unsupported(get: GetTensor) -> None:
         if value is not None and np.asarray(value).size > 0:
             raise InvalidRequestError(f"{name} is not supported by {ENGINE_NAME} (leave it out; it holds "
                                       f"{np.asarray(value).size} value(s))")
+
+
+def _text(get: GetTensor, name: str) -> str | None:
+    """The one UTF-8 string of a BYTES input (None when absent or empty)."""
+    arr = get(name)
+    if arr is None or np.asarray(arr).size == 0:
+        return None
+    flat = np.asarray(arr).reshape(-1)
+    if flat.size != 1:
+        raise InvalidRequestError(f"{name} must hold exactly one string per request, got {flat.size}")
+    raw = flat[0]
+    if isinstance(raw, bytes):
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequestError(f"{name} is not valid UTF-8") from None
+    return str(raw)
+
+
+def _guided(get: GetTensor, limits: EngineLimits) -> GuidedDecoding | None:
+    guided = parse_guided_decoding(_text(get, "guided_decoding_guide_type"), _text(get, "guided_decoding_guide"))
+    if guided is not None and not limits.guided_decoding:
+        raise InvalidRequestError(GUIDED_DECODING_OFF)
+    return guided
 
 
 def _bad_token_ids(get: GetTensor) -> tuple[int, ...]:
@@ -230,4 +262,5 @@ def parse_request(get: GetTensor, limits: EngineLimits, *, request_id: str = "",
         exclude_input_in_output=limits.exclude_input_in_output if exclude is None else exclude,
         return_log_probs=scalar(get, "return_log_probs", "bool", default=False),
         request_id=request_id,
+        guided=_guided(get, limits),
     )

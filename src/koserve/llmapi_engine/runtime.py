@@ -1,7 +1,7 @@
 """Which LLM API implementation runs: TensorRT-LLM's, or the CPU stand-in when the rendered repository says so.
 
 ``llm_runtime`` (config.pbtxt parameter): ``tensorrt_llm`` (production: ``tensorrt_llm.LLM``, ``SamplingParams``,
-``KvCacheConfig``) or ``cpu_stand_in`` (the CPU test server: :mod:`koserve.cpu_engine.llmapi`, imported here and
+``GuidedDecodingParams``, ``KvCacheConfig``) or ``cpu_stand_in`` (the CPU test server: :mod:`koserve.cpu_engine.llmapi`, imported here and
 only here, lazily, so production never loads the CPU engine).
 """
 
@@ -17,12 +17,14 @@ RUNTIMES = ("tensorrt_llm", "cpu_stand_in")
 
 @dataclass(frozen=True)
 class LlmRuntime:
-    """The classes the engine step uses: ``make_llm(**llm_kwargs)``, ``SamplingParams``, ``KvCacheConfig``."""
+    """The classes the engine step uses: ``make_llm(**llm_kwargs)``, ``SamplingParams``, ``KvCacheConfig``,
+    ``GuidedDecodingParams``."""
 
     name: str
     make_llm: Callable
     sampling_params_cls: type
     kv_cache_config_cls: type
+    guided_decoding_params_cls: type
 
 
 # MPI *job* variables a process started by ``mpirun`` inherits (its rank, its job's size and servers). The LLM API
@@ -49,13 +51,14 @@ def load_runtime(name: str, parameters: dict[str, str]) -> LlmRuntime:
         drop_mpi_job_env(os.environ)  # before tensorrt_llm (and mpi4py) initialise MPI
         from tensorrt_llm import LLM, SamplingParams  # noqa: PLC0415
         from tensorrt_llm.llmapi import KvCacheConfig  # noqa: PLC0415
+        from tensorrt_llm.sampling_params import GuidedDecodingParams  # noqa: PLC0415
 
-        return LlmRuntime(name, LLM, SamplingParams, KvCacheConfig)
+        return LlmRuntime(name, LLM, SamplingParams, KvCacheConfig, GuidedDecodingParams)
     if name == "cpu_stand_in":
         from koserve.cpu_engine import llmapi  # noqa: PLC0415 - test server only, never in production
 
         def make_llm(**kwargs):
             return llmapi.LLM(**kwargs, stand_in_parameters=parameters)
 
-        return LlmRuntime(name, make_llm, llmapi.SamplingParams, llmapi.KvCacheConfig)
+        return LlmRuntime(name, make_llm, llmapi.SamplingParams, llmapi.KvCacheConfig, llmapi.GuidedDecodingParams)
     raise ConfigError(f"parameter llm_runtime must be one of {', '.join(RUNTIMES)}, got {name!r}")
