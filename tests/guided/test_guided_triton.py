@@ -1,7 +1,11 @@
 """Structured output through a real Triton (2.51 from the pytriton wheel) and real xgrammar masks: the ensemble and
 the BLS take NVIDIA's guided_decoding_guide_type / guided_decoding_guide as NVIDIA's end_to_end_grpc_client.py sends
 them (``np.array([[value]]).astype(object)``), streamed or not; every answer of the random-weight model validates
-against its schema, and a streamed answer's deltas concatenate to the unstreamed answer for the same seed."""
+against its schema, and a streamed answer's deltas concatenate to the unstreamed answer for the same seed.
+
+The tests taking ``engine_server`` run on both engine renderings (``engine_backend``): the C++ backend's interface
+on the stand-in, and the LLM API step (``SamplingParams(guided_decoding=GuidedDecodingParams(...))``) on the
+stand-in's LLM API object; the masks are xgrammar's either way."""
 
 from __future__ import annotations
 
@@ -23,6 +27,15 @@ PROMPT = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nJSONìœ¼ë¡
          "<|start_header_id|>assistant<|end_header_id|>\n\n"
 SEEDS = (11, 12)
 TIMEOUT_S = 60
+
+
+@pytest.fixture(scope="module")
+def engine_server(triton_servers, engine_backend):
+    """The guided server (tiny random Llama-3, --guided-decoding) on one engine rendering."""
+    server = triton_servers("akallama-70b", "hf", guided_decoding=True, engine_backend=engine_backend)
+    config = (server.repo / "tensorrt_llm" / "config.pbtxt").read_text(encoding="utf-8")
+    assert ('key: "llm_runtime"' in config) == (engine_backend == "pytorch")  # the step under test is the one named
+    return server
 
 
 def _input(name, value):
@@ -78,12 +91,12 @@ def _one(url, model, schema, seed, stream):
 
 
 @pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
-def test_schemas_streamed_and_not_validate(guided_server, guided_schemas, model):
-    """11 schemas x 2 seeds x (streamed, not) = 44 generations per model."""
+def test_schemas_streamed_and_not_validate(engine_server, guided_schemas, model):
+    """11 schemas x 2 seeds x (streamed, not) = 44 generations per model and engine rendering."""
     jobs = [(name, seed, stream) for name in guided_schemas for seed in SEEDS for stream in (False, True)]
     with ThreadPoolExecutor(4) as pool:
         answers = dict(zip(jobs, pool.map(
-            lambda j: _one(guided_server.grpc_url, model, guided_schemas[j[0]], j[1], j[2]), jobs)))
+            lambda j: _one(engine_server.grpc_url, model, guided_schemas[j[0]], j[1], j[2]), jobs)))
     for (name, seed, stream), (text, responses) in answers.items():
         jsonschema.validate(json.loads(text), guided_schemas[name])
         if stream:
@@ -93,8 +106,8 @@ def test_schemas_streamed_and_not_validate(guided_server, guided_schemas, model)
 
 
 @pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
-def test_nvidia_guide_types(guided_server, model):
-    url = guided_server.grpc_url
+def test_nvidia_guide_types(engine_server, model):
+    url = engine_server.grpc_url
     text = "".join(generate(url, model, nvidia_inputs(PROMPT, 8, False, 1, "regex", r"\d{4}"), False))
     assert len(text) == 4 and text.isdigit(), text
     text = "".join(generate(url, model, nvidia_inputs(PROMPT, 24, False, 2, "ebnf_grammar",
@@ -116,24 +129,24 @@ def test_nvidia_guide_types(guided_server, model):
     ("ebnf_grammar", "root ::= undefined_rule", "cannot be compiled"),
     ("json_schema", json.dumps({"type": "nonsense"}), "cannot be compiled"),
 ])
-def test_bad_guides_refused_by_name_and_server_keeps_serving(guided_server, model, guide_type, guide, needle):
-    url = guided_server.grpc_url
+def test_bad_guides_refused_by_name_and_server_keeps_serving(engine_server, model, guide_type, guide, needle):
+    url = engine_server.grpc_url
     with pytest.raises(InferenceServerException, match=needle):
         generate(url, model, nvidia_inputs(PROMPT, 8, True, 1, guide_type, guide), True)
     text = "".join(generate(url, model, nvidia_inputs(PROMPT, 8, False, 1, "regex", "[0-9]{2}"), False))
     assert len(text) == 2 and text.isdigit()
 
 
-def test_server_without_guided_decoding_refuses_clearly(triton_servers):
-    plain = triton_servers("akallama-70b", "hf")
+def test_server_without_guided_decoding_refuses_clearly(triton_servers, engine_backend):
+    plain = triton_servers("akallama-70b", "hf", engine_backend=engine_backend)
     with pytest.raises(InferenceServerException, match="guided decoding is off .* --guided-decoding"):
         generate(plain.grpc_url, "ensemble", nvidia_inputs(PROMPT, 8, False, 1, "json"), False)
 
 
-def test_hostile_schema_is_cut_at_the_compile_bound_and_the_server_keeps_serving(guided_server):
+def test_hostile_schema_is_cut_at_the_compile_bound_and_the_server_keeps_serving(engine_server):
     """16 optional bounded strings take ~9 s to compile here; the stand-in's bound is 10 s (guided_compile_timeout_s),
     so 40 of them are refused naming the limit, the worker is killed and replaced, and requests keep being served."""
-    url = guided_server.grpc_url
+    url = engine_server.grpc_url
     hostile = json.dumps({"type": "object", "properties": {f"k{i}": {"type": "string", "maxLength": 8}
                                                            for i in range(40)}})
     with pytest.raises(InferenceServerException, match="did not compile within the limit of 10 s"):
