@@ -58,3 +58,29 @@ def test_render_without_the_flag_leaves_guided_decoding_off(tmp_path):
     params = _params(out / "tensorrt_llm" / "config.pbtxt")
     assert params["guided_decoding_backend"] == "" and params["xgrammar_tokenizer_info_path"] == ""
     assert not (out / "tensorrt_llm" / "xgrammar_tokenizer_info.json").exists()
+
+
+@pytest.mark.parametrize("guided", [True, False])
+def test_render_pytorch_engine_step(tmp_path, guided):
+    """--engine-backend pytorch: the LLM-API step's parameters (guided_decoding_backend -> LLM(guided_decoding_backend=
+    'xgrammar', tokenizer=tokenizer_dir)), and on CPU the stand-in's tokenizer-info path, read back by the step's own
+    settings_from_parameters."""
+    from koserve.fixtures import tiny_model_dir
+    from koserve.llmapi_engine.model import settings_from_parameters
+
+    out = tmp_path / "repo"
+    args = [sys.executable, "-m", "koserve", "repo", "render", "-p", "akallama-70b", "--tokenizer",
+            str(tokenizer_dir("llama3")), "--cpu-model", str(tiny_model_dir("llama3")), "--engine-backend", "pytorch",
+            "--out", str(out)] + (["--guided-decoding"] if guided else [])
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    params = _params(out / "tensorrt_llm" / "config.pbtxt")
+    assert params["llm_runtime"] == "cpu_stand_in"
+    assert params["tokenizer_dir"] == str(tokenizer_dir("llama3"))
+    info_path = out / "tensorrt_llm" / "xgrammar_tokenizer_info.json"
+    assert params["guided_decoding_backend"] == ("xgrammar" if guided else "")
+    assert params["xgrammar_tokenizer_info_path"] == (str(info_path) if guided else "")
+    assert info_path.exists() is guided
+    settings, limits, _ = settings_from_parameters(params)
+    assert settings.guided_decoding is guided and limits.guided_decoding is guided
+    assert settings.tokenizer_dir == str(tokenizer_dir("llama3"))
