@@ -185,3 +185,35 @@ def test_bad_structured_requests_are_400_naming_what(sdks, field, body, needle):
     r = sdks.chat.completions.create(model="akallama-70b", messages=ASK, max_tokens=16, seed=1,
                                      response_format=_schema_format("c", {"enum": ["네", "아니요"]}))
     assert json.loads(r.choices[0].message.content) in ("네", "아니요")
+
+
+@pytest.fixture(scope="module")
+def pytorch_sdk(triton_servers, gateway_at):
+    """The gateway in front of the guided server rendered --engine-backend pytorch (the LLM-API engine step)."""
+    server = triton_servers("akallama-70b", "hf", guided_decoding=True, engine_backend="pytorch")
+    specs = [f"akallama-70b={server.grpc_url},tokenizer={server.tokenizer_dir},target=ensemble",
+             f"aka-bls={server.grpc_url},profile=akallama-70b,tokenizer={server.tokenizer_dir},target=tensorrt_llm_bls"]
+    config = load_config(model_specs=specs, environ={"KOSERVE_API_KEYS": KEY}, max_request_bytes=256 * 1024)
+    with gateway_at(config) as base:
+        yield openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+@pytest.mark.parametrize("model", ["akallama-70b", "aka-bls"])
+def test_pytorch_engine_step_structured_output_and_tools(pytorch_sdk, guided_schemas, model):
+    """On the LLM-API step: json_schema streamed and not (valid, streamed == whole), the SDK's parse with a
+    pydantic model, and a required tool call."""
+    for name in ("person", "nested", "event"):
+        args = dict(model=model, messages=ASK, max_tokens=96, temperature=1.0, seed=7,
+                    response_format=_schema_format(name, guided_schemas[name]))
+        r = pytorch_sdk.chat.completions.create(**args)
+        text = r.choices[0].message.content
+        jsonschema.validate(json.loads(text), guided_schemas[name])
+        streamed, reasons, _ = _streamed(pytorch_sdk, **args)
+        assert streamed == text and reasons == ["stop"], name
+    booking = pytorch_sdk.chat.completions.parse(model=model, messages=ASK, max_tokens=64, temperature=1.0, seed=3,
+                                                 response_format=Booking).choices[0].message.parsed
+    assert isinstance(booking, Booking) and 1 <= booking.nights <= 14
+    r = pytorch_sdk.chat.completions.create(model=model, messages=ASK, tools=TOOLS, tool_choice="required",
+                                            max_tokens=64, temperature=1.0, seed=1)
+    assert r.choices[0].finish_reason == "tool_calls"
+    _check_call(r.choices[0].message.tool_calls[0])
