@@ -156,3 +156,31 @@ def test_hostile_schema_is_cut_at_the_compile_bound_and_the_server_keeps_serving
     text = "".join(generate(url, "ensemble", nvidia_inputs(PROMPT, 16, False, 1, "json_schema",
                                                            json.dumps({"enum": ["네", "아니요"]})), False))
     assert json.loads(text) in ("네", "아니요")
+
+
+def test_llmapi_step_serves_others_while_a_guide_compiles(triton_servers):
+    """The LLM-API step's CPU LLM compiles a new guide off the step's event loop (generate_async returns at once, as
+    upstream's does): a plain request sent while a hostile schema compiles finishes first."""
+    import time
+
+    server = triton_servers("akallama-70b", "hf", guided_decoding=True, engine_backend="pytorch")
+    url = server.grpc_url
+    hostile = json.dumps({"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 7}
+                                                           for i in range(41)}})
+    done = {}
+
+    def send_hostile():
+        try:
+            generate(url, "ensemble", nvidia_inputs(PROMPT, 8, False, 1, "json_schema", hostile), False)
+        except InferenceServerException as exc:
+            done["hostile"] = time.monotonic()
+            return str(exc)
+        return "compiled"
+
+    with ThreadPoolExecutor(1) as pool:
+        refused = pool.submit(send_hostile)
+        time.sleep(1.0)  # the hostile guide is compiling (it takes longer than the 10 s bound)
+        text = "".join(generate(url, "ensemble", nvidia_inputs(PROMPT, 8, False, 2), False))
+        done["plain"] = time.monotonic()
+        assert "did not compile within the limit of 10 s" in refused.result(timeout=120)
+    assert text and done["plain"] < done["hostile"]

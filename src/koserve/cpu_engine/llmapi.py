@@ -22,6 +22,7 @@ Like TensorRT-LLM's executor, an end id ends the sequence without being emitted.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -157,7 +158,7 @@ class RequestOutput:
     def aborted(self) -> bool:
         return self._aborted
 
-    def _on_output(self, out: EngineOutput) -> None:  # the scheduler thread
+    def _on_output(self, out: EngineOutput | BaseException) -> None:  # the scheduler or a submit thread
         self._loop.call_soon_threadsafe(self._queue.put_nowait, out)
 
     def _apply(self, out: EngineOutput) -> None:
@@ -179,7 +180,11 @@ class RequestOutput:
     async def __anext__(self) -> "RequestOutput":
         if self._done:
             raise StopAsyncIteration
-        self._apply(await self._queue.get())
+        item = await self._queue.get()
+        if isinstance(item, BaseException):  # the request could not start (e.g. its guide does not compile)
+            self._done = True
+            raise item
+        self._apply(item)
         return self
 
 
@@ -216,6 +221,7 @@ class LLM:
         self.settings = EngineSettings.from_parameters(params)
         self.engine: Engine = create_engine(self.settings)
         self._ids = itertools.count(1)
+        self._guided_submits = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="koserve-llmapi-guided")
 
     def generate_async(self, inputs, sampling_params: SamplingParams | None = None, streaming: bool = False,
                        **_ignored) -> RequestOutput:
@@ -244,12 +250,25 @@ class LLM:
             return_log_probs=bool(sp.logprobs),
             guided=sp.guided_decoding.to_guide() if sp.guided_decoding is not None else None,
         )
+        if request.guided is None:
+            self._submit(result, request)
+        else:  # compiling a new guide takes up to the compile bound: not on the caller's event loop
+            self._guided_submits.submit(self._submit_or_fail, result, request)
+        return result
+
+    def _submit(self, result: RequestOutput, request: EngineRequest) -> None:
         result._handle = self.engine.submit(request, on_output=result._on_output)
         if result._aborted:
             result._handle.cancel()
-        return result
+
+    def _submit_or_fail(self, result: RequestOutput, request: EngineRequest) -> None:
+        try:
+            self._submit(result, request)
+        except Exception as exc:  # noqa: BLE001 - raised to the caller by the RequestOutput's iteration
+            result._on_output(exc)
 
     def shutdown(self) -> None:
+        self._guided_submits.shutdown(wait=False, cancel_futures=True)
         self.engine.shutdown()
 
 
