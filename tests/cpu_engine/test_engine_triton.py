@@ -41,7 +41,7 @@ def server(tmp_path_factory, tiny_llama3):
         profile_name="akallama-70b", profile_file=str(PROFILE), tokenizer_dir=str(tokenizer_dir("llama3")),
         max_input_len=MAX_INPUT_LEN, tp_size=1,
         pp_size=1, triton_max_queue_delay_us=0, replay_text_file="", postprocessing_instances=1,
-        preprocessing_instances=1, bls_instances=1,
+        preprocessing_instances=1, bls_instances=1, guided_decoding_backend="", xgrammar_tokenizer_info_path="",
     )
     render(repo, "tensorrt_llm", cpu_engine_mode="hf", cpu_model_dir=str(tiny_llama3), max_batch_size=4,
            replay_delay_ms=0.0, max_seq_len=MAX_SEQ_LEN, max_output_len=MAX_SEQ_LEN - 1, **common)
