@@ -144,10 +144,12 @@ def test_server_without_guided_decoding_refuses_clearly(triton_servers, engine_b
 
 
 def test_hostile_schema_is_cut_at_the_compile_bound_and_the_server_keeps_serving(engine_server):
-    """16 optional bounded strings take ~9 s to compile here; the stand-in's bound is 10 s (guided_compile_timeout_s),
-    so 40 of them are refused naming the limit, the worker is killed and replaced, and requests keep being served."""
+    """40 optional strings of maxLength 64 take over 60 s to compile on an idle machine here (of maxLength 8: 4.5 s
+    idle, more than 10 s under load, so too close to the bound); the stand-in's bound is 10 s
+    (guided_compile_timeout_s), so the schema is refused naming the limit, the worker is killed and replaced, and
+    requests keep being served."""
     url = engine_server.grpc_url
-    hostile = json.dumps({"type": "object", "properties": {f"k{i}": {"type": "string", "maxLength": 8}
+    hostile = json.dumps({"type": "object", "properties": {f"k{i}": {"type": "string", "maxLength": 64}
                                                            for i in range(40)}})
     with pytest.raises(InferenceServerException, match="did not compile within the limit of 10 s"):
         generate(url, "ensemble", nvidia_inputs(PROMPT, 8, False, 1, "json_schema", hostile), False)
@@ -165,7 +167,7 @@ def test_llmapi_step_serves_others_while_a_guide_compiles(triton_servers):
 
     server = triton_servers("akallama-70b", "hf", guided_decoding=True, engine_backend="pytorch")
     url = server.grpc_url
-    hostile = json.dumps({"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 7}
+    hostile = json.dumps({"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 63}
                                                            for i in range(41)}})
     done = {}
 
