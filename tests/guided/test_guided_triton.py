@@ -160,13 +160,13 @@ def test_hostile_schema_is_cut_at_the_compile_bound_and_the_server_keeps_serving
     assert json.loads(text) in ("네", "아니요")
 
 
-def test_llmapi_step_serves_others_while_a_guide_compiles(triton_servers):
-    """The LLM-API step's CPU LLM compiles a new guide off the step's event loop (generate_async returns at once, as
-    upstream's does): a plain request sent while a hostile schema compiles finishes first."""
+def test_the_engine_serves_others_while_a_guide_compiles(engine_server):
+    """Both stand-ins compile a new guide off the engine's request path (the LLM-API step's CPU LLM off its event loop,
+    as upstream's generate_async returns at once; the C++-contract stand-in off Triton's execute thread): a plain
+    request sent while a hostile schema compiles finishes first."""
     import time
 
-    server = triton_servers("akallama-70b", "hf", guided_decoding=True, engine_backend="pytorch")
-    url = server.grpc_url
+    url = engine_server.grpc_url
     hostile = json.dumps({"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 63}
                                                            for i in range(41)}})
     done = {}

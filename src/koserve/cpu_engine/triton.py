@@ -313,12 +313,28 @@ class TritonEngineModel:
                     get, self.settings, default_end_ids=self.default_end_ids, request_id=request_id,
                     vocab_size=self.vocab_size, decoupled=self.decoupled,
                 )
+                if ereq.guided is not None and getattr(self.engine, "grammars", None) is not None:
+                    # a new guide may take seconds to compile (bounded): not on Triton's execute thread, which would
+                    # hold up every other request of this model meanwhile
+                    threading.Thread(target=self._submit_guided, args=(ereq, sender), daemon=True,
+                                     name="koserve-guide-compile").start()
+                    continue
                 self._submit(ereq, sender)
             except (InvalidRequestError, EngineBusyError, EngineClosedError) as exc:
                 sender.send(self._error(str(exc), invalid=isinstance(exc, InvalidRequestError)), flags=final)
             except Exception as exc:  # noqa: BLE001 - answer the client, keep serving
                 sender.send(self._error(f"tensorrt_llm stand-in: {type(exc).__name__}: {exc}", False), flags=final)
         return None
+
+    def _submit_guided(self, ereq: EngineRequest, sender) -> None:
+        final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        try:
+            self.engine.grammars.get(ereq.guided)  # compiled and cached, or refused naming the limit
+            self._submit(ereq, sender)
+        except (InvalidRequestError, EngineBusyError, EngineClosedError) as exc:
+            sender.send(self._error(str(exc), invalid=isinstance(exc, InvalidRequestError)), flags=final)
+        except Exception as exc:  # noqa: BLE001 - answer the client, keep serving
+            sender.send(self._error(f"tensorrt_llm stand-in: {type(exc).__name__}: {exc}", False), flags=final)
 
     def _submit(self, ereq: EngineRequest, sender) -> None:
         pb = self.pb
