@@ -21,6 +21,8 @@ import numpy as np
 
 from koserve.errors import InvalidRequestError
 from koserve.guided.spec import parse_guided_decoding
+from koserve.llmapi_engine.request import one_text, scalar
+from koserve.triton_models.triton_io import error_response
 from koserve.cpu_engine.metrics import TritonEngineMetrics
 from koserve.cpu_engine.scheduler import Engine, EngineBusyError, EngineClosedError
 from koserve.cpu_engine.settings import EngineSettings, create_engine
@@ -73,43 +75,6 @@ STREAMING_NOT_DECOUPLED = (
 )
 
 
-def _scalar(get: GetTensor, name: str, kind: str, default=None):
-    """One value of input ``name`` (any shape holding exactly one element), checking its dtype kind."""
-    arr = get(name)
-    if arr is None:
-        return default
-    arr = np.asarray(arr)
-    if arr.size != 1:
-        raise InvalidRequestError(f"{name} must hold exactly one value per request, got shape {list(arr.shape)}")
-    ok = {
-        "int": np.issubdtype(arr.dtype, np.integer),
-        "uint": np.issubdtype(arr.dtype, np.unsignedinteger) or np.issubdtype(arr.dtype, np.integer),
-        "float": np.issubdtype(arr.dtype, np.floating),
-        "bool": arr.dtype == np.bool_,
-    }[kind]
-    if not ok:
-        raise InvalidRequestError(f"{name} has dtype {arr.dtype}; expected {kind}")
-    value = arr.reshape(-1)[0].item()
-    return bool(value) if kind == "bool" else value
-
-
-def _text(get: GetTensor, name: str) -> str | None:
-    """The one UTF-8 string of a BYTES input (None when absent or empty)."""
-    arr = get(name)
-    if arr is None or np.asarray(arr).size == 0:
-        return None
-    flat = np.asarray(arr).reshape(-1)
-    if flat.size != 1:
-        raise InvalidRequestError(f"{name} must hold exactly one string per request, got {flat.size}")
-    raw = flat[0]
-    if isinstance(raw, str):
-        return raw
-    try:
-        return bytes(raw).decode("utf-8")
-    except (TypeError, UnicodeDecodeError):
-        raise InvalidRequestError(f"{name} must be UTF-8 text (BYTES)") from None
-
-
 def _word_tuples(array, name: str) -> tuple[tuple[int, ...], ...]:
     if array is None:
         return ()
@@ -129,7 +94,7 @@ def parse_triton_request(
     the limit. Like TensorRT-LLM, ``request_output_len`` is cut to ``max_seq_len - input length`` when the sum is
     longer than ``max_seq_len``; a model that is not ``decoupled`` refuses ``streaming=true`` as the C++ backend
     does (utils.cc createRequestsFromInputTensors)."""
-    streaming = _scalar(get, "streaming", "bool", default=False)
+    streaming = scalar(get, "streaming", "bool", default=False)
     if streaming and not decoupled:
         raise InvalidRequestError(STREAMING_NOT_DECOUPLED)
     ids = get("input_ids")
@@ -147,7 +112,7 @@ def parse_triton_request(
         ids = ids[0]
     elif ids.ndim != 1:
         raise InvalidRequestError(f"input_ids must have shape [1, L], got {list(ids.shape)}")
-    length = _scalar(get, "input_lengths", "int", default=len(ids))
+    length = scalar(get, "input_lengths", "int", default=len(ids))
     if not 1 <= length <= len(ids):
         raise InvalidRequestError(f"input_lengths is {length} but input_ids holds {len(ids)} tokens")
     prompt = tuple(int(t) for t in ids[:length])
@@ -161,7 +126,7 @@ def parse_triton_request(
         raise InvalidRequestError(
             f"input length {length} exceeds the engine's max_input_len {settings.max_input_len}"
         )
-    out_len = _scalar(get, "request_output_len", "int")
+    out_len = scalar(get, "request_output_len", "int")
     if out_len is None:
         raise InvalidRequestError("request_output_len is required")
     max_out = settings.max_seq_len - 1
@@ -173,7 +138,7 @@ def parse_triton_request(
 
     for name, allowed in _UNSUPPORTED_UNLESS.items():
         kind = "bool" if isinstance(allowed, bool) else "float" if isinstance(allowed, float) else "int"
-        value = _scalar(get, name, kind)
+        value = scalar(get, name, kind)
         if value is not None and value != allowed:
             raise InvalidRequestError(f"{name}={value} is not supported by the CPU engine stand-in (only {allowed})")
     for name in _UNSUPPORTED_WHEN_GIVEN:
@@ -184,18 +149,18 @@ def parse_triton_request(
                 f"{np.asarray(value).size} value(s))"
             )
 
-    end_id = _scalar(get, "end_id", "int")
+    end_id = scalar(get, "end_id", "int")
     if end_id is not None and vocab_size is not None and not -1 <= end_id < vocab_size:  # LlmRequest::validate
         raise InvalidRequestError(
             f"end_id {end_id} is outside [-1, {vocab_size}) (the vocabulary has {vocab_size} ids)"
         )
     stop_words = get("stop_words_list")
     bad_words = get("bad_words_list")
-    seed = _scalar(get, "seed", "uint", default=0)
-    exclude = _scalar(get, "exclude_input_in_output", "bool")
-    temperature = _scalar(get, "temperature", "float", default=1.0)
-    top_p = _scalar(get, "runtime_top_p", "float", default=0.0)
-    top_k = _scalar(get, "runtime_top_k", "int", default=0)
+    seed = scalar(get, "seed", "uint", default=0)
+    exclude = scalar(get, "exclude_input_in_output", "bool")
+    temperature = scalar(get, "temperature", "float", default=1.0)
+    top_p = scalar(get, "runtime_top_p", "float", default=0.0)
+    top_k = scalar(get, "runtime_top_k", "int", default=0)
     for name, value in (("temperature", temperature), ("runtime_top_p", top_p)):
         if not np.isfinite(value):
             raise InvalidRequestError(f"{name} must be a finite number, got {value}")
@@ -203,22 +168,22 @@ def parse_triton_request(
         input_ids=prompt,
         max_new_tokens=int(out_len),
         end_ids=(int(end_id),) if end_id is not None else tuple(default_end_ids),
-        pad_id=_scalar(get, "pad_id", "int"),
+        pad_id=scalar(get, "pad_id", "int"),
         stop_words=_word_tuples(stop_words, "stop_words_list"),
         bad_words=_word_tuples(bad_words, "bad_words_list"),
         temperature=float(temperature),
         top_k=int(top_k),
         top_p=float(top_p),
         seed=int(seed),
-        repetition_penalty=float(_scalar(get, "repetition_penalty", "float", default=1.0)),
-        presence_penalty=float(_scalar(get, "presence_penalty", "float", default=0.0)),
-        frequency_penalty=float(_scalar(get, "frequency_penalty", "float", default=0.0)),
-        min_tokens=int(_scalar(get, "min_tokens", "int", default=0)),
+        repetition_penalty=float(scalar(get, "repetition_penalty", "float", default=1.0)),
+        presence_penalty=float(scalar(get, "presence_penalty", "float", default=0.0)),
+        frequency_penalty=float(scalar(get, "frequency_penalty", "float", default=0.0)),
+        min_tokens=int(scalar(get, "min_tokens", "int", default=0)),
         streaming=streaming,
         exclude_input_in_output=settings.exclude_input_in_output if exclude is None else exclude,
-        return_log_probs=_scalar(get, "return_log_probs", "bool", default=False),
+        return_log_probs=scalar(get, "return_log_probs", "bool", default=False),
         request_id=request_id,
-        guided=parse_guided_decoding(_text(get, "guided_decoding_guide_type"), _text(get, "guided_decoding_guide")),
+        guided=parse_guided_decoding(one_text(get, "guided_decoding_guide_type"), one_text(get, "guided_decoding_guide")),
     )
 
 
@@ -282,10 +247,7 @@ class TritonEngineModel:
         ).start()
 
     def _error(self, message: str, invalid: bool = True):
-        pb = self.pb
-        code = getattr(pb.TritonError, "INVALID_ARG" if invalid else "INTERNAL", None)
-        error = pb.TritonError(message, code) if code is not None else pb.TritonError(message)
-        return pb.InferenceResponse(output_tensors=[], error=error)
+        return error_response(self.pb, message, invalid=invalid)
 
     def execute(self, requests):
         pb = self.pb
@@ -299,7 +261,7 @@ class TritonEngineModel:
 
             request_id = request.request_id() or ""
             try:
-                if _scalar(get, "stop", "bool", default=False):
+                if scalar(get, "stop", "bool", default=False):
                     self._stop(request_id)
                     if self.decoupled:
                         sender.send(flags=final)

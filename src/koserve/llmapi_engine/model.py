@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from koserve.errors import ConfigError, InvalidRequestError
+from koserve.triton_models.triton_io import error_response
 from koserve.llmapi_engine.request import EngineLimits, GenerationRequest, parse_request, scalar
 from koserve.llmapi_engine.runtime import load_runtime
 from koserve.llmapi_engine.sampling import GUIDED_DECODING_BACKEND, LlmSettings, llm_kwargs, sampling_kwargs
@@ -154,10 +155,7 @@ class LlmApiEngineModel:
 
     # -- requests --------------------------------------------------------------------------------------------
     def _error(self, message: str, invalid: bool = True):
-        pb = self.pb
-        code = getattr(pb.TritonError, "INVALID_ARG" if invalid else "INTERNAL", None)
-        error = pb.TritonError(message, code) if code is not None else pb.TritonError(message)
-        return pb.InferenceResponse(output_tensors=[], error=error)
+        return error_response(self.pb, message, invalid=invalid)
 
     def execute(self, requests):
         pb = self.pb

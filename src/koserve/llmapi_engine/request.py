@@ -96,13 +96,15 @@ class GenerationRequest:
 
 _KIND_CHECK = {
     "int": lambda a: np.issubdtype(a.dtype, np.integer),
+    "uint": lambda a: np.issubdtype(a.dtype, np.integer),  # the C++ backend reads seed as uint64; any integer dtype
     "float": lambda a: np.issubdtype(a.dtype, np.floating),
     "bool": lambda a: a.dtype == np.bool_,
 }
 
 
 def scalar(get: GetTensor, name: str, kind: str, default=None):
-    """The one value of input ``name`` (any shape holding one element), checking its dtype kind."""
+    """The one value of input ``name`` (any shape holding one element), checking its dtype kind. Also used by the
+    CPU stand-in, which reads the same C++-backend inputs."""
     arr = get(name)
     if arr is None:
         return default
@@ -156,7 +158,7 @@ def _refuse_unsupported(get: GetTensor) -> None:
                                       f"{np.asarray(value).size} value(s))")
 
 
-def _text(get: GetTensor, name: str) -> str | None:
+def one_text(get: GetTensor, name: str) -> str | None:
     """The one UTF-8 string of a BYTES input (None when absent or empty)."""
     arr = get(name)
     if arr is None or np.asarray(arr).size == 0:
@@ -174,7 +176,7 @@ def _text(get: GetTensor, name: str) -> str | None:
 
 
 def _guided(get: GetTensor, limits: EngineLimits) -> GuidedDecoding | None:
-    guided = parse_guided_decoding(_text(get, "guided_decoding_guide_type"), _text(get, "guided_decoding_guide"))
+    guided = parse_guided_decoding(one_text(get, "guided_decoding_guide_type"), one_text(get, "guided_decoding_guide"))
     if guided is not None and not limits.guided_decoding:
         raise InvalidRequestError(GUIDED_DECODING_OFF)
     return guided
