@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import os
 import pty
-import select
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from koserve.testing.pty import read_until
 
 pytestmark = pytest.mark.server
 
@@ -63,22 +63,6 @@ def test_failures_exit_non_zero():
     assert out.returncode != 0 and "temperature must be >= 0.0" in out.stderr
 
 
-def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while needle not in buf and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            buf += chunk
-    return buf
-
-
 def test_interactive_session_in_a_pty_renders_korean(komt, want):
     pid, fd = pty.fork()
     if pid == 0:  # child: the REPL on a real terminal
@@ -86,15 +70,15 @@ def test_interactive_session_in_a_pty_renders_korean(komt, want):
         os.execv(sys.executable, KOSERVE + ["chat", "-p", "komt-13b", "--url", komt.grpc_url,
                                             "--max-tokens", "300"])
     try:
-        assert b">>> " in _read_until(fd, b">>> ", 30)
+        assert b">>> " in read_until(fd, b">>> ", 30)
         os.write(fd, "안녕하세요?\r".encode())
-        first = _read_until(fd, b"\n>>> ", 60).decode("utf-8", "replace")
+        first = read_until(fd, b"\n>>> ", 60).decode("utf-8", "replace")
         assert want.replace("\n", "\r\n") in first, first
         os.write(fd, b"/history\r")
-        history = _read_until(fd, b"\n>>> ", 30).decode("utf-8", "replace")
+        history = read_until(fd, b"\n>>> ", 30).decode("utf-8", "replace")
         assert "[user] 안녕하세요?" in history and "[assistant] 안녕하세요, 반갑습니다!" in history
         os.write(fd, b"/exit\r")
-        _read_until(fd, b"\x00", 10)
+        read_until(fd, b"\x00", 10)
         _, status = os.waitpid(pid, 0)
         assert os.WEXITSTATUS(status) == 0
     finally:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import pty
-import select
 import subprocess
 import sys
-import time
 
 import pytest
+
+from koserve.testing.pty import read_until
 
 pytestmark = pytest.mark.server
 
@@ -51,22 +51,6 @@ def test_json_has_the_finish_reason(komt):
     assert whole["finish_reason"] == "stop"
 
 
-def _read_all(fd: int, timeout: float) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            buf += chunk
-    return buf
-
-
 def test_on_a_terminal_the_marker_is_dim_after_the_reply(komt):
     pid, fd = pty.fork()
     if pid == 0:
@@ -74,7 +58,7 @@ def test_on_a_terminal_the_marker_is_dim_after_the_reply(komt):
         os.execv(sys.executable, KOSERVE + ["chat", "-p", "komt-13b", "--url", komt.grpc_url, "--max-tokens", "6",
                                             "안녕"])
     try:
-        out = _read_all(fd, 60)
+        out = read_until(fd, None, 60)
         _, status = os.waitpid(pid, 0)
         assert os.WEXITSTATUS(status) == 0, out
         assert b" \x1b[2m[length]\x1b[0m\r\n" in out, out

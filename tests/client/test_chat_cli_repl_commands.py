@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import pty
-import select
 import sys
-import time
 
 import pytest
+
+from koserve.testing.pty import read_until
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(300)]
 
@@ -23,25 +23,9 @@ def slow_komt(triton_servers):
     return triton_servers("komt-13b", "replay", replay_delay_ms=100.0)
 
 
-def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while needle not in buf and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            buf += chunk
-    return buf
-
-
 def _say(fd: int, line: str, until: bytes = PROMPT, timeout: float = 60) -> str:
     os.write(fd, line.encode() + b"\r")
-    return _read_until(fd, until, timeout).decode("utf-8", "replace").replace("\r\n", "\n")
+    return read_until(fd, until, timeout).decode("utf-8", "replace").replace("\r\n", "\n")
 
 
 def test_repl_commands_typos_and_a_stopped_reply(slow_komt):
@@ -51,7 +35,7 @@ def test_repl_commands_typos_and_a_stopped_reply(slow_komt):
         os.execv(sys.executable, KOSERVE + ["chat", "-p", "komt-13b", "--url", slow_komt.grpc_url,
                                             "--max-tokens", "40"])
     try:
-        assert b">>> " in _read_until(fd, b">>> ", 60)
+        assert b">>> " in read_until(fd, b">>> ", 60)
         out = _say(fd, "/rest")
         assert "unknown command /rest; try /help" in out, out
         out = _say(fd, "/foo bar")
@@ -59,11 +43,11 @@ def test_repl_commands_typos_and_a_stopped_reply(slow_komt):
         assert _say(fd, "/history").strip().endswith(">>>")  # nothing was sent: the conversation is empty
         # a reply stopped with Ctrl-C after its first characters
         os.write(fd, "안녕\r".encode())
-        first = _read_until(fd, "녕".encode() + b"\r\n", 30)  # the echoed line
-        first += _read_until(fd, b"\xea", 30)  # the first Korean byte of the reply
+        first = read_until(fd, "녕".encode() + b"\r\n", 30)  # the echoed line
+        first += read_until(fd, b"\xea", 30)  # the first Korean byte of the reply
         assert first, "no reply started"
         os.write(fd, b"\x03")  # Ctrl-C on the terminal
-        stopped = _read_until(fd, PROMPT, 60).decode("utf-8", "replace")
+        stopped = read_until(fd, PROMPT, 60).decode("utf-8", "replace")
         assert "(stopped: the partial answer stays in the conversation, marked [stopped] in /history)" in stopped
         history = _say(fd, "/history")
         lines = [ln for ln in history.splitlines() if ln.startswith("[")]
@@ -77,7 +61,7 @@ def test_repl_commands_typos_and_a_stopped_reply(slow_komt):
         assert "(conversation cleared)" in _say(fd, "/reset")
         assert "[user]" not in _say(fd, "/history")
         os.write(fd, b"/exit\r")
-        _read_until(fd, b"\x00", 10)
+        read_until(fd, b"\x00", 10)
         _, status = os.waitpid(pid, 0)
         assert os.WEXITSTATUS(status) == 0
     finally:
