@@ -300,6 +300,9 @@ def main() -> int:
           f"(all processes) | tokens per gateway CPU-second |")
     print("|---|---:|---:|---:|---:|---:|")
     print(f"| direct engine, no gateway | — | {d_tps:.0f} | {d_us:.1f} (1.00) | — | — |")
+    if d_us <= 0:  # a run too short for the CPU clock's 10 ms ticks: no ratio to print
+        print("the direct engine's CPU per token rounded to 0 (run too short): ratios to it are shown as nan")
+        d_us = float("nan")
     table = {}
     for workers in args.workers:
         for target in TARGETS:

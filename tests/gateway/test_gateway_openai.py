@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
-import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from koserve.gateway import create_app, load_config
 from koserve.gateway.config import parse_model_spec
 from koserve.errors import ConfigError
+from koserve.testing.gateway import serve_gateway
 
 pytestmark = pytest.mark.server
 
 KEY = "sk-test-1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -32,27 +23,7 @@ def replay_text(replay_text_file) -> str:
     return replay_text_file.read_text(encoding="utf-8")
 
 
-@contextlib.contextmanager
-def running_gateway(config):
-    """The gateway app for ``config`` served by uvicorn on a free port; yields its base URL."""
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(base + "/metrics", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    else:
-        pytest.fail("gateway did not start")
-    try:
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+running_gateway = serve_gateway
 
 
 # Every test of the gateway runs on the text targets (akallama through the ensemble over gRPC, komt over Triton's HTTP

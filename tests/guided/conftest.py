@@ -143,37 +143,6 @@ def guided_server(triton_servers):
 @pytest.fixture(scope="session")
 def gateway_at():
     """``with gateway_at(config) as base_url: ...``: the gateway app served by uvicorn on a free 127.0.0.1 port."""
-    import contextlib
-    import socket
-    import threading
-    import time
+    from koserve.testing.gateway import serve_gateway
 
-    import httpx
-    import uvicorn
-
-    from koserve.gateway import create_app
-
-    @contextlib.contextmanager
-    def serve(config):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                httpx.get(base + "/metrics", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        else:
-            pytest.fail("gateway did not start")
-        try:
-            yield base
-        finally:
-            server.should_exit = True
-            thread.join(timeout=15)
-
-    return serve
+    return serve_gateway
