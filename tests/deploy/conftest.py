@@ -8,6 +8,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -403,6 +404,19 @@ def network_policy_allows_egress(policy: dict, peer: Peer, port: int, policy_nam
 
 _READ_ONLY_SETUP = r"""
 set -eu
+# Paths the test itself needs (the checkout, its venv and cache) that lie below an emptyDir's mount point, as a
+# checkout under /tmp does: bound into a stash first and bound back after the emptyDirs are mounted.
+stash=/var/tmp/koserve-ro-stash
+mkdir -p "$stash"
+mount -t tmpfs -o size=1m,mode=0700 tmpfs "$stash"
+n=0
+hidden=""
+for keep in $KOSERVE_TEST_VISIBLE $KOSERVE_TEST_RW; do
+  for dir in $KOSERVE_TEST_TMPFS; do
+    case "$keep/" in "$dir"/*) n=$((n + 1)); mkdir "$stash/$n"; mount --bind "$keep" "$stash/$n"
+                               hidden="$hidden $n:$keep"; break ;; esac
+  done
+done
 # Every mount read-only (as readOnlyRootFilesystem makes the container's root), except the kernel's /proc, /sys and
 # the device nodes (/dev, /dev/pts, /dev/mqueue); /dev/shm too, unless it is listed writable below.
 for mp in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
@@ -411,9 +425,15 @@ for mp in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
 done
 # The emptyDirs: fresh, empty, writable.
 for dir in $KOSERVE_TEST_TMPFS; do mount -t tmpfs -o size=1g,mode=1777 tmpfs "$dir"; done
+for item in $hidden; do
+  keep=${item#*:}
+  mkdir -p "$keep"
+  mount --bind "$stash/${item%%:*}" "$keep"
+  mount -o remount,bind,ro "$keep"
+done
 # Writable folders whose content outlives the namespace (an emptyDir one container fills and the next one reads).
 for dir in $KOSERVE_TEST_RW; do mount --bind "$dir" "$dir"; mount -o remount,bind,rw "$dir"; done
-unset KOSERVE_TEST_TMPFS KOSERVE_TEST_RW
+unset KOSERVE_TEST_TMPFS KOSERVE_TEST_RW KOSERVE_TEST_VISIBLE
 exec "$@"
 """
 
@@ -422,11 +442,16 @@ def read_only_root_argv(argv: list[str], writable: list[str], keep: list[str] = 
                         ) -> tuple[list[str], dict[str, str]]:
     """``argv`` run in a mount namespace of its own where every file system is read-only and only ``writable``
     (empty tmpfs mounts, like a pod's emptyDirs) and ``keep`` (folders bound writable, their content kept) can be
-    written: (argv to run, env to add). Needs root (unshare -m). Paths with spaces are not supported."""
-    assert all(" " not in w for w in [*writable, *keep]), (writable, keep)
+    written: (argv to run, env to add). The checkout, the running venv and the koserve cache stay visible even when
+    they lie below a ``writable`` path (a clone under /tmp). Needs root (unshare -m). Paths with spaces are not
+    supported."""
+    visible = {str(REPO), sys.prefix, os.getcwd(), os.environ.get("KOSERVE_CACHE", "")}
+    visible = sorted(v for v in visible if v and Path(v).is_dir())
+    assert all(" " not in w for w in [*writable, *keep, *visible]), (writable, keep, visible)
     wrapped = ["unshare", "--mount", "--propagation", "private", "--", "bash", "-c", _READ_ONLY_SETUP,
                "read-only-root", *argv]
-    return wrapped, {"KOSERVE_TEST_TMPFS": " ".join(writable), "KOSERVE_TEST_RW": " ".join(keep)}
+    return wrapped, {"KOSERVE_TEST_TMPFS": " ".join(writable), "KOSERVE_TEST_RW": " ".join(keep),
+                     "KOSERVE_TEST_VISIBLE": " ".join(visible)}
 
 
 def read_only_root_unavailable() -> str | None:
